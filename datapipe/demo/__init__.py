@@ -1,0 +1,1 @@
+"""Demo helpers: offline sample data and example pipelines for trying datapipe."""

@@ -1,0 +1,385 @@
+"""The run driver: list inputs, decide what is new, evaluate barriers, commit results.
+
+Executors differ only in how they turn :class:`ItemTask` s into :class:`ItemResult` s (a
+``pool`` with ``imap_unordered``); everything that touches the manifest happens here, in one
+process, so bookkeeping stays consistent whichever executor ran the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+from datapipe.engine.planning import Plan, plan_run
+from datapipe.engine.runner import ItemResult, ItemTask
+from datapipe.graph import Pipeline
+from datapipe.hooks import RunHooks
+from datapipe.stage import Record, StageKind
+from datapipe.store.codec import decode_value, split_member
+from datapipe.store.manifest import ItemRow
+from datapipe.store.output import OutputStore
+from datapipe.store.shards import ShardWriter, iter_members
+
+logger = logging.getLogger(__name__)
+
+_VERSIONED = (
+    "datapipe",
+    "numpy",
+    "pillow",
+    "av",
+    "torch",
+    "open3d",
+    "scikit-learn",
+    "dask",
+    "distributed",
+    "pydantic",
+    "pyyaml",
+)
+_ROW_BATCH = 512
+
+
+class Pool(Protocol):
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]: ...
+
+    def close(self) -> None: ...
+
+
+PoolFactory = Callable[[Pipeline, dict[str, Any]], Pool]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class RunOptions:
+    retry_errors: bool = False
+    epoch: int = 0
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    fingerprint: str
+    output: str
+    run_id: int
+    status: str = "running"
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    selections: dict[str, dict[str, int]] = field(default_factory=dict)
+    sinks: dict[str, Any] = field(default_factory=dict)
+    shards: int = 0
+    samples: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["elapsed_s"] = round(self.elapsed_s, 3)
+        return d
+
+
+class RunDriver:
+    """One run of a pipeline into an output store."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: OutputStore,
+        pool_factory: PoolFactory,
+        hooks: RunHooks | None = None,
+        options: RunOptions | None = None,
+    ) -> None:
+        self.p = pipeline
+        self.store = store
+        self.m = store._m
+        self.pool_factory = pool_factory
+        self.hooks = hooks or RunHooks()
+        self.opts = options or RunOptions()
+
+    # -- entry point ----------------------------------------------------------------------
+    def run(self) -> RunReport:
+        p = self.p
+        sources = p.of_kind(StageKind.SOURCE)
+        signatures = [s.stage.signature(p.context(s.id)) for s in sources]
+        fp = p.fingerprint(signatures)
+        run_id = self.m.begin_run(p.name, fp, package_versions())
+        self.report = RunReport(
+            p.name, fp, str(self.store.root), run_id, versions=package_versions()
+        )
+        self.run_id, self.fp, self.signatures = run_id, fp, signatures
+        try:
+            listing = [(s.id, rec) for s in sources for rec in s.stage.list_items(p.context(s.id))]
+            barriers = {n.id for n in p.of_kind(StageKind.SELECT, StageKind.FIT)}
+            plan = plan_run(
+                listing,
+                self.m.all_items(),
+                fp,
+                retry_errors=self.opts.retry_errors,
+                select_nodes=barriers,
+                run_id=run_id,
+            )
+            self._apply_plan_bookkeeping(plan)
+            filtered_by, fitted = self._barriers(plan)
+            todo, refiltered = self._final_tasks(plan, filtered_by)
+            counts = self._process(todo, fitted)
+            self.store.commit_rows(refiltered)
+            self.store.forget(plan.vanished)
+            self.store.compact()
+            self._sinks()
+            counts.update(
+                listed=plan.listed,
+                unchanged=len(plan.unchanged) - len(refiltered),
+                rejected=len(plan.rejected),
+                vanished=len(plan.vanished),
+                newly_filtered=len(refiltered),
+            )
+            counts["error"] += len(plan.rejected)
+            self._finish(counts, "failed_items" if counts["error"] else "ok")
+        except BaseException:
+            self.report.finished = time.time()
+            self.m.finish_run(run_id, "aborted", self.report.counts)
+            raise
+        return self.report
+
+    def _apply_plan_bookkeeping(self, plan: Plan) -> None:
+        self.store.commit_rows(plan.rejected)
+        for row in plan.rejected:
+            self.report.failed.append(
+                {
+                    "key": row.key,
+                    "error_class": row.error_class,
+                    "stage": row.stage,
+                    "message": row.message,
+                }
+            )
+        if plan.touched:
+            self.m.touch(plan.touched)
+
+    # -- barriers (Select / Fit) ------------------------------------------------------------
+    def _barriers(self, plan: Plan) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+        """Evaluate every Select/Fit node over the light view of all live keys."""
+        p = self.p
+        filtered_by: dict[str, dict[str, str]] = {}
+        fitted: dict[str, Any] = {}
+        todo_keys = {rec["key"] for _, rec in plan.todo}
+        for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
+            sub_fp = p.fingerprint(self.signatures, only=p.upstream(node.id))
+            cached = self.m.light_values(node.id, sub_fp)
+            keys = [
+                k
+                for k, (src, _) in plan.records.items()
+                if node.id in p.downstream(src) and not filtered_by.get(k)
+            ]
+            need = [k for k in keys if k in todo_keys or k not in cached]
+            fresh: dict[str, Any] = {}
+            if need:
+                tasks = (
+                    ItemTask(
+                        k,
+                        plan.records[k][0],
+                        plan.records[k][1],
+                        light_for=node.id,
+                        filtered_by=filtered_by.get(k, {}),
+                    )
+                    for k in need
+                )
+                pool = self.pool_factory(p, fitted)
+                self.hooks.on_phase(f"{node.id} (light view)", len(need))
+                try:
+                    for res in pool.imap_unordered(tasks):
+                        self.hooks.on_item(res.key, res.status)
+                        if res.status == "ok" and res.light is not None:
+                            fresh[res.key] = res.light
+                finally:
+                    pool.close()
+                    self.hooks.on_phase_end(node.id)
+                self.m.put_light(node.id, sub_fp, fresh)
+            light = {**cached, **fresh}
+            view_keys = sorted(k for k in keys if k in light)
+            view = {
+                f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()
+            }
+            ctx = p.context(node.id, self.opts.epoch)
+            ctx.fitted = fitted
+            if node.kind is StageKind.FIT:
+                fitted[node.id] = node.stage.fit(view_keys, view, ctx)
+                continue
+            sel = node.stage.select(view_keys, view, ctx)
+            for k in view_keys:
+                if k not in sel.keep:
+                    reason = sel.reasons.get(k, "not selected")
+                    filtered_by.setdefault(k, {})[node.id] = reason
+            self.report.selections[node.id] = {"seen": len(view_keys), "kept": len(sel.keep)}
+            self._scores = getattr(self, "_scores", {})
+            self._scores.update(sel.scores)
+        return filtered_by, fitted
+
+    def _final_tasks(
+        self, plan: Plan, filtered_by: dict[str, dict[str, str]]
+    ) -> tuple[list[ItemTask], list[ItemRow]]:
+        """Tasks to run now, and rows of unchanged keys a barrier newly removed."""
+        todo_keys = {rec["key"] for _, rec in plan.todo}
+        rows = self.m.all_items() if filtered_by or plan.unchanged else {}
+        tasks, refiltered = [], []
+        for key in plan.unchanged:
+            row = rows.get(key)
+            decision = filtered_by.get(key)
+            if row is None:
+                continue
+            if decision and row.status != "filtered":
+                node, reason = next(iter(decision.items()))
+                refiltered.append(self._filtered_row(key, plan.records[key], node, reason))
+            elif not decision and row.status == "filtered" and row.stage in self._barrier_ids():
+                todo_keys.add(key)  # a barrier now keeps it: produce it
+        for key in todo_keys:
+            source, rec = plan.records[key]
+            tasks.append(
+                ItemTask(key, source, rec, filtered_by=filtered_by.get(key, {}), need_hash=True)
+            )
+        tasks.sort(key=lambda t: t.key)
+        return tasks, refiltered
+
+    def _barrier_ids(self) -> set[str]:
+        return {n.id for n in self.p.of_kind(StageKind.SELECT, StageKind.FIT)}
+
+    def _filtered_row(self, key: str, entry: tuple[str, Record], node: str, reason: str) -> ItemRow:
+        source, rec = entry
+        return self._row(ItemResult(key, "filtered", stage=node, message=reason), source, rec)
+
+    # -- the main pass ----------------------------------------------------------------------
+    def _process(self, tasks: list[ItemTask], fitted: dict[str, Any]) -> dict[str, int]:
+        counts = {"processed": 0, "ok": 0, "error": 0, "filtered": 0, "samples": 0}
+        if not tasks:
+            logger.info("nothing to do: every input is unchanged")
+            return counts
+        records = {t.key: (t.source, t.record) for t in tasks}
+        out = self.p.output
+        seq = 0
+        writer: ShardWriter | None = None
+        in_shard: list[ItemRow] = []
+        loose: list[ItemRow] = []
+        pool = self.pool_factory(self.p, fitted)
+        self.hooks.on_phase("process", len(tasks))
+        try:
+            for res in pool.imap_unordered(tasks):
+                counts["processed"] += 1
+                counts[res.status] += 1
+                self.hooks.on_item(res.key, res.status)
+                source, rec = records[res.key]
+                row = self._row(res, source, rec)
+                if res.status != "ok":
+                    loose.append(row)
+                    if res.status == "error":
+                        self.report.failed.append(
+                            {
+                                "key": res.key,
+                                "error_class": res.error_class,
+                                "stage": res.stage,
+                                "message": res.message,
+                            }
+                        )
+                    if len(loose) >= _ROW_BATCH:
+                        self.store.commit_rows(loose)
+                        loose = []
+                    continue
+                if writer is None:
+                    seq += 1
+                    writer = self.store.shard_writer(
+                        self.run_id, seq, out.shard_size, out.shard_bytes
+                    )
+                for _, members in res.samples:
+                    writer.add(members)
+                counts["samples"] += len(res.samples)
+                in_shard.append(row)
+                if writer.full:
+                    self.store.commit_shard(writer, in_shard, self.run_id)
+                    writer, in_shard = None, []
+            if writer is not None:
+                self.store.commit_shard(writer, in_shard, self.run_id)
+                writer = None
+            self.store.commit_rows(loose)
+        finally:
+            if writer is not None:
+                writer.abort()
+            pool.close()
+            self.hooks.on_phase_end("process")
+        return counts
+
+    def _row(self, res: ItemResult, source: str, rec: Record) -> ItemRow:
+        label = rec.get("label")
+        return ItemRow(
+            key=res.key,
+            status=res.status,
+            source=source,
+            path=str(rec.get("path", "")),
+            size=rec.get("size"),
+            mtime_ns=rec.get("mtime_ns"),
+            hash=res.hash,
+            fingerprint=self.fp,
+            stage=res.stage,
+            error_class=res.error_class,
+            error_type=res.error_type,
+            message=res.message,
+            signal=res.signal,
+            n_samples=len(res.samples),
+            label=None if label is None else str(label),
+            run_id=self.run_id,
+            elapsed_s=round(res.elapsed_s, 6),
+            score=getattr(self, "_scores", {}).get(res.key),
+        )
+
+    # -- sinks and the end ------------------------------------------------------------------
+    def _sinks(self) -> None:
+        for node in self.p.of_kind(StageKind.SINK):
+            ctx = self.p.context(node.id, self.opts.epoch)
+            self.report.sinks[node.id] = node.stage.consume(
+                iter_samples(self.store.shard_paths()), ctx
+            )
+
+    def _finish(self, counts: dict[str, int], status: str) -> None:
+        r = self.report
+        r.counts = counts
+        r.status = status
+        r.finished = time.time()
+        r.errors_by_class = {}
+        for f in r.failed:
+            r.errors_by_class[f["error_class"]] = r.errors_by_class.get(f["error_class"], 0) + 1
+        shards = self.m.shards()
+        r.shards, r.samples = len(shards), sum(n for n, _ in shards.values())
+        self.m.finish_run(self.run_id, status, counts)
+        self.store.write_exports({"run_id": self.run_id, "status": status, "counts": counts})
+        self.hooks.on_run_end(r.to_dict())
+
+
+def iter_samples(shard_paths: Iterable[Path]) -> Iterator[Record]:
+    """Decode committed samples back into records (``key`` plus fields)."""
+    for path in shard_paths:
+        current: Record = {}
+        for name, data in iter_members(path):
+            key, fname, ext = split_member(name)
+            if current and current["key"] != key:
+                yield current
+                current = {}
+            current["key"] = key
+            current[fname] = decode_value(ext, data)
+        if current:
+            yield current

@@ -1,0 +1,122 @@
+"""Change detection: which listed inputs need processing, which are unchanged, which vanished.
+
+An input is unchanged when its manifest row has the current pipeline fingerprint and the same
+(size, mtime_ns). When size or mtime moved, its content hash decides: same hash -> unchanged
+(the row's size/mtime are refreshed), different -> changed. Unchanged inputs are never re-read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datapipe.engine.runner import file_hash
+from datapipe.errors import ItemError
+from datapipe.stage import Record
+from datapipe.store.codec import check_key
+from datapipe.store.manifest import ItemRow
+
+
+@dataclass
+class Plan:
+    todo: list[tuple[str, Record]] = field(default_factory=list)  # (source node, record)
+    unchanged: list[str] = field(default_factory=list)
+    touched: list[tuple[int, int, str]] = field(default_factory=list)
+    rejected: list[ItemRow] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    listed: int = 0
+    records: dict[str, tuple[str, Record]] = field(default_factory=dict)
+
+
+def _reusable(row: ItemRow, fingerprint: str, retry_errors: bool, select_nodes: set[str]) -> bool:
+    if row.fingerprint != fingerprint:
+        return False
+    if row.status == "error":
+        return not retry_errors
+    if row.status == "filtered" and row.stage in select_nodes:
+        return True  # re-decided by the barrier every run
+    return True
+
+
+def plan_run(
+    listing: list[tuple[str, Record]],
+    rows: dict[str, ItemRow],
+    fingerprint: str,
+    *,
+    retry_errors: bool = False,
+    select_nodes: set[str] | None = None,
+    run_id: int | None = None,
+) -> Plan:
+    """Split the listed inputs into work to do and work already done."""
+    plan = Plan()
+    seen: set[str] = set()
+    for source, rec in listing:
+        plan.listed += 1
+        key = rec.get("key", "")
+        try:
+            check_key(key)
+        except ItemError as exc:
+            plan.rejected.append(
+                _reject(rec, source, exc.error_class, exc.message, fingerprint, run_id)
+            )
+            continue
+        if key in seen:
+            plan.rejected.append(
+                _reject(
+                    rec,
+                    source,
+                    "invalid",
+                    f"duplicate key {key!r} (another input maps to the same key)",
+                    fingerprint,
+                    run_id,
+                    dup=True,
+                )
+            )
+            continue
+        seen.add(key)
+        plan.records[key] = (source, rec)
+        row = rows.get(key)
+        if row is None or not _reusable(row, fingerprint, retry_errors, select_nodes or set()):
+            plan.todo.append((source, rec))
+            continue
+        size, mtime = rec.get("size"), rec.get("mtime_ns")
+        if row.size == size and row.mtime_ns == mtime:
+            plan.unchanged.append(key)
+            continue
+        if row.hash and rec.get("path"):
+            try:
+                same = file_hash(rec["path"]) == row.hash
+            except OSError:
+                same = False
+            if same:
+                plan.touched.append((int(size or 0), int(mtime or 0), key))
+                plan.unchanged.append(key)
+                continue
+        plan.todo.append((source, rec))
+    seen.update(r.key for r in plan.rejected)
+    plan.vanished = [k for k in rows if k not in seen]
+    return plan
+
+
+def _reject(
+    rec: Record,
+    source: str,
+    error_class: str,
+    message: str,
+    fingerprint: str,
+    run_id: int | None,
+    dup: bool = False,
+) -> ItemRow:
+    raw = str(rec.get("key", ""))
+    key = raw if not dup else f"{raw}@duplicate:{rec.get('path', '')}"
+    return ItemRow(
+        key=key,
+        status="error",
+        source=source,
+        path=str(rec.get("path", "")),
+        stage=source,
+        error_class=error_class,
+        error_type="KeyError",
+        message=message,
+        fingerprint=fingerprint,
+        run_id=run_id,
+    )

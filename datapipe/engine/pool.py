@@ -1,0 +1,241 @@
+"""Worker pools that turn ItemTasks into ItemResults.
+
+:class:`ProcessPool` isolates untrusted decoding: each task runs in a child process with a
+per-item time limit and a memory cap. A hang, an out-of-memory or a native crash (SIGSEGV)
+becomes that item's error row (``timeout``, ``oom``, ``crash``, with the signal); the child
+is replaced and the run goes on. Children are plain subprocesses (not multiprocessing), so
+the pool also works inside daemonic processes such as Dask workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
+from datapipe.graph import Pipeline
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE = ("timeout", "crash", "oom")
+_START_TIMEOUT_S = 120.0
+
+
+class InlinePool:
+    """Runs tasks in this process: no isolation, no overhead. For trusted stages only."""
+
+    def __init__(
+        self, pipeline: Pipeline, fitted: dict[str, Any] | None = None, epoch: int = 0
+    ) -> None:
+        self.runner = ItemRunner(pipeline, fitted, epoch)
+
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
+        for task in tasks:
+            yield self.runner.run(task)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InlinePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen[bytes]
+    tasks: Connection
+    results: Connection
+    task: ItemTask | None = None
+    deadline: float = 0.0
+    ready: bool = False
+    killed_for_timeout: bool = False
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+class ProcessPool:
+    """N child processes, each running one task at a time under a time limit and memory cap."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        workers: int = 1,
+        timeout_s: float = 120.0,
+        memory_mb: int = 4096,
+        retries: int = 0,
+        fitted: dict[str, Any] | None = None,
+        epoch: int = 0,
+    ) -> None:
+        self.payload = (pipeline, dict(fitted or {}), epoch)
+        self.n = max(1, workers)
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self.retries = retries
+        self.children: list[_Child] = []
+        self.replaced = 0
+
+    # -- children ---------------------------------------------------------------------------
+    def _spawn(self) -> _Child:
+        task_r, task_w = os.pipe()
+        res_r, res_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "datapipe.engine.worker",
+                str(task_r),
+                str(res_w),
+                str(self.memory_mb),
+            ],
+            pass_fds=(task_r, res_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        os.close(task_r)
+        os.close(res_w)
+        child = _Child(proc, Connection(task_w, readable=False), Connection(res_r, writable=False))
+        child.tasks.send(self.payload)
+        child.deadline = time.monotonic() + _START_TIMEOUT_S
+        return child
+
+    def _retire(self, child: _Child, kill: bool) -> None:
+        if kill and child.proc.poll() is None:
+            child.proc.kill()
+        for conn in (child.tasks, child.results):
+            conn.close()
+        child.proc.wait()
+
+    def close(self) -> None:
+        for child in self.children:
+            try:
+                child.tasks.send(None)
+            except OSError:
+                pass
+        for child in self.children:
+            try:
+                child.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+            self._retire(child, kill=True)
+        self.children = []
+
+    def __enter__(self) -> ProcessPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- scheduling -------------------------------------------------------------------------
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
+        """Yield one result per task, in completion order."""
+        pending = iter(tasks)
+        retry: deque[ItemTask] = deque()
+        exhausted = False
+        if not self.children:
+            self.children = [self._spawn() for _ in range(self.n)]
+        while True:
+            for child in self.children:  # hand out work
+                if child.ready and child.task is None:
+                    task = (
+                        retry.popleft() if retry else (None if exhausted else next(pending, None))
+                    )
+                    if task is None:
+                        exhausted = True
+                        continue
+                    child.task = task
+                    child.deadline = time.monotonic() + self.timeout_s
+                    child.tasks.send(task)
+            busy = [c for c in self.children if c.task is not None or not c.ready]
+            if exhausted and not retry and not any(c.task is not None for c in self.children):
+                return
+            timeout = max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
+            readable = wait([c.results for c in busy], timeout=timeout)
+            now = time.monotonic()
+            for i, child in enumerate(list(self.children)):
+                result = None
+                if child.results in readable:
+                    try:
+                        msg = child.results.recv()
+                    except (EOFError, OSError):
+                        result = self._died(child)
+                    else:
+                        if isinstance(msg, tuple) and msg and msg[0] == "ready":
+                            child.ready = True
+                            continue
+                        result, child.task = msg, None
+                        yield result
+                        continue
+                elif now >= child.deadline and (child.task is not None or not child.ready):
+                    result = self._timed_out(child)
+                else:
+                    continue
+                # the child is gone: replace it, then report or retry its task
+                task = child.task
+                self._retire(child, kill=True)
+                self.children[i] = self._spawn()
+                self.replaced += 1
+                if task is None:
+                    if result is not None and result.error_class == "crash":
+                        raise RuntimeError(f"a datapipe worker failed to start: {result.message}")
+                    continue
+                if result.error_class in RETRYABLE and task.attempt <= self.retries:
+                    task.attempt += 1
+                    retry.append(task)
+                    continue
+                result.key, result.attempt = task.key, task.attempt
+                yield result
+
+    def _died(self, child: _Child) -> ItemResult:
+        rc = child.proc.wait()
+        key = child.task.key if child.task else ""
+        if rc < 0:
+            sig = _signal_name(rc)
+            if -rc == signal.SIGKILL:
+                return ItemResult.error(
+                    key,
+                    None,
+                    "oom",
+                    f"worker killed by {sig} (the system ran out of memory?)",
+                    "WorkerKilled",
+                    signal=sig,
+                )
+            return ItemResult.error(
+                key, None, "crash", f"worker crashed with {sig}", "WorkerCrashed", signal=sig
+            )
+        return ItemResult.error(
+            key, None, "crash", f"worker exited with status {rc}", "WorkerExited"
+        )
+
+    def _timed_out(self, child: _Child) -> ItemResult:
+        key = child.task.key if child.task else ""
+        limit = self.timeout_s if child.task else _START_TIMEOUT_S
+        return ItemResult.error(
+            key,
+            None,
+            "timeout",
+            f"no result after {limit:g} s; worker killed",
+            "Timeout",
+            signal="SIGKILL",
+        )

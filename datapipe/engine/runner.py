@@ -1,0 +1,259 @@
+"""Run one input item through every Map node its source feeds, in one go (fused).
+
+This is the unit of work every executor schedules. It never raises for a bad item: the
+outcome (ok with encoded samples, error with a class, or filtered) is a plain, picklable
+:class:`ItemResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from datapipe.errors import Filtered, ItemError, classify_exception
+from datapipe.graph import Pipeline
+from datapipe.stage import Record, StageKind, to_jsonable
+from datapipe.store.codec import encode_sample
+
+HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class ItemTask:
+    """One input key to process."""
+
+    key: str
+    source: str
+    record: Record
+    #: select node -> reason, for keys a barrier has already removed
+    filtered_by: dict[str, str] = field(default_factory=dict)
+    #: compute only up to this barrier node and return its light fields
+    light_for: str | None = None
+    need_hash: bool = False
+    attempt: int = 1
+
+
+@dataclass
+class ItemResult:
+    key: str
+    status: str  # ok | error | filtered
+    samples: list[tuple[str, list[tuple[str, bytes]]]] = field(default_factory=list)
+    light: dict[str, Any] | None = None
+    stage: str | None = None
+    error_class: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    signal: str | None = None
+    hash: str | None = None
+    elapsed_s: float = 0.0
+    attempt: int = 1
+
+    @classmethod
+    def error(
+        cls,
+        key: str,
+        stage: str | None,
+        error_class: str,
+        message: str,
+        error_type: str = "",
+        **kw: Any,
+    ) -> ItemResult:
+        return cls(
+            key,
+            "error",
+            stage=stage,
+            error_class=error_class,
+            message=message,
+            error_type=error_type or error_class,
+            **kw,
+        )
+
+
+def file_hash(path: str) -> str:
+    """Content hash used for change detection when size or mtime moved."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _join(branches: list[list[tuple[str, Record]]]) -> list[tuple[str, Record]]:
+    """Merge the records of several input nodes sample by sample (same sub-key)."""
+    if len(branches) == 1:
+        return branches[0]
+    merged: dict[str, Record] = {}
+    common = set.intersection(*({s for s, _ in b} for b in branches))
+    for branch in branches:
+        for sub, rec in branch:
+            if sub in common:
+                merged.setdefault(sub, {}).update(rec)
+    return sorted(merged.items())
+
+
+class ItemRunner:
+    """Executes tasks for one pipeline; built once per worker process."""
+
+    def __init__(
+        self, pipeline: Pipeline, fitted: Mapping[str, Any] | None = None, epoch: int = 0
+    ) -> None:
+        self.pipeline = pipeline
+        self.fitted = dict(fitted or {})
+        self.epoch = epoch
+        self._reach = {s.id: pipeline.downstream(s.id) for s in pipeline.of_kind(StageKind.SOURCE)}
+        self._contexts = {}
+        for n in pipeline.nodes:
+            ctx = pipeline.context(n.id, epoch)
+            ctx.fitted = self.fitted
+            self._contexts[n.id] = ctx
+
+    def run(self, task: ItemTask) -> ItemResult:
+        t0 = time.perf_counter()
+        try:
+            result = self._run(task)
+        except MemoryError:
+            result = ItemResult.error(
+                task.key, None, "oom", "ran out of memory (MemoryError)", "MemoryError"
+            )
+        result.elapsed_s = time.perf_counter() - t0
+        result.attempt = task.attempt
+        return result
+
+    def _run(self, task: ItemTask) -> ItemResult:
+        p = self.pipeline
+        digest = None
+        if task.need_hash and task.record.get("path"):
+            try:
+                digest = file_hash(task.record["path"])
+            except OSError as exc:
+                return ItemResult.error(
+                    task.key, task.source, "io", f"cannot read input: {exc}", type(exc).__name__
+                )
+        wanted = self._reach[task.source]
+        if task.light_for is not None:
+            wanted = wanted & p.upstream(task.light_for)
+        values: dict[str, list[tuple[str, Record]]] = {task.source: [("", dict(task.record))]}
+        for nid in p.order:
+            if nid not in wanted or nid in values:
+                continue
+            node = p.nodes_by_id[nid]
+            if any(u not in values for u in node.inputs) or node.kind is StageKind.SINK:
+                continue
+            inputs = _join([values[u] for u in node.inputs])
+            if node.kind in (StageKind.SELECT, StageKind.FIT):
+                if nid == task.light_for:
+                    return self._light(task, node.stage.consumes(), inputs, digest)
+                if nid in task.filtered_by:
+                    return ItemResult(
+                        task.key, "filtered", stage=nid, message=task.filtered_by[nid], hash=digest
+                    )
+                values[nid] = inputs
+                continue
+            out: list[tuple[str, Record]] = []
+            for sub, rec in inputs:
+                try:
+                    produced = node.stage.process(rec, self._contexts[nid])
+                except Filtered as exc:
+                    return ItemResult(
+                        task.key, "filtered", stage=nid, message=exc.reason, hash=digest
+                    )
+                except MemoryError:
+                    raise
+                except Exception as exc:
+                    msg = exc.message if isinstance(exc, ItemError) else str(exc) or repr(exc)
+                    return ItemResult.error(
+                        task.key, nid, classify_exception(exc), msg, type(exc).__name__, hash=digest
+                    )
+                parts = produced if isinstance(produced, list) else [produced]
+                expanded = isinstance(produced, list)
+                for i, part in enumerate(parts):
+                    bad = self._check(node.stage.produces(), part)
+                    if bad:
+                        return ItemResult.error(
+                            task.key,
+                            nid,
+                            "invalid",
+                            f"{node.stage.name} broke its contract: {bad}",
+                            "ContractError",
+                            hash=digest,
+                        )
+                    new_sub = f"{sub}{'_' if sub else '@'}{i:04d}" if expanded else sub
+                    out.append((new_sub, {**rec, **part}))
+            if not out:
+                return ItemResult(
+                    task.key,
+                    "filtered",
+                    stage=nid,
+                    message=f"{node.stage.name} produced no samples",
+                    hash=digest,
+                )
+            values[nid] = out
+        return self._encode(task, values, wanted, digest)
+
+    @staticmethod
+    def _check(declared: tuple[Any, ...], produced: Any) -> str | None:
+        if not isinstance(produced, dict):
+            return f"process() returned {type(produced).__name__}, expected a dict of fields"
+        specs = {f.name: f for f in declared}
+        for name, spec in specs.items():
+            if name not in produced:
+                return f"declared field {name!r} missing"
+            why = spec.check_value(produced[name])
+            if why:
+                return why
+        return None
+
+    def _light(
+        self,
+        task: ItemTask,
+        consumes: tuple[Any, ...],
+        inputs: list[tuple[str, Record]],
+        digest: str | None,
+    ) -> ItemResult:
+        if len(inputs) != 1:
+            return ItemResult.error(
+                task.key,
+                task.light_for,
+                "unsupported",
+                "a Select/Fit stage needs one sample per input key; "
+                f"got {len(inputs)} after expansion",
+            )
+        rec = inputs[0][1]
+        light = {}
+        for f in consumes:
+            value = rec.get(f.name)
+            light[f.name] = to_jsonable(value.tolist() if hasattr(value, "tolist") else value)
+        return ItemResult(task.key, "ok", light=light, hash=digest)
+
+    def _encode(
+        self,
+        task: ItemTask,
+        values: dict[str, list[tuple[str, Record]]],
+        wanted: set[str],
+        digest: str | None,
+    ) -> ItemResult:
+        p = self.pipeline
+        leaves = [n for n in p.leaves() if n in values and n in wanted]
+        records = _join([values[n] for n in leaves])
+        out = p.output
+        samples = []
+        try:
+            for sub, rec in records:
+                key = task.key + sub
+                samples.append((key, encode_sample(key, rec, out.fields, out.exclude)))
+        except ItemError as exc:
+            return ItemResult.error(
+                task.key, "store", exc.error_class, exc.message, "ItemError", hash=digest
+            )
+        if not samples:
+            return ItemResult(
+                task.key,
+                "filtered",
+                stage=leaves[-1] if leaves else None,
+                message="no samples",
+                hash=digest,
+            )
+        return ItemResult(task.key, "ok", samples=samples, hash=digest)

@@ -1,0 +1,309 @@
+"""The pipeline: a DAG of named nodes, validated before any data is read.
+
+The graph is plain data (nodes, edges, declared fields). Executors are functions of it; this
+module imports no executor and no concrete stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+from datapipe import registry
+from datapipe.config import OutputSpec, PipelineSpec, RunSpec, load_yaml, parse_spec
+from datapipe.errors import ConfigError, ParamError, Problem
+from datapipe.fields import Field
+from datapipe.stage import Context, Stage, StageKind
+
+
+@dataclass(frozen=True)
+class Node:
+    """A stage instance at a named place in the DAG."""
+
+    id: str
+    stage: Stage
+    inputs: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> StageKind:
+        return self.stage.kind
+
+
+class Pipeline:
+    """A validated DAG of stages.
+
+    Build it from Python (:meth:`chain` or a list of :class:`Node`) or from a YAML file
+    (:meth:`from_yaml`). Construction validates everything and raises one
+    :class:`~datapipe.errors.ConfigError` listing every problem.
+
+    Examples
+    --------
+    >>> from datapipe.stages.io.files import Files
+    >>> from datapipe.stages.io.image_resize import ImageResize
+    >>> p = Pipeline.chain(Files(root="photos"), ImageResize(size=32))
+    >>> [n.id for n in p.nodes]
+    ['files', 'image_resize']
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        *,
+        name: str = "pipeline",
+        seed: int = 0,
+        output: OutputSpec | None = None,
+        run: RunSpec | None = None,
+        base_dir: str | Path | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.nodes_by_id: dict[str, Node] = {}
+        self.name = name
+        self.seed = seed
+        self.output = output or OutputSpec()
+        self.run = run or RunSpec()
+        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
+        self.source = source
+        problems: list[Problem] = []
+        for node in nodes:
+            if node.id in self.nodes_by_id:
+                problems.append(Problem(f"nodes.{node.id}", "duplicate node name"))
+            self.nodes_by_id[node.id] = node
+        problems += self._check_structure()
+        if not problems:
+            self.order = self._toposort(problems)
+        if not problems:
+            problems += self._check_fields()
+        if problems:
+            raise ConfigError(problems, source)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def chain(cls, *stages: Stage, **kwargs: Any) -> Pipeline:
+        """A linear pipeline; node names come from stage names (``a.b`` -> ``a_b``)."""
+        nodes, prev = [], None
+        for stage in stages:
+            base = stage.name.replace(".", "_")
+            nid, i = base, 1
+            while any(n.id == nid for n in nodes):
+                i += 1
+                nid = f"{base}_{i}"
+            nodes.append(Node(nid, stage, (prev,) if prev else ()))
+            prev = nid
+        return cls(nodes, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, variables: Mapping[str, str] | None = None) -> Pipeline:
+        path = Path(path)
+        return cls.from_dict(
+            load_yaml(path), source=str(path), base_dir=path.resolve().parent, variables=variables
+        )
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        *,
+        source: str | None = None,
+        base_dir: str | Path | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> Pipeline:
+        spec = parse_spec(data, source, dict(variables or {}))
+        return cls.from_spec(spec, source=source, base_dir=base_dir)
+
+    @classmethod
+    def from_spec(
+        cls, spec: PipelineSpec, *, source: str | None = None, base_dir: str | Path | None = None
+    ) -> Pipeline:
+        problems: list[Problem] = []
+        nodes: list[Node] = []
+        known = registry.all_stages()
+        for nid, ns in spec.nodes.items():
+            where = f"nodes.{nid}"
+            if ns.stage not in known:
+                problems.append(
+                    Problem(f"{where}.stage", registry.unknown_stage_message(ns.stage, known))
+                )
+                continue
+            stage_cls = known[ns.stage]
+            try:
+                stage = stage_cls.__new__(stage_cls)
+                stage.params = stage_cls.build_params(ns.params, where=f"{where}.params")
+            except ParamError as exc:
+                problems += exc.problems
+                continue
+            nodes.append(Node(nid, stage, tuple(ns.inputs)))
+        if problems:  # report dangling inputs too, so one pass shows everything
+            names = list(spec.nodes)
+            for nid, ns in spec.nodes.items():
+                for i, up in enumerate(ns.inputs):
+                    if up not in spec.nodes:
+                        hint = get_close_matches(up, names, n=1)
+                        sug = f"; did you mean {hint[0]!r}?" if hint else ""
+                        problems.append(
+                            Problem(f"nodes.{nid}.inputs[{i}]", f"no node named {up!r}{sug}")
+                        )
+            raise ConfigError(problems, source)
+        return cls(
+            nodes,
+            name=spec.name,
+            seed=spec.seed,
+            output=spec.output,
+            run=spec.run,
+            base_dir=base_dir,
+            source=source,
+        )
+
+    # -- validation -----------------------------------------------------------------------
+    def _check_structure(self) -> list[Problem]:
+        problems = []
+        ids = list(self.nodes_by_id)
+        for node in self.nodes_by_id.values():
+            where = f"nodes.{node.id}"
+            for i, up in enumerate(node.inputs):
+                if up not in self.nodes_by_id:
+                    hint = get_close_matches(up, ids, n=1)
+                    sug = f"; did you mean {hint[0]!r}?" if hint else f" (nodes: {', '.join(ids)})"
+                    problems.append(Problem(f"{where}.inputs[{i}]", f"no node named {up!r}{sug}"))
+                elif self.nodes_by_id[up].kind is StageKind.SINK:
+                    problems.append(
+                        Problem(f"{where}.inputs[{i}]", f"{up!r} is a sink and has no output")
+                    )
+            if node.kind is StageKind.SOURCE and node.inputs:
+                problems.append(
+                    Problem(f"{where}.inputs", f"{node.stage.name} is a source and takes no inputs")
+                )
+            if node.kind is not StageKind.SOURCE and not node.inputs:
+                problems.append(
+                    Problem(f"{where}.inputs", f"{node.stage.name} needs at least one input node")
+                )
+        if not any(n.kind is StageKind.SOURCE for n in self.nodes_by_id.values()):
+            problems.append(Problem("nodes", "the pipeline has no source stage"))
+        return problems
+
+    def _toposort(self, problems: list[Problem]) -> list[str]:
+        sorter = TopologicalSorter({n.id: n.inputs for n in self.nodes_by_id.values()})
+        try:
+            return list(sorter.static_order())
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            problems.append(Problem("nodes", f"the graph has a cycle: {cycle}"))
+            return []
+
+    def _check_fields(self) -> list[Problem]:
+        problems: list[Problem] = []
+        available: dict[str, dict[str, tuple[Field, str]]] = {}
+        for nid in self.order:
+            node = self.nodes_by_id[nid]
+            incoming: dict[str, tuple[Field, str]] = {}
+            for up in node.inputs:
+                incoming.update(available[up])
+            for want in node.stage.consumes():
+                have = incoming.get(want.name)
+                where = f"nodes.{nid}"
+                if have is None:
+                    offered = ", ".join(sorted(incoming)) or "nothing"
+                    problems.append(
+                        Problem(
+                            where,
+                            (
+                                f"{node.stage.name} consumes field {want.name!r} ({want.dtype}, "
+                                f"shape '{want.shape}') but its inputs provide: {offered}"
+                            ),
+                        )
+                    )
+                    continue
+                got, producer = have
+                why = want.dtype_mismatch(got) or want.shape_mismatch(got)
+                if why:
+                    problems.append(
+                        Problem(
+                            where,
+                            (
+                                f"{node.stage.name} consumes field {want.name!r} but node "
+                                f"{producer!r} "
+                                f"produces it with {why}"
+                            ),
+                        )
+                    )
+            out = dict(incoming)
+            for f in node.stage.produces():
+                out[f.name] = (f, nid)
+            available[nid] = out
+        self._available = available
+        return problems
+
+    # -- queries --------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.nodes_by_id[n] for n in self.order]
+
+    def fields_at(self, node_id: str) -> dict[str, Field]:
+        """The fields a record carries after ``node_id``."""
+        return {k: f for k, (f, _) in self._available[node_id].items()}
+
+    def of_kind(self, *kinds: StageKind) -> list[Node]:
+        return [n for n in self.nodes if n.kind in kinds]
+
+    def upstream(self, node_id: str) -> set[str]:
+        """Every node ``node_id`` depends on, itself included."""
+        seen, todo = set(), [node_id]
+        while todo:
+            nid = todo.pop()
+            if nid not in seen:
+                seen.add(nid)
+                todo.extend(self.nodes_by_id[nid].inputs)
+        return seen
+
+    def downstream(self, node_id: str) -> set[str]:
+        return {n.id for n in self.nodes if node_id in self.upstream(n.id)}
+
+    def leaves(self) -> list[str]:
+        """Nodes whose output no other node consumes (the record that gets written)."""
+        used = {u for n in self.nodes for u in n.inputs}
+        return [n.id for n in self.nodes if n.id not in used and n.kind is not StageKind.SINK]
+
+    def context(self, node_id: str = "", epoch: int = 0) -> Context:
+        return Context(base_dir=self.base_dir, seed=self.seed, epoch=epoch, node=node_id)
+
+    def describe(self) -> dict[str, Any]:
+        """The DAG as plain data: nodes, their stage, params, inputs and fields."""
+        return {
+            "name": self.name,
+            "nodes": [
+                {
+                    "id": n.id,
+                    "stage": n.stage.name,
+                    "kind": n.kind.value,
+                    "params": n.stage.get_params(),
+                    "inputs": list(n.inputs),
+                    "consumes": [f.to_dict() for f in n.stage.consumes()],
+                    "produces": [f.to_dict() for f in n.stage.produces()],
+                }
+                for n in self.nodes
+            ],
+        }
+
+    def fingerprint(
+        self, source_signatures: Sequence[str] = (), only: set[str] | None = None
+    ) -> str:
+        """Hash of everything that decides an item's output: stages, versions, params, wiring,
+        the seed and the written fields. Shard sizes and run settings are not part of it.
+        ``only`` restricts it to a sub-graph (e.g. what feeds a barrier)."""
+        blob = {
+            "nodes": [
+                [n.id, n.stage.name, n.stage.version, n.stage.get_params(), list(n.inputs)]
+                for n in self.nodes
+                if only is None or n.id in only
+            ],
+            "seed": self.seed,
+            "fields": self.output.fields,
+            "exclude": sorted(self.output.exclude),
+            "sources": list(source_signatures),
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

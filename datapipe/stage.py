@@ -1,0 +1,203 @@
+"""The stage contract: five kinds of stage, typed params, declared fields.
+
+A stage's constructor stores its validated parameters and nothing else, so a stage pickles
+into worker processes and its parameters are its identity (scikit-learn's estimator rule).
+The engine only ever talks to stages through the methods below.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from datapipe.errors import ParamError, Problem
+from datapipe.fields import Field
+
+Record = dict[str, Any]
+
+
+class StageKind(str, enum.Enum):
+    SOURCE = "source"
+    MAP = "map"
+    SELECT = "select"
+    FIT = "fit"
+    SINK = "sink"
+
+
+class Params(BaseModel):
+    """Base of every stage's parameter model: strict about unknown names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Context:
+    """What a stage may know about the run: where relative paths start, the seed, the epoch."""
+
+    base_dir: Path = field(default_factory=Path.cwd)
+    seed: int = 0
+    epoch: int = 0
+    node: str = ""
+    #: state handed on by Fit nodes, by node name
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+@dataclass
+class Selection:
+    """What a Select stage returns: the keys kept, a score per key, a reason per removed key."""
+
+    keep: set[str]
+    scores: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class of all stages. Subclass one of the kinds below, not this."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[StageKind]
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    Params: ClassVar[type[Params]] = Params
+    CONSUMES: ClassVar[tuple[Field, ...]] = ()
+    PRODUCES: ClassVar[tuple[Field, ...]] = ()
+    #: True for stages that decode untrusted media: the engine runs them in child processes
+    #: with a time limit and a memory cap.
+    isolate: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.build_params(params)
+
+    @classmethod
+    def build_params(cls, params: Mapping[str, Any], where: str = "params") -> Params:
+        """Validate raw params into the typed model; every problem reported at once."""
+        try:
+            return cls.Params(**params)
+        except ValidationError as exc:
+            raise ParamError([_param_problem(cls, where, err) for err in exc.errors()]) from None
+
+    def get_params(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")
+
+    def consumes(self) -> tuple[Field, ...]:
+        """Fields this stage reads from its input record (may depend on params)."""
+        return self.CONSUMES
+
+    def produces(self) -> tuple[Field, ...]:
+        """Fields this stage adds to the record (may depend on params)."""
+        return self.PRODUCES
+
+    def token(self) -> str:
+        """Deterministic identity: stage name, version and a hash of the params."""
+        blob = json.dumps(
+            {"stage": self.name, "version": self.version, "params": self.get_params()},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.get_params() == other.get_params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.token()))
+
+
+class Source(Stage):
+    """Lists inputs as light records: ``key``, ``path``, ``label``, ``size``, ``mtime_ns``."""
+
+    kind = StageKind.SOURCE
+
+    def list_items(self, ctx: Context) -> Iterator[Record]:
+        raise NotImplementedError
+
+    def signature(self, ctx: Context) -> str:
+        """Dataset-level facts that change every item's output (e.g. the class list)."""
+        return ""
+
+
+class Map(Stage):
+    """Record -> new fields. Pure and deterministic given (record, params, seed).
+
+    ``process`` returns a dict of the fields it produces; a list of dicts to expand one
+    record into several samples; or raises :class:`~datapipe.errors.Filtered` to drop it.
+    """
+
+    kind = StageKind.MAP
+
+    def process(self, record: Record, ctx: Context) -> Record | list[Record]:
+        raise NotImplementedError
+
+
+class Select(Stage):
+    """Dataset-level choice of keys from a light view; a barrier in the DAG."""
+
+    kind = StageKind.SELECT
+
+    def select(
+        self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context
+    ) -> Selection:
+        raise NotImplementedError
+
+
+class Fit(Stage):
+    """Learns a small state from a light view and hands it on to downstream stages."""
+
+    kind = StageKind.FIT
+
+    def fit(
+        self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class Sink(Stage):
+    """Consumes the committed records at the end of the DAG (a trainer, an exporter)."""
+
+    kind = StageKind.SINK
+
+    def consume(self, records: Iterator[Record], ctx: Context) -> dict[str, Any]:
+        """Consume every committed record; return a JSON-able summary for the run report."""
+        raise NotImplementedError
+
+
+def _param_problem(cls: type[Stage], where: str, err: Mapping[str, Any]) -> Problem:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    path = f"{where}.{loc}" if loc else where
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(cls.Params.model_fields)) or "none"
+        from difflib import get_close_matches
+
+        hint = get_close_matches(str(err["loc"][-1]), list(cls.Params.model_fields), n=1)
+        msg = f"unknown parameter of {cls.name}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return Problem(path, f"{msg} (known: {known})")
+    got = err.get("input")
+    got_txt = f"; got {got!r}" if kind != "missing" else ""
+    return Problem(path, f"the {loc!r} parameter of {cls.name}: {err.get('msg')}{got_txt}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Numpy scalars to Python scalars, recursively; used for light views and reports."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,111 @@
+"""Record <-> tar members, WebDataset style: ``KEY.FIELD.npy`` for arrays, ``.json`` for
+scalars, strings, lists and dicts, ``.bin`` for bytes. No pickle anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from datapipe.errors import ItemError
+
+#: Keys are relative, slash-separated names without dots (WebDataset splits at the first dot).
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-@]+)*$")
+MAX_KEY_LENGTH = 200
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could name a path outside the output or confuse a tar reader."""
+    if not isinstance(key, str) or not key:
+        raise ItemError("security", f"empty or non-string sample key {key!r}")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ItemError("security", f"sample key longer than {MAX_KEY_LENGTH} characters")
+    if not KEY_PATTERN.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ItemError("security", f"unsafe sample key {key!r}: use letters, digits, _ - and /")
+    return key
+
+
+def sanitize_key(relpath: str) -> str:
+    """A stable key from a relative path: drop the suffix, map unsafe characters to '_'."""
+    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
+    parts = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in stem.split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_nonfinite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nonfinite(v) for v in value)
+    return False
+
+
+def encode_value(name: str, value: Any) -> tuple[str, bytes]:
+    """One field to (extension, bytes)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise ItemError(
+                "invalid", f"field {name!r} is an object array; only plain dtypes are stored"
+            )
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
+        return "npy", buf.getvalue()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bin", bytes(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if _has_nonfinite(value):
+        raise ItemError("nonfinite", f"field {name!r} holds NaN or infinity")
+    try:
+        return "json", json.dumps(value, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ItemError("invalid", f"field {name!r} cannot be stored: {exc}") from None
+
+
+def encode_sample(
+    key: str,
+    record: Mapping[str, Any],
+    fields: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+) -> list[tuple[str, bytes]]:
+    """Tar members for one sample, sorted by name."""
+    check_key(key)
+    wanted = set(fields) if fields is not None else None
+    skip = set(exclude) | {"key"}
+    members = []
+    for name in sorted(record):
+        if name in skip or (wanted is not None and name not in wanted):
+            continue
+        ext, data = encode_value(name, record[name])
+        members.append((f"{key}.{name}.{ext}", data))
+    return members
+
+
+def decode_value(ext: str, data: bytes) -> Any:
+    """Inverse of :func:`encode_value`."""
+    if ext == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if ext == "json":
+        return json.loads(data)
+    if ext == "bin":
+        return data
+    raise ValueError(f"unknown member extension {ext!r}")
+
+
+def split_member(name: str) -> tuple[str, str, str]:
+    """``a/b.field.npy`` -> (key, field, ext)."""
+    head, _, base = name.rpartition("/")
+    stem, field, ext = base.split(".", 2) if base.count(".") >= 2 else (base, "", "")
+    return (f"{head}/{stem}" if head else stem), field, ext
+
+
+def item_key_of(sample_key: str) -> str:
+    """The input key a sample came from: samples of an expanded item are ``KEY@NNNN``."""
+    return sample_key.split("@", 1)[0]

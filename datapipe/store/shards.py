@@ -1,0 +1,105 @@
+"""WebDataset-format tar shards, written to a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from datapipe.store.codec import split_member
+from datapipe.store.files import fsync_dir, tmp_name
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    n_samples: int
+    n_bytes: int
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0  # deterministic bytes for the same content
+    return info
+
+
+class ShardWriter:
+    """Appends samples to one tar shard; :meth:`close` makes it visible atomically."""
+
+    def __init__(self, directory: Path, name: str, max_samples: int, max_bytes: int) -> None:
+        self.path = directory / name
+        self.tmp = tmp_name(self.path)
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.n_samples = 0
+        self._fh = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def n_bytes(self) -> int:
+        return self._fh.tell()
+
+    def add(self, members: list[tuple[str, bytes]]) -> None:
+        """Write one sample's members (all of one key)."""
+        for name, data in members:
+            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        self.n_samples += 1
+
+    @property
+    def full(self) -> bool:
+        return self.n_samples >= self.max_samples or self.n_bytes >= self.max_bytes
+
+    def close(self) -> ShardInfo:
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return ShardInfo(self.name, self.n_samples, self.path.stat().st_size)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def iter_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Stream (name, bytes) from a tar without extracting anything to disk."""
+    with tarfile.open(path, mode="r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            fh = tar.extractfile(info)
+            if fh is not None:
+                yield info.name, fh.read()
+
+
+def rewrite_shard(path: Path, keep_key: Callable[[str], bool]) -> ShardInfo:
+    """Rewrite a shard keeping only samples whose key passes ``keep_key`` (atomic)."""
+    tmp = tmp_name(path)
+    n, last = 0, None
+    with (
+        open(tmp, "wb") as fh,
+        tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as out,
+    ):
+        for name, data in iter_members(path):
+            key = split_member(name)[0]
+            if keep_key(key):
+                out.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+                if key != last:
+                    n, last = n + 1, key
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return ShardInfo(path.name, n, path.stat().st_size)

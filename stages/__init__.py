@@ -1,0 +1,1 @@
+"""Built-in stages, one folder per family; installed as ``datapipe.stages``."""

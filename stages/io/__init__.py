@@ -1,0 +1,1 @@
+"""Input stages: sources that list files, and plain decoders."""

@@ -1,0 +1,152 @@
+"""``files``: list images, videos and point clouds under a root as light records."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field as PField
+
+from datapipe.errors import ConfigError, Problem
+from datapipe.fields import Field
+from datapipe.stage import Context, Params, Record, Source
+from datapipe.store.codec import sanitize_key
+
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image": (".jpg", ".jpeg", ".png", ".webp", ".bmp"),
+    "video": (".mp4", ".mkv", ".avi", ".mov", ".webm", ".h264", ".264"),
+    "pointcloud": (".ply", ".pcd", ".xyz", ".xyzn", ".pts"),
+}
+Kind = Literal["image", "video", "pointcloud"]
+
+
+class FilesParams(Params):
+    root: str = PField(description="Directory to list (relative to the pipeline file).")
+    kinds: list[Kind] = PField(default_factory=lambda: ["image", "video", "pointcloud"])
+    labels: Literal["folder", "none"] | str = PField(
+        "folder", description="'folder' (parent folder name), 'none', or a CSV file path,label."
+    )
+    classes: list[str] | None = PField(None, description="Fixed class order for label_id.")
+
+
+class Files(Source):
+    """List media files under a root; labels from folder names or a CSV.
+
+    Keys are the relative path without its suffix (stable across runs and machines). Only
+    regular files are listed: symlinks and hidden files are skipped.
+    """
+
+    name = "files"
+    description = "List images/videos/point clouds under a root, labels from folders or a CSV."
+    Params = FilesParams
+    PRODUCES = (
+        Field("path", "str", "", "absolute path of the input"),
+        Field("relpath", "str", "", "path relative to the root"),
+        Field("kind", "str", "", "image | video | pointcloud"),
+        Field("label", "str", "", "class name ('' when unknown)"),
+        Field("label_id", "int", "", "index of the label in the class list (-1 when unknown)"),
+        Field("size", "int", "", "bytes"),
+        Field("mtime_ns", "int", "", "modification time"),
+    )
+
+    def _root(self, ctx: Context) -> Path:
+        root = ctx.resolve(self.params.root)
+        if not root.is_dir():
+            raise ConfigError(
+                [
+                    Problem(
+                        f"nodes.{ctx.node}.params.root",
+                        f"input root {str(root)!r} is not a directory",
+                    )
+                ]
+            )
+        return root
+
+    def _kind_of(self, name: str) -> str | None:
+        ext = os.path.splitext(name)[1].lower()
+        for kind in self.params.kinds:
+            if ext in EXTENSIONS[kind]:
+                return kind
+        return None
+
+    def _walk(self, root: Path) -> Iterator[tuple[str, os.stat_result]]:
+        stack = [root]
+        while stack:
+            directory = stack.pop()
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False) and self._kind_of(entry.name):
+                    yield os.path.relpath(entry.path, root), entry.stat(follow_symlinks=False)
+
+    def _csv_rows(self, ctx: Context, root: Path) -> list[tuple[str, str]]:
+        path = ctx.resolve(self.params.labels)
+        where = f"nodes.{ctx.node}.params.labels"
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                    raise ConfigError([Problem(where, f"{path} needs the columns path,label")])
+                return [(row["path"], row["label"]) for row in reader]
+        except OSError as exc:
+            raise ConfigError(
+                [Problem(where, f"cannot read labels CSV {path}: {exc.strerror}")]
+            ) from None
+
+    def classes(self, ctx: Context) -> list[str]:
+        if self.params.classes is not None:
+            return list(self.params.classes)
+        if self.params.labels == "none":
+            return []
+        root = self._root(ctx)
+        if self.params.labels == "folder":
+            found = {Path(rel).parent.name for rel, _ in self._walk(root)}
+        else:
+            found = {label for _, label in self._csv_rows(ctx, root)}
+        return sorted(found - {""})
+
+    def signature(self, ctx: Context) -> str:
+        return hashlib.sha256("\n".join(self.classes(ctx)).encode()).hexdigest()[:16]
+
+    def list_items(self, ctx: Context) -> Iterator[Record]:
+        root = self._root(ctx)
+        classes = self.classes(ctx)
+        index = {c: i for i, c in enumerate(classes)}
+        if self.params.labels in ("folder", "none"):
+            for rel, st in self._walk(root):
+                label = Path(rel).parent.name if self.params.labels == "folder" else ""
+                yield self._record(root, rel, st, label, index)
+            return
+        for rel, label in self._csv_rows(ctx, root):
+            full = (root / rel).resolve()
+            if not full.is_relative_to(root.resolve()):
+                yield {"key": rel, "path": str(full), "relpath": rel, "label": label}
+                continue  # an unsafe key: the engine turns it into a 'security' error row
+            try:
+                st = os.stat(full, follow_symlinks=False)
+            except OSError:
+                st = None
+            yield self._record(root, rel, st, label, index)
+
+    def _record(
+        self, root: Path, rel: str, st: os.stat_result | None, label: str, index: dict[str, int]
+    ) -> Record:
+        rel = Path(rel).as_posix()
+        return {
+            "key": sanitize_key(rel),
+            "path": str(root / rel),
+            "relpath": rel,
+            "kind": self._kind_of(rel) or "",
+            "label": label,
+            "label_id": index.get(label, -1),
+            "size": st.st_size if st else -1,
+            "mtime_ns": st.st_mtime_ns if st else -1,
+        }

@@ -1,0 +1,1 @@
+"""Dataset-level selection stages (barriers)."""

@@ -1,0 +1,57 @@
+"""``select.random``: keep a seeded random subset of the keys (the baseline selector)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import Field as PField
+from pydantic import model_validator
+
+from datapipe.stage import Context, Params, Select, Selection
+
+
+class RandomParams(Params):
+    fraction: float | None = PField(None, gt=0, le=1, description="Share of keys to keep.")
+    count: int | None = PField(None, ge=0, description="Number of keys to keep.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> RandomParams:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of 'fraction' or 'count'")
+        return self
+
+
+def key_uniform(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, key): order- and worker-independent."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class RandomSubset(Select):
+    """Keep ``fraction`` (or ``count``) of the keys, chosen by a seeded hash of each key.
+
+    Each key's draw depends only on (seed, key), so adding inputs later keeps earlier
+    decisions mostly stable, and every executor picks the same subset.
+    """
+
+    name = "select.random"
+    description = "Keep a seeded random fraction or count of the samples."
+    Params = RandomParams
+
+    def select(
+        self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context
+    ) -> Selection:
+        p = self.params
+        n = len(keys)
+        budget = p.count if p.count is not None else round((p.fraction or 0) * n)
+        budget = min(n, budget)
+        scores = {k: key_uniform(k, ctx.seed) for k in keys}
+        ranked = sorted(keys, key=lambda k: (scores[k], k))
+        keep = set(ranked[:budget])
+        reasons = {
+            k: f"random draw {scores[k]:.4f} outside the {budget} kept of {n}"
+            for k in ranked[budget:]
+        }
+        return Selection(keep=keep, scores=scores, reasons=reasons)
