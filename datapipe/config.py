@@ -29,11 +29,13 @@ class NodeSpec(_Strict):
 
     stage: str = Field(description="Registered stage name, e.g. 'image.resize'.")
     params: dict[str, Any] = Field(default_factory=dict, description="The stage's parameters.")
-    inputs: list[str] = Field(default_factory=list, description="Names of upstream nodes.")
+    inputs: list[str] | str = Field(
+        default_factory=list, description="Name(s) of upstream nodes: one name or a list."
+    )
 
-    @field_validator("inputs", mode="before")
+    @field_validator("inputs", mode="after")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
+    def _one_or_many(cls, v: list[str] | str) -> list[str]:
         return [v] if isinstance(v, str) else v
 
 

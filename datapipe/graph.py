@@ -265,7 +265,7 @@ class Pipeline:
 
     def leaves(self) -> list[str]:
         """Nodes whose output no other node consumes (the record that gets written)."""
-        used = {u for n in self.nodes for u in n.inputs}
+        used = {u for n in self.nodes if n.kind is not StageKind.SINK for u in n.inputs}
         return [n.id for n in self.nodes if n.id not in used and n.kind is not StageKind.SINK]
 
     def context(self, node_id: str = "", epoch: int = 0) -> Context:

@@ -76,6 +76,8 @@ class Stage:
     #: True for stages that decode untrusted media: the engine runs them in child processes
     #: with a time limit and a memory cap.
     isolate: ClassVar[bool] = False
+    #: params that build a working instance, for the conformance suite and docs
+    EXAMPLE_PARAMS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = self.build_params(params)

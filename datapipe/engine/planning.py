@@ -53,7 +53,7 @@ def plan_run(
         plan.listed += 1
         key = rec.get("key", "")
         try:
-            check_key(key)
+            check_key(key, item=True)
         except ItemError as exc:
             plan.rejected.append(
                 _reject(rec, source, exc.error_class, exc.message, fingerprint, run_id)

@@ -83,8 +83,8 @@ def file_hash(path: str) -> str:
 
 def _join(branches: list[list[tuple[str, Record]]]) -> list[tuple[str, Record]]:
     """Merge the records of several input nodes sample by sample (same sub-key)."""
-    if len(branches) == 1:
-        return branches[0]
+    if len(branches) <= 1:
+        return branches[0] if branches else []
     merged: dict[str, Record] = {}
     common = set.intersection(*({s for s, _ in b} for b in branches))
     for branch in branches:

@@ -15,12 +15,17 @@ import numpy as np
 from datapipe.errors import ItemError
 
 #: Keys are relative, slash-separated names without dots (WebDataset splits at the first dot).
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-@]+)*$")
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-@]+(/[A-Za-z0-9_\-@]+)*$")
 MAX_KEY_LENGTH = 200
 
 
-def check_key(key: str) -> str:
-    """Refuse keys that could name a path outside the output or confuse a tar reader."""
+def check_key(key: str, *, item: bool = False) -> str:
+    """Refuse keys that could name a path outside the output or confuse a tar reader.
+
+    ``item=True`` checks an input key, which may not contain '@' (reserved for the samples
+    an expanding stage derives from it: ``KEY@0003``)."""
+    if item and isinstance(key, str) and "@" in key:
+        raise ItemError("invalid", f"input key {key!r} contains '@', reserved for derived samples")
     if not isinstance(key, str) or not key:
         raise ItemError("security", f"empty or non-string sample key {key!r}")
     if len(key) > MAX_KEY_LENGTH:

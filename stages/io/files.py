@@ -43,6 +43,7 @@ class Files(Source):
     name = "files"
     description = "List images/videos/point clouds under a root, labels from folders or a CSV."
     Params = FilesParams
+    EXAMPLE_PARAMS = {"root": "data/images", "kinds": ["image"]}
     PRODUCES = (
         Field("path", "str", "", "absolute path of the input"),
         Field("relpath", "str", "", "path relative to the root"),

@@ -29,6 +29,26 @@ def key_uniform(key: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def random_subset(
+    keys: Sequence[str], *, fraction: float | None = None, count: int | None = None, seed: int = 0
+) -> tuple[list[str], dict[str, float]]:
+    """Keep ``count`` keys, or ``round(fraction * len(keys))``, ranked by a seeded key hash.
+
+    Returns the kept keys in rank order and the draw of every key.
+
+    Examples
+    --------
+    >>> kept, draws = random_subset(["a", "b", "c", "d"], fraction=0.5, seed=1)
+    >>> len(kept), kept == random_subset(["d", "c", "b", "a"], count=2, seed=1)[0]
+    (2, True)
+    """
+    n = len(keys)
+    budget = count if count is not None else round((fraction or 0.0) * n)
+    scores = {k: key_uniform(k, seed) for k in keys}
+    ranked = sorted(keys, key=lambda k: (scores[k], k))
+    return ranked[: min(n, budget)], scores
+
+
 class RandomSubset(Select):
     """Keep ``fraction`` (or ``count``) of the keys, chosen by a seeded hash of each key.
 
@@ -39,6 +59,7 @@ class RandomSubset(Select):
     name = "select.random"
     description = "Keep a seeded random fraction or count of the samples."
     Params = RandomParams
+    EXAMPLE_PARAMS = {"fraction": 0.5}
 
     def select(
         self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context

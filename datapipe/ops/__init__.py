@@ -1,0 +1,40 @@
+"""``datapipe.ops``: every stage's algorithm as a plain function on arrays, bytes or paths,
+usable without the engine.
+
+Names resolve lazily, so ``import datapipe.ops`` stays cheap and pulls in a heavy dependency
+(PyAV, Open3D, torch) only when its function is first used.
+
+>>> from datapipe import ops
+>>> ops.sanitize_key("cats/Tom & Jerry.jpg")
+'cats/Tom___Jerry'
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+#: public name -> "module:attribute"
+_EXPORTS: dict[str, str] = {
+    "decode_resize": "datapipe.stages.io.image_resize:decode_resize",
+    "random_subset": "datapipe.stages.select.random_subset:random_subset",
+    "key_uniform": "datapipe.stages.select.random_subset:key_uniform",
+    "sanitize_key": "datapipe.store.codec:sanitize_key",
+    "check_key": "datapipe.store.codec:check_key",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'datapipe.ops' has no attribute {name!r}")
+    module, attr = target.split(":")
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

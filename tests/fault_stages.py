@@ -1,0 +1,146 @@
+"""Stages that misbehave on purpose, for the isolation, resume and conformance tests.
+
+They live in an importable module (not a test file) so that worker processes can unpickle them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import Field as PField
+
+from datapipe import registry
+from datapipe.fields import Field
+from datapipe.stage import Context, Fit, Map, Params, Record, Sink, Source
+
+
+class FaultyParams(Params):
+    sleep_s: float = PField(0.0, ge=0)
+
+
+class Faulty(Map):
+    """Behaves by the file name: 'segv' segfaults, 'hang' sleeps forever, 'hog' allocates
+    without bound, 'boom' raises; anything else yields the file's size as an array."""
+
+    name = "test.faulty"
+    description = "Misbehaves on purpose, by file name."
+    Params = FaultyParams
+    CONSUMES = (Field("path", "str", ""),)
+    PRODUCES = (Field("value", "int64", "1"),)
+    isolate = True
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        key = record["key"]
+        if "segv" in key:
+            ctypes.string_at(0)
+        if "hang" in key:
+            time.sleep(10_000)
+        if "hog" in key:
+            held = []
+            while True:
+                held.append(np.ones(32 * 2**20, dtype=np.uint8))
+        if "boom" in key:
+            raise ValueError("boom on purpose")
+        if self.params.sleep_s:
+            time.sleep(self.params.sleep_s)
+        with open(record["path"], "rb") as fh:
+            return {"value": np.array([len(fh.read())], dtype=np.int64)}
+
+
+class CountParams(Params):
+    n: int = PField(5, ge=0)
+
+
+class Counter(Source):
+    """Keys item_000 .. item_{n-1}, no files (for engine tests)."""
+
+    name = "test.counter"
+    description = "Numbered keys with no files behind them."
+    Params = CountParams
+    PRODUCES = (Field("index", "int", ""), Field("label", "str", ""))
+
+    def list_items(self, ctx: Context) -> Iterator[Record]:
+        for i in range(self.params.n):
+            yield {"key": f"item_{i:03d}", "index": i, "label": "even" if i % 2 == 0 else "odd"}
+
+
+class Square(Map):
+    name = "test.square"
+    description = "index squared, as float32 array."
+    CONSUMES = (Field("index", "int", ""),)
+    PRODUCES = (Field("square", "float32", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        return {"square": np.array([record["index"] ** 2], dtype=np.float32)}
+
+
+class Split(Map):
+    """Expands one record into ``index % 3 + 1`` samples."""
+
+    name = "test.split"
+    description = "Expands a record into several samples."
+    CONSUMES = (Field("index", "int", ""),)
+    PRODUCES = (Field("part", "int", ""),)
+
+    def process(self, record: Record, ctx: Context) -> list[Record]:
+        return [{"part": i} for i in range(record["index"] % 3 + 1)]
+
+
+class Size(Map):
+    """The file size from the listing, as an array (no file access, runs inline)."""
+
+    name = "test.size"
+    description = "File size as an int64 array."
+    CONSUMES = (Field("size", "int", ""),)
+    PRODUCES = (Field("nbytes", "int64", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        return {"nbytes": np.array([record["size"]], dtype=np.int64)}
+
+
+class MeanFit(Fit):
+    """Learns the mean of ``square``; a downstream stage reads it from ctx.fitted."""
+
+    name = "test.mean_fit"
+    description = "Fits the mean of a field."
+    CONSUMES = (Field("square", "float32", "1"),)
+
+    def fit(self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context) -> dict:
+        return {"mean": float(np.mean([v[0] for v in view["square"]]))}
+
+
+class CenterParams(Params):
+    fit_node: str = "fit"
+
+
+class Center(Map):
+    name = "test.center"
+    description = "Subtracts the fitted mean."
+    Params = CenterParams
+    CONSUMES = (Field("square", "float32", "1"),)
+    PRODUCES = (Field("centered", "float32", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        mean = ctx.fitted[self.params.fit_node]["mean"]
+        return {"centered": (record["square"] - mean).astype(np.float32)}
+
+
+class Collect(Sink):
+    name = "test.collect"
+    description = "Counts the committed samples."
+
+    def consume(self, records: Iterator[Record], ctx: Context) -> dict:
+        keys = sorted(r["key"] for r in records)
+        return {"n": len(keys), "keys": keys}
+
+
+ALL = [Faulty, Counter, Square, Split, Size, MeanFit, Center, Collect]
+
+
+def register_all() -> None:
+    for cls in ALL:
+        registry.register(cls)
