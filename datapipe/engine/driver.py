@@ -120,21 +120,20 @@ class RunDriver:
         p = self.p
         sources = p.of_kind(StageKind.SOURCE)
         signatures = [s.stage.signature(p.context(s.id)) for s in sources]
+        listing = [(s.id, rec) for s in sources for rec in s.stage.list_items(p.context(s.id))]
         fp = p.fingerprint(signatures)
         run_id = self.m.begin_run(p.name, fp, package_versions())
         self.report = RunReport(
             p.name, fp, str(self.store.root), run_id, versions=package_versions()
         )
         self.run_id, self.fp, self.signatures = run_id, fp, signatures
+        self._scores: dict[str, float] = {}
         try:
-            listing = [(s.id, rec) for s in sources for rec in s.stage.list_items(p.context(s.id))]
-            barriers = {n.id for n in p.of_kind(StageKind.SELECT, StageKind.FIT)}
             plan = plan_run(
                 listing,
                 self.m.all_items(),
                 fp,
                 retry_errors=self.opts.retry_errors,
-                select_nodes=barriers,
                 run_id=run_id,
             )
             self._apply_plan_bookkeeping(plan)
@@ -229,7 +228,6 @@ class RunDriver:
                     reason = sel.reasons.get(k, "not selected")
                     filtered_by.setdefault(k, {})[node.id] = reason
             self.report.selections[node.id] = {"seen": len(view_keys), "kept": len(sel.keep)}
-            self._scores = getattr(self, "_scores", {})
             self._scores.update(sel.scores)
         return filtered_by, fitted
 
@@ -238,7 +236,7 @@ class RunDriver:
     ) -> tuple[list[ItemTask], list[ItemRow]]:
         """Tasks to run now, and rows of unchanged keys a barrier newly removed."""
         todo_keys = {rec["key"] for _, rec in plan.todo}
-        rows = self.m.all_items() if filtered_by or plan.unchanged else {}
+        rows = plan.rows
         tasks, refiltered = [], []
         for key in plan.unchanged:
             row = rows.get(key)
@@ -344,7 +342,7 @@ class RunDriver:
             label=None if label is None else str(label),
             run_id=self.run_id,
             elapsed_s=round(res.elapsed_s, 6),
-            score=getattr(self, "_scores", {}).get(res.key),
+            score=self._scores.get(res.key),
         )
 
     # -- sinks and the end ------------------------------------------------------------------

@@ -25,16 +25,15 @@ class Plan:
     vanished: list[str] = field(default_factory=list)
     listed: int = 0
     records: dict[str, tuple[str, Record]] = field(default_factory=dict)
+    #: the manifest rows the plan was made from
+    rows: dict[str, ItemRow] = field(default_factory=dict)
 
 
-def _reusable(row: ItemRow, fingerprint: str, retry_errors: bool, select_nodes: set[str]) -> bool:
+def _reusable(row: ItemRow, fingerprint: str, retry_errors: bool) -> bool:
     if row.fingerprint != fingerprint:
         return False
-    if row.status == "error":
-        return not retry_errors
-    if row.status == "filtered" and row.stage in select_nodes:
-        return True  # re-decided by the barrier every run
-    return True
+    # rows filtered by a Select node count as done here: the barrier decides them again
+    return row.status != "error" or not retry_errors
 
 
 def plan_run(
@@ -43,11 +42,10 @@ def plan_run(
     fingerprint: str,
     *,
     retry_errors: bool = False,
-    select_nodes: set[str] | None = None,
     run_id: int | None = None,
 ) -> Plan:
     """Split the listed inputs into work to do and work already done."""
-    plan = Plan()
+    plan = Plan(rows=rows)
     seen: set[str] = set()
     for source, rec in listing:
         plan.listed += 1
@@ -75,7 +73,7 @@ def plan_run(
         seen.add(key)
         plan.records[key] = (source, rec)
         row = rows.get(key)
-        if row is None or not _reusable(row, fingerprint, retry_errors, select_nodes or set()):
+        if row is None or not _reusable(row, fingerprint, retry_errors):
             plan.todo.append((source, rec))
             continue
         size, mtime = rec.get("size"), rec.get("mtime_ns")

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE = ("timeout", "crash", "oom")
 _START_TIMEOUT_S = 120.0
+_MAX_START_FAILURES = 3
 
 
 class InlinePool:
@@ -91,6 +92,7 @@ class ProcessPool:
         self.retries = retries
         self.children: list[_Child] = []
         self.replaced = 0
+        self._start_failures = 0
 
     # -- children ---------------------------------------------------------------------------
     def _spawn(self) -> _Child:
@@ -196,9 +198,10 @@ class ProcessPool:
                 self._retire(child, kill=True)
                 self.children[i] = self._spawn()
                 self.replaced += 1
-                if task is None:
-                    if result is not None and result.error_class == "crash":
-                        raise RuntimeError(f"a datapipe worker failed to start: {result.message}")
+                if task is None:  # it died or hung before it was ready
+                    self._start_failures += 1
+                    if self._start_failures >= _MAX_START_FAILURES:
+                        raise RuntimeError(f"datapipe workers fail to start: {result.message}")
                     continue
                 if result.error_class in RETRYABLE and task.attempt <= self.retries:
                     task.attempt += 1
