@@ -128,6 +128,9 @@ class Source(Stage):
     def list_items(self, ctx: Context) -> Iterator[Record]:
         raise NotImplementedError
 
+    def preflight(self, ctx: Context) -> None:
+        """Raise ConfigError for problems found before any work (e.g. a missing root)."""
+
     def signature(self, ctx: Context) -> str:
         """Dataset-level facts that change every item's output (e.g. the class list)."""
         return ""

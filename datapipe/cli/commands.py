@@ -58,6 +58,8 @@ def _execute(pipeline: Any, out: Path, args: argparse.Namespace) -> Any:
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError([Problem("--workers", f"must be >= 0; got {args.workers}")])
+    if args.report and not args.report.parent.resolve().is_dir():
+        raise ConfigError([Problem("--report", f"folder {args.report.parent} does not exist")])
     hooks = RunHooks() if args.quiet else ProgressHooks()
     run = get_executor(args.executor)
     report = run(
@@ -107,6 +109,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from datapipe.cli.render import render_file, render_text
 
     pipeline = _load(args)
+    if args.out and args.out.suffix.lower() not in (".png", ".svg", ".dot", ".gv"):
+        raise ConfigError(
+            [
+                Problem(
+                    "--out", f"unknown picture format {args.out.suffix!r}; use .png, .svg or .dot"
+                )
+            ]
+        )
     if args.json:
         print(json.dumps(pipeline.describe(), indent=2))
     else:

@@ -14,6 +14,7 @@ from datapipe.engine.driver import Pool, RunDriver, RunOptions, RunReport
 from datapipe.engine.pool import InlinePool, ProcessPool
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
+from datapipe.stage import StageKind
 from datapipe.store.output import OutputStore
 
 
@@ -54,6 +55,12 @@ def make_pool(settings: LocalSettings, pipeline: Pipeline, fitted: dict[str, Any
     )
 
 
+def preflight(pipeline: Pipeline) -> None:
+    """Source checks that must fail before the output directory is touched."""
+    for node in pipeline.of_kind(StageKind.SOURCE):
+        node.stage.preflight(pipeline.context(node.id))
+
+
 def run_local(
     pipeline: Pipeline,
     out: str | Path,
@@ -64,6 +71,7 @@ def run_local(
 ) -> RunReport:
     """Run ``pipeline`` into the output directory ``out``; returns the run report."""
     cfg = LocalSettings.from_pipeline(pipeline, **settings)
+    preflight(pipeline)
     with OutputStore(out) as store:
         driver = RunDriver(
             pipeline,

@@ -5,8 +5,8 @@ Names resolve lazily, so ``import datapipe.ops`` stays cheap and pulls in a heav
 (PyAV, Open3D, torch) only when its function is first used.
 
 >>> from datapipe import ops
->>> ops.sanitize_key("cats/Tom & Jerry.jpg")
-'cats/Tom___Jerry'
+>>> ops.sanitize_key("cats/tom_01.jpg")
+'cats/tom_01'
 """
 
 from __future__ import annotations

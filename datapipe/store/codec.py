@@ -3,6 +3,7 @@ scalars, strings, lists and dicts, ``.bin`` for bytes. No pickle anywhere."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -36,10 +37,18 @@ def check_key(key: str, *, item: bool = False) -> str:
 
 
 def sanitize_key(relpath: str) -> str:
-    """A stable key from a relative path: drop the suffix, map unsafe characters to '_'."""
+    """A stable key from a relative path: drop the suffix, map unsafe characters to '_'.
+
+    When characters had to be replaced, a short hash of the original path is appended, so
+    ``a b.jpg`` and ``a_b.jpg`` (or ``é.jpg`` and ``è.jpg``) still get different keys.
+    """
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
-    parts = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in stem.split("/") if p not in ("", ".")]
-    return "/".join(parts)
+    parts = [p for p in stem.split("/") if p not in ("", ".")]
+    safe = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in parts]
+    key = "/".join(safe)
+    if safe != parts:
+        key += "_" + hashlib.blake2b(relpath.encode(), digest_size=4).hexdigest()
+    return key
 
 
 def _has_nonfinite(value: Any) -> bool:

@@ -67,6 +67,11 @@ class Files(Source):
             )
         return root
 
+    def preflight(self, ctx: Context) -> None:
+        self._root(ctx)
+        if self.params.labels not in ("folder", "none"):
+            self._csv_rows(ctx, self._root(ctx))
+
     def _kind_of(self, name: str) -> str | None:
         ext = os.path.splitext(name)[1].lower()
         for kind in self.params.kinds:
