@@ -34,6 +34,8 @@ class ItemTask:
     light_for: str | None = None
     need_hash: bool = False
     attempt: int = 1
+    #: False: return the final records as arrays (streaming) instead of encoded tar members
+    encode: bool = True
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ItemResult:
     key: str
     status: str  # ok | error | filtered
     samples: list[tuple[str, list[tuple[str, bytes]]]] = field(default_factory=list)
+    #: decoded samples (sample key, fields), when the task asked for ``encode=False``
+    records: list[tuple[str, Record]] = field(default_factory=list)
     light: dict[str, Any] | None = None
     stage: str | None = None
     error_class: str | None = None
@@ -239,6 +243,17 @@ class ItemRunner:
         leaves = [n for n in p.leaves() if n in values and n in wanted]
         records = _join([values[n] for n in leaves])
         out = p.output
+        if not task.encode:
+            keep = set(out.fields) if out.fields is not None else None
+            drop = set(out.exclude)
+            decoded = []
+            for sub, rec in records:
+                fields = {
+                    k: v for k, v in rec.items() if k not in drop and (keep is None or k in keep)
+                }
+                fields["key"] = task.key + sub
+                decoded.append((task.key + sub, fields))
+            return ItemResult(task.key, "ok", records=decoded, hash=digest)
         samples = []
         try:
             for sub, rec in records:
