@@ -1,0 +1,1 @@
+"""Streaming PyTorch datasets over a run's shards or a live pipeline."""
