@@ -67,6 +67,17 @@ class StoreError(DatapipeError):
     """The output directory cannot be used (not writable, not a datapipe store, ...)."""
 
 
+class ExecutorError(DatapipeError):
+    """The execution backend failed (an unreachable or lost Dask scheduler, ...).
+
+    ``exit_code`` is 2 when the user can fix it before any work (a wrong address), 1 when
+    the run broke off (completed work is committed; re-running resumes)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
 class ItemError(DatapipeError):
     """A single item cannot be processed; becomes an error row, the run goes on.
 

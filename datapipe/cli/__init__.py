@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from datapipe.errors import ConfigError, StoreBusyError, StoreError
+from datapipe.errors import ConfigError, ExecutorError, StoreBusyError, StoreError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_ITEMS = 0, 1, 2, 3
 
@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("datapipe").setLevel(logging.INFO)
+        for noisy in ("distributed", "dask"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, StoreBusyError, StoreError) as exc:
@@ -41,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         return EXIT_USAGE
+    except ExecutorError as exc:
+        print(f"datapipe: error: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return exc.exit_code
     except KeyboardInterrupt:
         print("datapipe: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

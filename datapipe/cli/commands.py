@@ -35,7 +35,13 @@ def _add_pipeline_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_exec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", default="local", choices=["local"], help="where to run")
+    p.add_argument("--executor", default="local", choices=["local", "dask"], help="where to run")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler (tcp://HOST:PORT; default $DASK_SCHEDULER_ADDRESS, else a "
+        "LocalCluster of --workers processes)",
+    )
     p.add_argument("--workers", type=int, help="worker processes (default: the file's run.workers)")
     p.add_argument("--timeout", type=float, dest="timeout_s", help="time limit per item, seconds")
     p.add_argument("--memory-mb", type=int, help="memory cap per worker process, MiB")
@@ -62,9 +68,13 @@ def _execute(pipeline: Any, out: Path, args: argparse.Namespace) -> Any:
         raise ConfigError([Problem("--report", f"folder {args.report.parent} does not exist")])
     hooks = RunHooks() if args.quiet else ProgressHooks()
     run = get_executor(args.executor)
+    extra = {"scheduler": args.scheduler} if args.executor == "dask" else {}
+    if args.scheduler and args.executor != "dask":
+        raise ConfigError([Problem("--scheduler", "needs --executor dask")])
     report = run(
         pipeline,
         out,
+        **extra,
         hooks=hooks,
         retry_errors=args.retry_errors,
         workers=args.workers,

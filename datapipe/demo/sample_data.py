@@ -85,7 +85,7 @@ def generate_sample_data(root: str | Path, *, seed: int = 0, scale: int = 1) -> 
         written = writer(root / modality, rng, scale)
         rows.extend(written)
         counts[modality] = len(written)
-        logger.info("wrote %d %s in %.2fs", len(written), modality, time.perf_counter() - start)
+        logger.debug("wrote %d %s in %.2fs", len(written), modality, time.perf_counter() - start)
     _write_labels_csv(root, rows)
     return counts
 

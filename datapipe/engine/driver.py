@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from datapipe.engine.planning import Plan, plan_run
-from datapipe.engine.runner import ItemResult, ItemTask
+from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
@@ -45,12 +45,13 @@ _ROW_BATCH = 512
 
 
 class Pool(Protocol):
-    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]: ...
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult | WrittenShard]: ...
 
     def close(self) -> None: ...
 
 
-PoolFactory = Callable[[Pipeline, dict[str, Any]], Pool]
+#: (pipeline, fitted state, run id) -> a pool
+PoolFactory = Callable[[Pipeline, dict[str, Any], int], Pool]
 
 
 def package_versions() -> dict[str, str]:
@@ -201,7 +202,7 @@ class RunDriver:
                     )
                     for k in need
                 )
-                pool = self.pool_factory(p, fitted)
+                pool = self.pool_factory(p, fitted, self.run_id)
                 self.hooks.on_phase(f"{node.id} (light view)", len(need))
                 try:
                     for res in pool.imap_unordered(tasks):
@@ -269,32 +270,26 @@ class RunDriver:
         if not tasks:
             logger.info("nothing to do: every input is unchanged")
             return counts
-        records = {t.key: (t.source, t.record) for t in tasks}
+        self._records = {t.key: (t.source, t.record) for t in tasks}
+        self._counts = counts
         out = self.p.output
         seq = 0
         writer: ShardWriter | None = None
         in_shard: list[ItemRow] = []
         loose: list[ItemRow] = []
-        pool = self.pool_factory(self.p, fitted)
+        pool = self.pool_factory(self.p, fitted, self.run_id)
         self.hooks.on_phase("process", len(tasks))
         try:
             for res in pool.imap_unordered(tasks):
-                counts["processed"] += 1
-                counts[res.status] += 1
-                self.hooks.on_item(res.key, res.status)
-                source, rec = records[res.key]
-                row = self._row(res, source, rec)
+                if isinstance(res, WrittenShard):  # a worker wrote and renamed it already
+                    rows = [self._account(r) for r in res.results]
+                    for row in rows:
+                        row.shard = res.name
+                    self.m.commit(rows, (res.name, self.run_id, res.n_samples, res.n_bytes))
+                    continue
+                row = self._account(res)
                 if res.status != "ok":
                     loose.append(row)
-                    if res.status == "error":
-                        self.report.failed.append(
-                            {
-                                "key": res.key,
-                                "error_class": res.error_class,
-                                "stage": res.stage,
-                                "message": res.message,
-                            }
-                        )
                     if len(loose) >= _ROW_BATCH:
                         self.store.commit_rows(loose)
                         loose = []
@@ -306,7 +301,6 @@ class RunDriver:
                     )
                 for _, members in res.samples:
                     writer.add(members)
-                counts["samples"] += len(res.samples)
                 in_shard.append(row)
                 if writer.full:
                     self.store.commit_shard(writer, in_shard, self.run_id)
@@ -321,6 +315,25 @@ class RunDriver:
             pool.close()
             self.hooks.on_phase_end("process")
         return counts
+
+    def _account(self, res: ItemResult) -> ItemRow:
+        """Count one result, tell the hooks, and make its manifest row."""
+        counts = self._counts
+        counts["processed"] += 1
+        counts[res.status] += 1
+        counts["samples"] += res.n_samples
+        self.hooks.on_item(res.key, res.status)
+        if res.status == "error":
+            self.report.failed.append(
+                {
+                    "key": res.key,
+                    "error_class": res.error_class,
+                    "stage": res.stage,
+                    "message": res.message,
+                }
+            )
+        source, rec = self._records[res.key]
+        return self._row(res, source, rec)
 
     def _row(self, res: ItemResult, source: str, rec: Record) -> ItemRow:
         label = rec.get("label")
@@ -338,7 +351,7 @@ class RunDriver:
             error_type=res.error_type,
             message=res.message,
             signal=res.signal,
-            n_samples=len(res.samples),
+            n_samples=res.n_samples,
             label=None if label is None else str(label),
             run_id=self.run_id,
             elapsed_s=round(res.elapsed_s, 6),

@@ -54,6 +54,12 @@ class ItemResult:
     hash: str | None = None
     elapsed_s: float = 0.0
     attempt: int = 1
+    #: samples already written to a shard by a remote worker (``samples`` then is empty)
+    shard_samples: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.samples) or len(self.records) or self.shard_samples
 
     @classmethod
     def error(
@@ -74,6 +80,17 @@ class ItemResult:
             error_type=error_type or error_class,
             **kw,
         )
+
+
+@dataclass
+class WrittenShard:
+    """A shard a remote worker has already written and renamed into place, with the results
+    of the items whose samples it holds; the driver only records it in the manifest."""
+
+    name: str
+    n_samples: int
+    n_bytes: int
+    results: list[ItemResult]
 
 
 def file_hash(path: str) -> str:

@@ -76,7 +76,7 @@ def run_local(
         driver = RunDriver(
             pipeline,
             store,
-            lambda p, fitted: make_pool(cfg, p, fitted),
+            lambda p, fitted, run_id: make_pool(cfg, p, fitted),
             hooks,
             RunOptions(retry_errors=retry_errors, epoch=cfg.epoch),
         )
