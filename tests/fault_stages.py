@@ -51,6 +51,14 @@ class Faulty(Map):
             return {"value": np.array([len(fh.read())], dtype=np.int64)}
 
 
+class FaultyInline(Faulty):
+    """Like test.faulty but trusted (not isolated): a crash takes its process down."""
+
+    name = "test.faulty_inline"
+    description = "Misbehaves on purpose, in the worker process itself."
+    isolate = False
+
+
 class CountParams(Params):
     n: int = PField(5, ge=0)
 
@@ -138,7 +146,7 @@ class Collect(Sink):
         return {"n": len(keys), "keys": keys}
 
 
-ALL = [Faulty, Counter, Square, Split, Size, MeanFit, Center, Collect]
+ALL = [Faulty, FaultyInline, Counter, Square, Split, Size, MeanFit, Center, Collect]
 
 
 def register_all() -> None:

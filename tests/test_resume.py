@@ -17,22 +17,7 @@ from pathlib import Path
 from datapipe.store.codec import split_member
 
 N_ITEMS = 60
-
-
-def _runner_script(tmp: Path) -> Path:
-    """A launcher that registers the test stages, then runs the real CLI ``main``."""
-    script = tmp / "launch.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        import fault_stages
-        fault_stages.register_all()
-        from datapipe.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """)
-    )
-    return script
+LAUNCHER = Path(__file__).parent / "cli_with_test_stages.py"
 
 
 def _pipeline(tmp: Path, root: Path) -> Path:
@@ -71,7 +56,7 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [
         sys.executable,
-        str(_runner_script(tmp_path)),
+        str(LAUNCHER),
         "run",
         str(_pipeline(tmp_path, tmp_path / "in")),
         "--out",

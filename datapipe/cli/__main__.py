@@ -2,4 +2,5 @@ import sys
 
 from datapipe.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: Dask's LocalCluster re-imports the main module
+    sys.exit(main())

@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import os
+from asyncio import CancelledError
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     if not logger.isEnabledFor(logging.DEBUG):  # distributed sets INFO on import
         for name in ("distributed", "dask"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # connection failures surface as one ExecutorError, not as logged tracebacks
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         try:
@@ -126,6 +129,8 @@ class DaskPool:
                 if fut.status == "finished":
                     yield from fut.result()
                     continue
+                if fut.status == "cancelled":  # the scheduler forgot it: it is gone
+                    raise OSError("the scheduler cancelled the run's tasks")
                 exc = fut.exception()
                 if isinstance(exc, KilledWorker):
                     if len(chunk) > 1:  # find the poison item: one task per item
@@ -144,7 +149,7 @@ class DaskPool:
                     )
                     continue
                 raise ExecutorError(f"a Dask task failed: {type(exc).__name__}: {exc}")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, CancelledError) as exc:
             raise ExecutorError(
                 f"lost the Dask scheduler ({type(exc).__name__}: {exc}); work committed so far "
                 "is kept, re-run the same command to resume"

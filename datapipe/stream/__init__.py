@@ -1,1 +1,34 @@
-"""Streaming PyTorch datasets over a run's shards or a live pipeline."""
+"""Streaming PyTorch datasets over a run's shards or a live pipeline.
+
+- :func:`from_shards` reads the samples ``datapipe run`` wrote (random access into the tar
+  shards, one global permutation per epoch);
+- :func:`from_pipeline` runs the pipeline's Map stages on the fly in DataLoader workers;
+- :func:`collate` batches their samples, padding variable-size arrays and adding masks.
+
+Both datasets are ``torch.utils.data.IterableDataset`` s with ``set_epoch(epoch)`` and a
+``len()`` per rank. Each epoch every sample (item) appears exactly once across DataLoader
+workers and distributed ranks when ``world_size`` divides their number; otherwise ``even``
+decides (``"pad"``, the default: some repeat; ``"drop"``: some wait for the next epoch;
+``"none"``: rank lengths differ by one), see :mod:`datapipe.stream.split`. A bad sample is
+skipped, recorded and replaced so rank lengths stay equal, see :mod:`datapipe.stream.base`.
+
+Samples are dicts: ``key`` (str), arrays as tensors (``torch.from_numpy``), JSON scalars as
+Python ints, floats and strings.
+
+Examples
+--------
+>>> from torch.utils.data import DataLoader
+>>> from datapipe.stream import collate, from_shards
+>>> ds = from_shards("out", seed=0)  # doctest: +SKIP
+>>> loader = DataLoader(ds, batch_size=64, num_workers=4, collate_fn=collate)  # doctest: +SKIP
+>>> for epoch in range(10):  # doctest: +SKIP
+...     ds.set_epoch(epoch)
+...     for batch in loader:
+...         images, labels = batch["image"], batch["label_id"]
+"""
+
+from datapipe.stream.collate import collate
+from datapipe.stream.pipeline import PipelineDataset, from_pipeline
+from datapipe.stream.shards import ShardDataset, from_shards
+
+__all__ = ["PipelineDataset", "ShardDataset", "collate", "from_pipeline", "from_shards"]

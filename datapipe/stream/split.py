@@ -43,6 +43,12 @@ def check_even(even: str, where: str = "from_shards") -> str:
     return even
 
 
+def check_epoch(epoch: int) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ValueError(f"The epoch must be an int >= 0. Got {epoch!r} instead.")
+    return int(epoch)
+
+
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The order of ``range(n)`` for one epoch.
 

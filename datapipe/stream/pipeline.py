@@ -1,0 +1,209 @@
+"""``from_pipeline``: run a pipeline's Map stages on the fly, inside DataLoader workers.
+
+At construction (in the calling process, once):
+
+1. the pipeline is built (a :class:`~datapipe.graph.Pipeline`, or a YAML path + variables);
+2. every Source lists its inputs; keys are checked and de-duplicated as ``datapipe run`` does
+   (a rejected or duplicate key goes to ``dataset.excluded`` with the reason);
+3. every Select/Fit barrier is evaluated once over the light view of the inputs that reach it,
+   with the pool ``datapipe run`` would use (stages with ``isolate = True`` run in child
+   processes under the pipeline's time limit and memory cap). Inputs that a Select removes,
+   or that fail or are filtered on the way to a barrier, go to ``dataset.excluded``; Fit
+   states are handed to the Map stages. Barriers see ``ctx.epoch == 0`` and are not
+   re-evaluated per epoch.
+
+The remaining input items (sorted by key) are the units that are permuted and split across
+ranks and workers per epoch (:mod:`datapipe.stream.split`). A worker runs each item through
+the fused Map stages with :class:`~datapipe.engine.runner.ItemRunner` for the current epoch
+(``ctx.epoch``), inline: there is no per-item sandbox here, a decoder that crashes takes its
+DataLoader worker down, and the DataLoader raises. For untrusted media prefer preparing shards
+with ``datapipe run`` and reading them with :func:`~datapipe.stream.from_shards`.
+
+Items that end in an error or are filtered by a Map stage are skipped and replaced by the next
+good item of the rank's list (:mod:`datapipe.stream.base`). ``len()`` counts *items*: a stage
+that expands one item into several samples makes a rank yield more samples than ``len()``,
+and ranks may then yield different numbers of samples even with ``even="pad"`` or ``"drop"``
+(those equalise items, not samples). For distributed training on expanding pipelines, write
+shards first (the sample list is then known) or cut every rank to a common number of batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
+from datapipe.errors import ItemError
+from datapipe.graph import Pipeline
+from datapipe.stage import Record, StageKind
+from datapipe.store.codec import check_key
+from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
+
+logger = logging.getLogger(__name__)
+
+
+def _reason(res: ItemResult) -> str:
+    if res.status == "filtered":
+        return f"filtered by {res.stage}: {res.message}"
+    where = f" in {res.stage}" if res.stage else ""
+    return f"{res.error_class}{where}: {res.message}"
+
+
+def list_inputs(pipeline: Pipeline, excluded: dict[str, str]) -> dict[str, tuple[str, Record]]:
+    """``{key: (source node, record)}`` of every listed input with a valid, unique key."""
+    from datapipe.executors.local import preflight
+
+    preflight(pipeline)
+    records: dict[str, tuple[str, Record]] = {}
+    for node in pipeline.of_kind(StageKind.SOURCE):
+        for rec in node.stage.list_items(pipeline.context(node.id)):
+            key = rec.get("key", "")
+            try:
+                check_key(key, item=True)
+            except ItemError as exc:
+                excluded[str(key)] = f"{exc.error_class}: {exc.message}"
+                continue
+            if key in records:
+                excluded[f"{key}@duplicate:{rec.get('path', '')}"] = (
+                    f"duplicate key {key!r} (another input maps to the same key)"
+                )
+                continue
+            records[key] = (node.id, rec)
+    return records
+
+
+def evaluate_barriers(
+    p: Pipeline, records: dict[str, tuple[str, Record]], excluded: dict[str, str]
+) -> dict[str, Any]:
+    """Run every Select/Fit once; removes what they drop from ``records``; returns fitted."""
+    from datapipe.executors.local import LocalSettings, make_pool
+
+    settings = LocalSettings.from_pipeline(p)
+    reach = {s.id: p.downstream(s.id) for s in p.of_kind(StageKind.SOURCE)}
+    fitted: dict[str, Any] = {}
+    for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
+        keys = [k for k, (src, _) in records.items() if node.id in reach[src]]
+        tasks = (ItemTask(k, records[k][0], records[k][1], light_for=node.id) for k in keys)
+        light: dict[str, dict[str, Any]] = {}
+        pool = make_pool(settings, p, fitted)
+        try:
+            for res in pool.imap_unordered(tasks):
+                if res.status == "ok" and res.light is not None:
+                    light[res.key] = res.light
+                else:
+                    excluded[res.key] = _reason(res)
+                    records.pop(res.key, None)
+        finally:
+            pool.close()
+        view_keys = sorted(light)
+        view = {f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()}
+        ctx = p.context(node.id, 0)
+        ctx.fitted = fitted
+        if node.kind is StageKind.FIT:
+            fitted[node.id] = node.stage.fit(view_keys, view, ctx)
+            continue
+        sel = node.stage.select(view_keys, view, ctx)
+        for k in view_keys:
+            if k not in sel.keep:
+                excluded[k] = f"filtered by {node.id}: {sel.reasons.get(k, 'not selected')}"
+                records.pop(k, None)
+    return fitted
+
+
+class PipelineDataset(StreamDataset):
+    """Samples computed on the fly from a pipeline; build it with :func:`from_pipeline`."""
+
+    _where = "from_pipeline"
+
+    def __init__(
+        self,
+        pipeline: Pipeline | str | Path,
+        *,
+        variables: Mapping[str, str] | None = None,
+        **kw: Any,
+    ) -> None:
+        if not isinstance(pipeline, Pipeline):
+            pipeline = Pipeline.from_yaml(pipeline, variables)
+        self.pipeline = pipeline
+        excluded: dict[str, str] = {}
+        records = list_inputs(pipeline, excluded)
+        self.fitted = evaluate_barriers(pipeline, records, excluded)
+        keys = sorted(records)
+        super().__init__(keys, **kw)
+        self.records = [records[k] for k in keys]
+        self.excluded = excluded
+        if excluded:
+            logger.info("%s: %d inputs left out at construction", pipeline.name, len(excluded))
+
+    def _open(self, epoch: int) -> tuple[Callable[[int], list[Sample]], Callable[[], None]]:
+        runner = ItemRunner(self.pipeline, self.fitted, epoch=epoch)
+
+        def produce(unit: int) -> list[Sample]:
+            key = self.keys[unit]
+            source, record = self.records[unit]
+            res = runner.run(ItemTask(key, source, record, encode=False))
+            if res.status != "ok":
+                raise BadUnit(key, _reason(res))
+            if not res.records:
+                raise BadUnit(key, "the pipeline produced no samples")
+            return [to_torch(fields) for _, fields in res.records]
+
+        return produce, lambda: None
+
+    def __repr__(self) -> str:
+        return (
+            f"PipelineDataset({self.pipeline.name!r}, items={len(self.keys)}, "
+            f"rank={self.rank}/{self.world_size}, len={len(self)}, even={self.even!r})"
+        )
+
+
+def from_pipeline(
+    pipeline: Pipeline | str | Path,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    variables: Mapping[str, str] | None = None,
+    even: str = "pad",
+    transform: Transform | None = None,
+    errors_path: str | Path | None = None,
+) -> PipelineDataset:
+    """Stream a pipeline's output, computed on the fly, as a torch ``IterableDataset``.
+
+    Parameters
+    ----------
+    pipeline : a :class:`~datapipe.graph.Pipeline`, or the path of a pipeline YAML file.
+    seed, shuffle : the epoch order of the *items* is a permutation seeded by
+        ``(seed, epoch)`` (``shuffle=False``: key order). The stages' own seed stays the
+        pipeline's ``seed:``, so samples equal those ``datapipe run`` writes.
+    rank, world_size, even, transform, errors_path : as in :func:`from_shards`.
+    variables : ``${name}`` values for a YAML pipeline (like ``--var``).
+
+    Returns
+    -------
+    PipelineDataset
+        Yields the same dicts as :func:`from_shards` over a run of the same pipeline (arrays
+        as tensors, scalars and strings as Python values, ``key``), all samples of an
+        expanded item one after the other. ``set_epoch(e)`` changes the order and the
+        ``ctx.epoch`` the Map stages see. ``len()`` counts items (see the module docstring).
+
+    Examples
+    --------
+    >>> from datapipe.stream import collate, from_pipeline
+    >>> ds = from_pipeline("pipeline.yaml", variables={"data": "photos"})  # doctest: +SKIP
+    >>> batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=collate)))  # doctest: +SKIP
+    """
+    return PipelineDataset(
+        pipeline,
+        variables=variables,
+        seed=seed,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+        even=even,
+        transform=transform,
+        errors_path=errors_path,
+    )

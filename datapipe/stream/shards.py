@@ -1,0 +1,189 @@
+"""``from_shards``: a run's output directory as a shuffled, rank- and worker-split dataset.
+
+Which samples: with a manifest (``OUT/manifest.sqlite``, opened read-only), the samples of
+every input whose row is ``ok``, read from the shard that row names (samples a re-run
+superseded but compaction has not yet removed are ignored). Without one, every sample of the
+shards listed in ``OUT/index.json``. The sample list is sorted by key, so it is the same on
+every rank and machine whatever the shard order.
+
+Each shard is indexed once from its tar headers; a sample is then one ``pread`` of its bytes,
+decoded with ``np.load(allow_pickle=False)`` or ``json``. There is no shuffle buffer: the
+whole list is permuted per epoch (see :mod:`datapipe.stream.split`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from datapipe.errors import StoreError
+from datapipe.store.codec import item_key_of
+from datapipe.stream.base import Sample, StreamDataset, Transform, to_torch
+from datapipe.stream.tarindex import SampleRef, ShardReader, index_shard, sample_ref
+
+logger = logging.getLogger(__name__)
+
+
+def _catalogue(out: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The shard files to read and, with a manifest, ``{input key: shard name}`` of ok rows."""
+    manifest = out / "manifest.sqlite"
+    if manifest.exists():
+        try:
+            db = sqlite3.connect(manifest.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                names = [n for (n,) in db.execute("SELECT name FROM shards ORDER BY name")]
+                ok = dict(db.execute("SELECT key, shard FROM items WHERE status='ok'").fetchall())
+            finally:
+                db.close()
+            return [out / "shards" / n for n in names], ok
+        except sqlite3.Error as exc:
+            logger.warning("cannot read %s (%s); using index.json", manifest, exc)
+    index = out / "index.json"
+    if index.exists():
+        try:
+            listed = json.loads(index.read_text())["shards"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{index} is not a datapipe index: {exc}") from None
+        return [out / s for s in listed], None
+    raise StoreError(f"{out} holds no datapipe output (no manifest.sqlite or index.json found)")
+
+
+class ShardDataset(StreamDataset):
+    """Samples of a datapipe output directory; build it with :func:`from_shards`."""
+
+    _where = "from_shards"
+
+    def __init__(
+        self, out_dir: str | Path, *, fields: Iterable[str] | None = None, **kw: Any
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.fields = frozenset(fields) if fields is not None else None
+        refs, files, excluded = self._build()
+        refs.sort(key=lambda r: r.key)
+        super().__init__([r.key for r in refs], **kw)
+        self.refs = refs
+        self.files = files
+        self.excluded = excluded
+
+    def _build(self) -> tuple[list[SampleRef], list[tuple[str, int, int]], dict[str, str]]:
+        paths, ok = _catalogue(self.out_dir)
+        refs: dict[str, SampleRef] = {}
+        files: list[tuple[str, int, int]] = []
+        excluded: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        interned: dict = {}
+        for path in paths:
+            if not path.is_file():
+                problems[path.name] = f"shard {path.name} is missing"
+                logger.warning("%s: shard %s is missing", self.out_dir, path)
+                continue
+            idx = index_shard(path)
+            if idx.problem:
+                problems[path.name] = idx.problem
+            shard = len(files)
+            files.append((idx.path, idx.size, idx.mtime_ns))
+            for key, members in idx.samples:
+                if ok is not None and ok.get(item_key_of(key)) != path.name:
+                    continue  # superseded by a later run, or not committed
+                if key in refs:
+                    excluded.setdefault(key, f"duplicate: also in {path.name}; kept the first")
+                    continue
+                if self.fields is not None:
+                    missing = sorted(self.fields - {m[0] for m in members})
+                    if missing:
+                        excluded[key] = f"missing field(s) {', '.join(missing)}"
+                        continue
+                refs[key] = sample_ref(key, shard, members, interned)
+        if ok is not None:  # ok rows whose samples were not found
+            found = {item_key_of(k) for k in refs} | {item_key_of(k) for k in excluded}
+            for key, shard_name in ok.items():
+                if key not in found:
+                    excluded[key] = problems.get(shard_name, f"not found in shard {shard_name}")
+        if excluded:
+            logger.warning(
+                "%s: %d samples left out, e.g. %s",
+                self.out_dir,
+                len(excluded),
+                next(iter(excluded.items())),
+            )
+        return list(refs.values()), files, excluded
+
+    def _open(self, epoch: int) -> tuple[Callable[[int], list[Sample]], Callable[[], None]]:
+        reader = ShardReader(self.files)
+
+        def produce(unit: int) -> list[Sample]:
+            return [to_torch(reader.read(self.refs[unit], self.fields))]
+
+        return produce, reader.close
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardDataset({str(self.out_dir)!r}, samples={len(self.keys)}, "
+            f"rank={self.rank}/{self.world_size}, len={len(self)}, even={self.even!r})"
+        )
+
+
+def from_shards(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
+    fields: Iterable[str] | None = None,
+    even: str = "pad",
+    transform: Transform | None = None,
+    errors_path: str | Path | None = None,
+) -> ShardDataset:
+    """Stream the samples of a ``datapipe run`` output as a torch ``IterableDataset``.
+
+    Parameters
+    ----------
+    out_dir : the run's output directory (``shards/``, ``manifest.sqlite``, ``index.json``).
+    seed, shuffle : the epoch order is a permutation seeded by ``(seed, epoch)``; with
+        ``shuffle=False`` samples come in key order. Call ``set_epoch`` every epoch.
+    rank, world_size : this process's place in distributed training; default from
+        ``torch.distributed`` when it is initialised, else ``0, 1``.
+    fields : read only these fields (``key`` always comes); samples lacking one are left
+        out when the dataset is built (listed in ``dataset.excluded``).
+    even : ``"pad"``, ``"drop"`` or ``"none"``: how ranks are equalised when ``world_size``
+        does not divide the number of samples (see :mod:`datapipe.stream.split`).
+    transform : applied to every sample dict in the worker, after decoding; its exceptions
+        propagate (they are bugs, not bad samples).
+    errors_path : a JSON-lines file every worker appends skipped samples to.
+
+    Returns
+    -------
+    ShardDataset
+        Yields dicts: ``key`` (str); ``.npy`` fields as tensors (``torch.from_numpy``, same
+        dtype and shape; 0-d arrays as 0-d tensors); ``.json`` fields as Python values (ints,
+        floats, strings, lists, dicts); ``.bin`` fields as bytes. ``len()`` is the number of
+        samples this rank reads per epoch; a sample that fails to decode is skipped, recorded
+        in ``dataset.skipped`` / ``errors_path`` and replaced (see :mod:`datapipe.stream.base`).
+
+    Examples
+    --------
+    >>> from torch.utils.data import DataLoader
+    >>> from datapipe.stream import collate, from_shards
+    >>> ds = from_shards("out", seed=0)  # doctest: +SKIP
+    >>> loader = DataLoader(ds, batch_size=64, num_workers=2, collate_fn=collate)  # doctest: +SKIP
+    >>> for epoch in range(3):  # doctest: +SKIP
+    ...     ds.set_epoch(epoch)
+    ...     for batch in loader:
+    ...         ...
+    """
+    return ShardDataset(
+        out_dir,
+        fields=fields,
+        seed=seed,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+        even=even,
+        transform=transform,
+        errors_path=errors_path,
+    )

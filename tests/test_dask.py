@@ -1,0 +1,265 @@
+"""The Dask executor on real clusters: a LocalCluster, and `dask scheduler` + `dask worker`
+processes on loopback. Same results as the local executor; worker and scheduler deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from datapipe.demo.runner import demo_pipelines
+from datapipe.demo.sample_data import generate_sample_data
+from datapipe.engine.driver import iter_samples
+from datapipe.errors import ExecutorError
+from datapipe.executors.dask_executor import run_dask
+from datapipe.executors.local import run_local
+from datapipe.graph import Pipeline
+from datapipe.store.codec import split_member
+from datapipe.store.manifest import Manifest
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+LAUNCHER = HERE / "cli_with_test_stages.py"
+DASK = Path(sys.executable).parent / "dask"
+ROW_FIELDS = ("key", "status", "stage", "error_class", "message", "n_samples", "label", "hash",
+              "fingerprint", "size")
+
+
+def _rows(out: Path) -> dict[str, tuple]:
+    m = Manifest(out / "manifest.sqlite")
+    try:
+        return {r.key: tuple(getattr(r, f) for f in ROW_FIELDS) for r in m.iter_rows()}
+    finally:
+        m.close()
+
+
+def _arrays(out: Path) -> dict[str, dict]:
+    return {s["key"]: s for s in iter_samples(sorted((out / "shards").glob("*.tar")))}
+
+
+def _member_keys(out: Path, field: str) -> Counter[str]:
+    keys: Counter[str] = Counter()
+    for shard in (out / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            keys.update(split_member(n)[0] for n in tar.getnames() if n.endswith(field))
+    return keys
+
+
+def _same_samples(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(value, b[key][name])
+                assert value.dtype == b[key][name].dtype
+            else:
+                assert value == b[key][name]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "data"
+    generate_sample_data(root, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("path", demo_pipelines(), ids=lambda p: p.stem)
+def test_dask_matches_local_on_every_demo_pipeline(demo_data: Path, tmp_path: Path,
+                                                   path: Path) -> None:
+    pipeline = Pipeline.from_yaml(path, {"data": str(demo_data)})
+    local = run_local(pipeline, tmp_path / "local", workers=1)
+    remote = run_dask(pipeline, tmp_path / "dask", workers=2)
+    assert local.counts == remote.counts
+    assert _rows(tmp_path / "local") == _rows(tmp_path / "dask")
+    _same_samples(_arrays(tmp_path / "local"), _arrays(tmp_path / "dask"))
+    again = run_dask(pipeline, tmp_path / "dask", workers=2)
+    assert again.counts["processed"] == 0
+
+
+def _faulty_tree(root: Path, names: list[str]) -> None:
+    (root / "x").mkdir(parents=True)
+    for i, name in enumerate(names):
+        (root / "x" / f"{name}.jpg").write_bytes(bytes(i + 1))
+
+
+def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
+    """Isolated stages crash a child, not the Dask worker; a crash in a trusted stage kills
+    Dask workers until the poison item is found and recorded after bounded retries."""
+    _faulty_tree(tmp_path / "in", ["segv_1", "hang_1", "good_1", "good_2", "good_3"])
+    isolated = Pipeline.from_dict({"nodes": {
+        "src": {"stage": "files", "params": {"root": str(tmp_path / "in")}},
+        "f": {"stage": "test.faulty", "inputs": "src"}}})
+    report = run_dask(isolated, tmp_path / "out1", workers=2, timeout_s=3)
+    assert report.errors_by_class == {"crash": 1, "timeout": 1}
+    assert report.counts["ok"] == 3
+
+    trusted = Pipeline.from_dict({"nodes": {
+        "src": {"stage": "files", "params": {"root": str(tmp_path / "in")}},
+        "f": {"stage": "test.faulty_inline", "inputs": "src"}}})
+    _faulty_tree(tmp_path / "in2", ["segv_1", "good_1", "good_2", "good_3", "good_4"])
+    trusted = Pipeline.from_dict({"nodes": {
+        "src": {"stage": "files", "params": {"root": str(tmp_path / "in2")}},
+        "f": {"stage": "test.faulty_inline", "inputs": "src"}}})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        report = run_dask(trusted, tmp_path / "out2", workers=2)
+    rows = _rows(tmp_path / "out2")
+    assert rows["x/segv_1"][1:4] == ("error", None, "crash")
+    assert {k for k, r in rows.items() if r[1] == "ok"} == {f"x/good_{i}" for i in range(1, 5)}
+
+
+def test_unreachable_scheduler_is_a_clear_usage_error(tmp_path: Path, image_tree: Path) -> None:
+    pipeline = Pipeline.from_dict({"nodes": {"src": {"stage": "files",
+                                                     "params": {"root": str(image_tree)}}}})
+    t0 = time.monotonic()
+    with pytest.raises(ExecutorError) as info:
+        run_dask(pipeline, tmp_path / "out", scheduler="tcp://127.0.0.1:9")
+    assert info.value.exit_code == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in str(info.value)
+    assert time.monotonic() - t0 < 60  # a bound on hanging, not a speed claim
+    proc = subprocess.run([sys.executable, str(LAUNCHER), "run", "-q", "--executor",
+                           "dask", "--scheduler", "tcp://127.0.0.1:9", "--out",
+                           str(tmp_path / "o2"), _write_yaml(tmp_path, image_tree.parent, 0)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot reach the Dask scheduler" in proc.stderr
+
+
+# -- a real cluster of processes ----------------------------------------------------------------
+def _write_yaml(tmp: Path, root: Path, sleep_s: float) -> str:
+    path = tmp / "slow.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: slow
+        nodes:
+          src: {{stage: files, params: {{root: {str(root)!r}}}}}
+          work: {{stage: test.faulty, inputs: src, params: {{sleep_s: {sleep_s}}}}}
+        output: {{shard_size: 3}}
+    """))
+    return str(path)
+
+
+class Cluster:
+    """`dask scheduler` and `dask worker` processes on loopback, each in its own group."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.file = tmp / "scheduler.json"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.start("scheduler", [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                 "--no-dashboard", "--scheduler-file", str(self.file)])
+        deadline = time.monotonic() + 60
+        while not self.file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        import json
+
+        self.address = json.loads(self.file.read_text())["address"]
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        self.procs[name] = subprocess.Popen(cmd, env=self.env, start_new_session=True,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def add_worker(self, name: str) -> None:
+        self.start(name, [str(DASK), "worker", "--scheduler-file", str(self.file),
+                          "--nthreads", "1", "--no-dashboard", "--name", name])
+
+    def kill(self, name: str) -> None:
+        os.killpg(self.procs[name].pid, signal.SIGKILL)
+        self.procs[name].wait()
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            if self.procs[name].poll() is None:
+                self.kill(name)
+
+
+def _ok_rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _wait_rows(out: Path, n: int, proc: subprocess.Popen, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while _ok_rows(out / "manifest.sqlite") < n:
+        assert proc.poll() is None, "the run ended before the fault was injected"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+N_SLOW = 48
+
+
+@pytest.fixture
+def slow_inputs(tmp_path: Path) -> Path:
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    for i in range(N_SLOW):
+        (root / "a" / f"item_{i:03d}.jpg").write_bytes(bytes([i % 256]) * (i + 1))
+    return root
+
+
+def _check_complete(out: Path) -> None:
+    keys = _member_keys(out, ".value.npy")
+    assert set(keys) == {f"a/item_{i:03d}" for i in range(N_SLOW)}
+    assert max(keys.values()) == 1
+    assert _ok_rows(out / "manifest.sqlite") == N_SLOW
+    assert not list(out.rglob(".*tmp-*"))
+
+
+def test_sigkill_a_worker_mid_run(tmp_path: Path, slow_inputs: Path) -> None:
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.add_worker("w1")
+        cluster.add_worker("w2")
+        out = tmp_path / "out"
+        cmd = [sys.executable, str(LAUNCHER), "run", "-q", _write_yaml(tmp_path, slow_inputs, 0.1),
+               "--out", str(out), "--executor", "dask", "--scheduler", cluster.address]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        _wait_rows(out, 6, proc)
+        cluster.kill("w1")  # nanny and worker: it does not come back
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        _check_complete(out)
+    finally:
+        cluster.close()
+
+
+def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_inputs: Path) -> None:
+    cluster = Cluster(tmp_path)
+    out = tmp_path / "out"
+    yaml_path = _write_yaml(tmp_path, slow_inputs, 0.1)
+    try:
+        cluster.add_worker("w1")
+        cmd = [sys.executable, str(LAUNCHER), "run", "-q", yaml_path, "--out", str(out),
+               "--executor", "dask", "--scheduler", cluster.address]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        _wait_rows(out, 6, proc)
+        cluster.kill("scheduler")
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 1, err
+        assert "lost the Dask scheduler" in err and "Traceback" not in err
+        done = _ok_rows(out / "manifest.sqlite")
+        assert 0 < done < N_SLOW
+    finally:
+        cluster.close()
+    rerun = subprocess.run([sys.executable, str(LAUNCHER), "run", "-q", yaml_path, "--out",
+                            str(out), "--executor", "dask", "--workers", "2"],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    _check_complete(out)
