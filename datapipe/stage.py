@@ -131,8 +131,9 @@ class Source(Stage):
     def preflight(self, ctx: Context) -> None:
         """Raise ConfigError for problems found before any work (e.g. a missing root)."""
 
-    def signature(self, ctx: Context) -> str:
-        """Dataset-level facts that change every item's output (e.g. the class list)."""
+    def signature(self, ctx: Context, records: Sequence[Record]) -> str:
+        """Dataset-level facts of the listed ``records`` that change every item's output
+        (e.g. the class list behind ``label_id``)."""
         return ""
 
 

@@ -120,8 +120,12 @@ class RunDriver:
     def run(self) -> RunReport:
         p = self.p
         sources = p.of_kind(StageKind.SOURCE)
-        signatures = [s.stage.signature(p.context(s.id)) for s in sources]
-        listing = [(s.id, rec) for s in sources for rec in s.stage.list_items(p.context(s.id))]
+        listing: list[tuple[str, Record]] = []
+        signatures = []
+        for s in sources:
+            records = list(s.stage.list_items(p.context(s.id)))
+            signatures.append(s.stage.signature(p.context(s.id), records))
+            listing.extend((s.id, rec) for rec in records)
         fp = p.fingerprint(signatures)
         run_id = self.m.begin_run(p.name, fp, package_versions())
         self.report = RunReport(
@@ -147,6 +151,7 @@ class RunDriver:
             self._sinks()
             counts.update(
                 listed=plan.listed,
+                touched=len(plan.touched),
                 unchanged=len(plan.unchanged) - len(refiltered),
                 rejected=len(plan.rejected),
                 vanished=len(plan.vanished),
@@ -377,7 +382,13 @@ class RunDriver:
         shards = self.m.shards()
         r.shards, r.samples = len(shards), sum(n for n, _ in shards.values())
         self.m.finish_run(self.run_id, status, counts)
-        self.store.write_exports({"run_id": self.run_id, "status": status, "counts": counts})
+        changed = any(
+            counts.get(k)
+            for k in ("processed", "vanished", "newly_filtered", "rejected", "touched")
+        )
+        self.store.write_exports(
+            {"run_id": self.run_id, "status": status, "counts": counts}, rows_changed=changed
+        )
         self.hooks.on_run_end(r.to_dict())
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from datapipe.errors import ItemError
+from datapipe.store.tarformat import ustar_split
 
 #: Keys are relative, slash-separated names without dots (WebDataset splits at the first dot).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-@]+(/[A-Za-z0-9_\-@]+)*$")
@@ -98,7 +99,14 @@ def encode_sample(
         if name in skip or (wanted is not None and name not in wanted):
             continue
         ext, data = encode_value(name, record[name])
-        members.append((f"{key}.{name}.{ext}", data))
+        member = f"{key}.{name}.{ext}"
+        try:
+            ustar_split(member)
+        except ValueError:
+            raise ItemError(
+                "invalid", f"member name {member!r} is too long for a tar shard"
+            ) from None
+        members.append((member, data))
     return members
 
 

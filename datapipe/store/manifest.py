@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ class Manifest:
                 )
             self.db.executemany(
                 f"INSERT OR REPLACE INTO items ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [tuple(asdict(r).values()) for r in rows],
+                [tuple(getattr(r, c) for c in _COLUMNS) for r in rows],
             )
 
     def touch(self, updates: Iterable[tuple[int, int, str]]) -> None:
@@ -212,9 +212,12 @@ class Manifest:
         return _Transaction(self.db)
 
     def export_jsonl(self) -> Iterator[str]:
-        for row in self.iter_rows():
+        """Every row as one JSON line (columns that are NULL left out), ordered by key."""
+        cur = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM items ORDER BY key")
+        for row in cur:
             yield json.dumps(
-                {k: v for k, v in asdict(row).items() if v is not None}, sort_keys=True
+                {k: v for k, v in zip(_COLUMNS, row, strict=True) if v is not None},
+                sort_keys=True,
             )
 
 

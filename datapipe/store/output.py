@@ -22,7 +22,7 @@ from typing import Any
 
 from datapipe.errors import StoreBusyError, StoreError
 from datapipe.store.codec import item_key_of
-from datapipe.store.files import atomic_write, remove_temporaries
+from datapipe.store.files import atomic_open, atomic_write, remove_temporaries
 from datapipe.store.manifest import ItemRow, Manifest
 from datapipe.store.shards import ShardWriter, rewrite_shard
 
@@ -168,11 +168,14 @@ class OutputStore:
         self._m.delete(keys)
 
     # -- exports --------------------------------------------------------------------------
-    def write_exports(self, run_summary: dict[str, Any]) -> None:
+    def write_exports(self, run_summary: dict[str, Any], rows_changed: bool = True) -> None:
+        """Rewrite ``index.json``, and ``manifest.jsonl`` when rows changed (or it is missing)."""
         m = self._m
-        atomic_write(
-            self.root / "manifest.jsonl", "".join(line + "\n" for line in m.export_jsonl())
-        )
+        export = self.root / "manifest.jsonl"
+        if rows_changed or not export.exists():
+            with atomic_open(export) as fh:
+                for line in m.export_jsonl():
+                    fh.write(line.encode() + b"\n")
         shards = m.shards()
         index = {
             "shards": [f"{SHARD_DIR}/{name}" for name in shards],

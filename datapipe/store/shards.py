@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from datapipe.store.codec import split_member
 from datapipe.store.files import fsync_dir, tmp_name
+from datapipe.store.tarformat import TarStream
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,6 @@ class ShardInfo:
     name: str
     n_samples: int
     n_bytes: int
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = 0  # deterministic bytes for the same content
-    return info
 
 
 class ShardWriter:
@@ -38,7 +30,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.n_samples = 0
         self._fh = open(self.tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._tar = TarStream(self._fh)
 
     @property
     def name(self) -> str:
@@ -51,7 +43,7 @@ class ShardWriter:
     def add(self, members: list[tuple[str, bytes]]) -> None:
         """Write one sample's members (all of one key)."""
         for name, data in members:
-            self._tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+            self._tar.add(name, data)
         self.n_samples += 1
 
     @property
@@ -59,7 +51,7 @@ class ShardWriter:
         return self.n_samples >= self.max_samples or self.n_bytes >= self.max_bytes
 
     def close(self) -> ShardInfo:
-        self._tar.close()
+        self._tar.finish()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -68,7 +60,6 @@ class ShardWriter:
         return ShardInfo(self.name, self.n_samples, self.path.stat().st_size)
 
     def abort(self) -> None:
-        self._tar.close()
         self._fh.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -88,17 +79,16 @@ def rewrite_shard(path: Path, keep_key: Callable[[str], bool]) -> ShardInfo:
     """Rewrite a shard keeping only samples whose key passes ``keep_key`` (atomic)."""
     tmp = tmp_name(path)
     n, last = 0, None
-    with (
-        open(tmp, "wb") as fh,
-        tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as out,
-    ):
+    with open(tmp, "wb") as fh:
+        out = TarStream(fh)
         for name, data in iter_members(path):
             key = split_member(name)[0]
             if keep_key(key):
-                out.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+                out.add(name, data)
                 if key != last:
                     n, last = n + 1, key
-    with open(tmp, "rb+") as fh:
+        out.finish()
+        fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)

@@ -19,7 +19,7 @@ everything else (lists, dicts, bytes, numpy arrays of strings) become a plain li
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,8 @@ def collate(batch: Sequence[dict[str, Any]], *, pad_value: float = 0) -> dict[st
     """Collate sample dicts into one batch dict (see the module docstring).
 
     Use it as ``DataLoader(ds, batch_size=..., collate_fn=collate)``; for another padding
-    value, ``functools.partial(collate, pad_value=-1)``.
+    value, ``functools.partial(collate, pad_value=-1)``. A single sample dict (what the
+    DataLoader passes with ``batch_size=None``) is returned as it is.
 
     Examples
     --------
@@ -68,6 +69,8 @@ def collate(batch: Sequence[dict[str, Any]], *, pad_value: float = 0) -> dict[st
     >>> out["key"], out["points"].shape, out["points_mask"].tolist(), out["label"].tolist()
     (['a', 'b'], torch.Size([2, 2, 3]), [[True, True], [True, False]], [1, 0])
     """
+    if isinstance(batch, Mapping):  # DataLoader(batch_size=None) hands over single samples
+        return dict(batch)
     if not batch:
         return {}
     names = list(batch[0])

@@ -3,13 +3,12 @@
 A shard is indexed once from its tar headers alone (member name, data offset, size; the data
 is skipped with a seek), and the index is cached per process by (path, size, mtime). The
 members of one sample are contiguous in the shards datapipe writes, so one sample is one
-``os.pread`` of its span, cut into members and decoded with ``np.load(allow_pickle=False)``
-or ``json`` (:func:`datapipe.store.codec.decode_value`).
+``os.preadv`` of its span into a fresh buffer, cut into members and decoded in place
+(:mod:`datapipe.stream.npy`: numpy's safe header parser, no pickle, arrays are views).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tarfile
@@ -19,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.errors import StoreError
-from datapipe.store.codec import decode_value, split_member
+from datapipe.store.codec import split_member
 from datapipe.stream.base import BadUnit
+from datapipe.stream.npy import decode_member
 
 logger = logging.getLogger(__name__)
+
+#: what a corrupt member raises while decoding (JSON and Unicode errors are ValueErrors)
+_DECODE_ERRORS = (ValueError, TypeError, EOFError, OSError, SyntaxError, RecursionError)
 
 #: (field, ext, offset from the sample's span start, size)
 Member = tuple[str, str, int, int]
@@ -119,17 +122,17 @@ class ShardReader:
 
     def read(self, ref: SampleRef, fields: frozenset[str] | None = None) -> dict[str, Any]:
         """The decoded fields of one sample, plus ``key``; raises BadUnit if one is bad."""
-        data = os.pread(self._fd(ref.shard), ref.length, ref.start)
-        if len(data) != ref.length:
-            raise BadUnit(ref.key, f"truncated: read {len(data)} of {ref.length} bytes")
-        view = memoryview(data)
+        buf = bytearray(ref.length)  # writable: arrays are views on it, tensors share it
+        got = os.preadv(self._fd(ref.shard), [buf], ref.start)
+        if got != ref.length:
+            raise BadUnit(ref.key, f"truncated: read {got} of {ref.length} bytes")
         record: dict[str, Any] = {"key": ref.key}
         for field, ext, off, size in ref.members:
             if fields is not None and field not in fields:
                 continue
             try:
-                record[field] = decode_value(ext, bytes(view[off : off + size]))
-            except (ValueError, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                record[field] = decode_member(ext, buf, off, size)
+            except _DECODE_ERRORS as exc:
                 raise BadUnit(ref.key, f"field {field!r} ({ext}) does not decode: {exc}") from None
         return record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -80,7 +80,9 @@ class Files(Source):
         return None
 
     def _walk(self, root: Path) -> Iterator[tuple[str, os.stat_result]]:
-        stack = [root]
+        """(relative POSIX path, stat) of every listed file; one pass, sorted by name."""
+        prefix = len(str(root)) + 1
+        stack = [str(root)]
         while stack:
             directory = stack.pop()
             with os.scandir(directory) as it:
@@ -89,9 +91,9 @@ class Files(Source):
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
+                    stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False) and self._kind_of(entry.name):
-                    yield os.path.relpath(entry.path, root), entry.stat(follow_symlinks=False)
+                    yield entry.path[prefix:], entry.stat(follow_symlinks=False)
 
     def _csv_rows(self, ctx: Context, root: Path) -> list[tuple[str, str]]:
         path = ctx.resolve(self.params.labels)
@@ -107,48 +109,46 @@ class Files(Source):
                 [Problem(where, f"cannot read labels CSV {path}: {exc.strerror}")]
             ) from None
 
-    def classes(self, ctx: Context) -> list[str]:
+    def _classes(self, labels: Iterable[str]) -> list[str]:
         if self.params.classes is not None:
             return list(self.params.classes)
-        if self.params.labels == "none":
-            return []
-        root = self._root(ctx)
-        if self.params.labels == "folder":
-            found = {Path(rel).parent.name for rel, _ in self._walk(root)}
-        else:
-            found = {label for _, label in self._csv_rows(ctx, root)}
-        return sorted(found - {""})
+        return sorted(set(labels) - {""})
 
-    def signature(self, ctx: Context) -> str:
-        return hashlib.sha256("\n".join(self.classes(ctx)).encode()).hexdigest()[:16]
+    def signature(self, ctx: Context, records: Sequence[Record]) -> str:
+        classes = self._classes(r.get("label", "") for r in records)
+        return hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16]
 
     def list_items(self, ctx: Context) -> Iterator[Record]:
         root = self._root(ctx)
-        classes = self.classes(ctx)
-        index = {c: i for i, c in enumerate(classes)}
-        if self.params.labels in ("folder", "none"):
-            for rel, st in self._walk(root):
-                label = Path(rel).parent.name if self.params.labels == "folder" else ""
-                yield self._record(root, rel, st, label, index)
-            return
-        for rel, label in self._csv_rows(ctx, root):
-            full = (root / rel).resolve()
-            if not full.is_relative_to(root.resolve()):
-                yield {"key": rel, "path": str(full), "relpath": rel, "label": label}
-                continue  # an unsafe key: the engine turns it into a 'security' error row
-            try:
-                st = os.stat(full, follow_symlinks=False)
-            except OSError:
-                st = None
+        mode = self.params.labels
+        if mode in ("folder", "none"):
+            found = [
+                (rel, st, rel.rpartition("/")[0].rpartition("/")[2] if mode == "folder" else "")
+                for rel, st in self._walk(root)
+            ]
+        else:
+            found = []
+            for rel, label in self._csv_rows(ctx, root):
+                full = (root / rel).resolve()
+                if not full.is_relative_to(root.resolve()):
+                    # an unsafe key: the engine turns it into a 'security' error row
+                    yield {"key": rel, "path": str(full), "relpath": rel, "label": label}
+                    continue
+                try:
+                    st = os.stat(full, follow_symlinks=False)
+                except OSError:
+                    st = None
+                found.append((rel, st, label))
+        index = {c: i for i, c in enumerate(self._classes(label for _, _, label in found))}
+        for rel, st, label in found:
             yield self._record(root, rel, st, label, index)
 
     def _record(
         self, root: Path, rel: str, st: os.stat_result | None, label: str, index: dict[str, int]
     ) -> Record:
-        rel = Path(rel).as_posix()
         return {
             "key": sanitize_key(rel),
-            "path": str(root / rel),
+            "path": f"{root}/{rel}",
             "relpath": rel,
             "kind": self._kind_of(rel) or "",
             "label": label,
