@@ -17,7 +17,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -58,10 +58,14 @@ class _Child:
     proc: subprocess.Popen[bytes]
     tasks: Connection
     results: Connection
-    task: ItemTask | None = None
+    #: tasks sent and not answered yet; the child works on the first, the next waits in its pipe
+    inflight: deque[ItemTask] = field(default_factory=deque)
     deadline: float = 0.0
     ready: bool = False
-    killed_for_timeout: bool = False
+
+    @property
+    def task(self) -> ItemTask | None:
+        return self.inflight[0] if self.inflight else None
 
 
 def _signal_name(returncode: int) -> str:
@@ -72,7 +76,13 @@ def _signal_name(returncode: int) -> str:
 
 
 class ProcessPool:
-    """N child processes, each running one task at a time under a time limit and memory cap."""
+    """N child processes, each running one task at a time under a time limit and memory cap.
+
+    Each child gets its next task before it finishes the current one (``prefetch``), so it
+    never waits on the parent; the time limit of a task starts when the child starts it.
+    """
+
+    prefetch = 2
 
     def __init__(
         self,
@@ -159,24 +169,24 @@ class ProcessPool:
             self.children = [self._spawn() for _ in range(self.n)]
         while True:
             for child in self.children:  # hand out work
-                if child.ready and child.task is None:
-                    task = (
-                        retry.popleft() if retry else (None if exhausted else next(pending, None))
-                    )
+                while child.ready and len(child.inflight) < self.prefetch:
+                    task = retry.popleft() if retry else None
+                    if task is None and not exhausted:
+                        task = next(pending, None)
+                        exhausted = task is None
                     if task is None:
-                        exhausted = True
-                        continue
-                    child.task = task
-                    child.deadline = time.monotonic() + self.timeout_s
+                        break
+                    if not child.inflight:
+                        child.deadline = time.monotonic() + self.timeout_s
+                    child.inflight.append(task)
                     child.tasks.send(task)
-            busy = [c for c in self.children if c.task is not None or not c.ready]
-            if exhausted and not retry and not any(c.task is not None for c in self.children):
+            busy = [c for c in self.children if c.inflight or not c.ready]
+            if exhausted and not retry and not any(c.inflight for c in self.children):
                 return
             timeout = max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
             readable = wait([c.results for c in busy], timeout=timeout)
             now = time.monotonic()
             for i, child in enumerate(list(self.children)):
-                result = None
                 if child.results in readable:
                     try:
                         msg = child.results.recv()
@@ -185,19 +195,22 @@ class ProcessPool:
                     else:
                         if isinstance(msg, tuple) and msg and msg[0] == "ready":
                             child.ready = True
-                            continue
-                        result, child.task = msg, None
-                        yield result
+                        else:
+                            child.inflight.popleft()
+                            child.deadline = now + self.timeout_s  # it starts the next one
+                            yield msg
                         continue
-                elif now >= child.deadline and (child.task is not None or not child.ready):
+                elif now >= child.deadline and (child.inflight or not child.ready):
                     result = self._timed_out(child)
                 else:
                     continue
-                # the child is gone: replace it, then report or retry its task
+                # the child is gone: replace it, report or retry its task, requeue the rest
                 task = child.task
+                waiting = list(child.inflight)[1:]
                 self._retire(child, kill=True)
                 self.children[i] = self._spawn()
                 self.replaced += 1
+                retry.extendleft(reversed(waiting))
                 if task is None:  # it died or hung before it was ready
                     self._start_failures += 1
                     if self._start_failures >= _MAX_START_FAILURES:
