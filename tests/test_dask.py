@@ -32,8 +32,18 @@ pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
 LAUNCHER = HERE / "cli_with_test_stages.py"
 DASK = Path(sys.executable).parent / "dask"
-ROW_FIELDS = ("key", "status", "stage", "error_class", "message", "n_samples", "label", "hash",
-              "fingerprint", "size")
+ROW_FIELDS = (
+    "key",
+    "status",
+    "stage",
+    "error_class",
+    "message",
+    "n_samples",
+    "label",
+    "hash",
+    "fingerprint",
+    "size",
+)
 
 
 def _rows(out: Path) -> dict[str, tuple]:
@@ -76,8 +86,9 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("path", demo_pipelines(), ids=lambda p: p.stem)
-def test_dask_matches_local_on_every_demo_pipeline(demo_data: Path, tmp_path: Path,
-                                                   path: Path) -> None:
+def test_dask_matches_local_on_every_demo_pipeline(
+    demo_data: Path, tmp_path: Path, path: Path
+) -> None:
     pipeline = Pipeline.from_yaml(path, {"data": str(demo_data)})
     local = run_local(pipeline, tmp_path / "local", workers=1)
     remote = run_dask(pipeline, tmp_path / "dask", workers=2)
@@ -98,20 +109,27 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
     """Isolated stages crash a child, not the Dask worker; a crash in a trusted stage kills
     Dask workers until the poison item is found and recorded after bounded retries."""
     _faulty_tree(tmp_path / "in", ["segv_1", "hang_1", "good_1", "good_2", "good_3"])
-    isolated = Pipeline.from_dict({"nodes": {
-        "src": {"stage": "files", "params": {"root": str(tmp_path / "in")}},
-        "f": {"stage": "test.faulty", "inputs": "src"}}})
-    report = run_dask(isolated, tmp_path / "out1", workers=2, timeout_s=3)
+    isolated = Pipeline.from_dict(
+        {
+            "nodes": {
+                "src": {"stage": "files", "params": {"root": str(tmp_path / "in")}},
+                "f": {"stage": "test.faulty", "inputs": "src"},
+            }
+        }
+    )
+    report = run_dask(isolated, tmp_path / "out1", workers=2, timeout_s=5)
     assert report.errors_by_class == {"crash": 1, "timeout": 1}
     assert report.counts["ok"] == 3
 
-    trusted = Pipeline.from_dict({"nodes": {
-        "src": {"stage": "files", "params": {"root": str(tmp_path / "in")}},
-        "f": {"stage": "test.faulty_inline", "inputs": "src"}}})
     _faulty_tree(tmp_path / "in2", ["segv_1", "good_1", "good_2", "good_3", "good_4"])
-    trusted = Pipeline.from_dict({"nodes": {
-        "src": {"stage": "files", "params": {"root": str(tmp_path / "in2")}},
-        "f": {"stage": "test.faulty_inline", "inputs": "src"}}})
+    trusted = Pipeline.from_dict(
+        {
+            "nodes": {
+                "src": {"stage": "files", "params": {"root": str(tmp_path / "in2")}},
+                "f": {"stage": "test.faulty_inline", "inputs": "src"},
+            }
+        }
+    )
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         report = run_dask(trusted, tmp_path / "out2", workers=2)
     rows = _rows(tmp_path / "out2")
@@ -120,18 +138,33 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
 
 
 def test_unreachable_scheduler_is_a_clear_usage_error(tmp_path: Path, image_tree: Path) -> None:
-    pipeline = Pipeline.from_dict({"nodes": {"src": {"stage": "files",
-                                                     "params": {"root": str(image_tree)}}}})
+    pipeline = Pipeline.from_dict(
+        {"nodes": {"src": {"stage": "files", "params": {"root": str(image_tree)}}}}
+    )
     t0 = time.monotonic()
     with pytest.raises(ExecutorError) as info:
         run_dask(pipeline, tmp_path / "out", scheduler="tcp://127.0.0.1:9")
     assert info.value.exit_code == 2
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in str(info.value)
     assert time.monotonic() - t0 < 60  # a bound on hanging, not a speed claim
-    proc = subprocess.run([sys.executable, str(LAUNCHER), "run", "-q", "--executor",
-                           "dask", "--scheduler", "tcp://127.0.0.1:9", "--out",
-                           str(tmp_path / "o2"), _write_yaml(tmp_path, image_tree.parent, 0)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "run",
+            "-q",
+            "--executor",
+            "dask",
+            "--scheduler",
+            "tcp://127.0.0.1:9",
+            "--out",
+            str(tmp_path / "o2"),
+            _write_yaml(tmp_path, image_tree.parent, 0),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cannot reach the Dask scheduler" in proc.stderr
 
@@ -139,13 +172,15 @@ def test_unreachable_scheduler_is_a_clear_usage_error(tmp_path: Path, image_tree
 # -- a real cluster of processes ----------------------------------------------------------------
 def _write_yaml(tmp: Path, root: Path, sleep_s: float) -> str:
     path = tmp / "slow.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: slow
         nodes:
           src: {{stage: files, params: {{root: {str(root)!r}}}}}
           work: {{stage: test.faulty, inputs: src, params: {{sleep_s: {sleep_s}}}}}
         output: {{shard_size: 3}}
-    """))
+    """)
+    )
     return str(path)
 
 
@@ -156,8 +191,20 @@ class Cluster:
         self.file = tmp / "scheduler.json"
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
         self.procs: dict[str, subprocess.Popen] = {}
-        self.start("scheduler", [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                 "--no-dashboard", "--scheduler-file", str(self.file)])
+        self.start(
+            "scheduler",
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.file),
+            ],
+        )
         deadline = time.monotonic() + 60
         while not self.file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -166,12 +213,29 @@ class Cluster:
         self.address = json.loads(self.file.read_text())["address"]
 
     def start(self, name: str, cmd: list[str]) -> None:
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, start_new_session=True,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(
+            cmd,
+            env=self.env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def add_worker(self, name: str) -> None:
-        self.start(name, [str(DASK), "worker", "--scheduler-file", str(self.file),
-                          "--nthreads", "1", "--no-dashboard", "--name", name])
+        self.start(
+            name,
+            [
+                str(DASK),
+                "worker",
+                "--scheduler-file",
+                str(self.file),
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--name",
+                name,
+            ],
+        )
 
     def kill(self, name: str) -> None:
         os.killpg(self.procs[name].pid, signal.SIGKILL)
@@ -228,8 +292,19 @@ def test_sigkill_a_worker_mid_run(tmp_path: Path, slow_inputs: Path) -> None:
         cluster.add_worker("w1")
         cluster.add_worker("w2")
         out = tmp_path / "out"
-        cmd = [sys.executable, str(LAUNCHER), "run", "-q", _write_yaml(tmp_path, slow_inputs, 0.1),
-               "--out", str(out), "--executor", "dask", "--scheduler", cluster.address]
+        cmd = [
+            sys.executable,
+            str(LAUNCHER),
+            "run",
+            "-q",
+            _write_yaml(tmp_path, slow_inputs, 0.1),
+            "--out",
+            str(out),
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.address,
+        ]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         _wait_rows(out, 6, proc)
         cluster.kill("w1")  # nanny and worker: it does not come back
@@ -246,8 +321,19 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_input
     yaml_path = _write_yaml(tmp_path, slow_inputs, 0.1)
     try:
         cluster.add_worker("w1")
-        cmd = [sys.executable, str(LAUNCHER), "run", "-q", yaml_path, "--out", str(out),
-               "--executor", "dask", "--scheduler", cluster.address]
+        cmd = [
+            sys.executable,
+            str(LAUNCHER),
+            "run",
+            "-q",
+            yaml_path,
+            "--out",
+            str(out),
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.address,
+        ]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         _wait_rows(out, 6, proc)
         cluster.kill("scheduler")
@@ -258,8 +344,55 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_input
         assert 0 < done < N_SLOW
     finally:
         cluster.close()
-    rerun = subprocess.run([sys.executable, str(LAUNCHER), "run", "-q", yaml_path, "--out",
-                            str(out), "--executor", "dask", "--workers", "2"],
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "run",
+            "-q",
+            yaml_path,
+            "--out",
+            str(out),
+            "--executor",
+            "dask",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     _check_complete(out)
+
+
+def test_demo_runs_on_dask_through_the_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datapipe.cli",
+            "demo",
+            "-q",
+            "--out",
+            str(tmp_path / "demo"),
+            "--executor",
+            "dask",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    local = tmp_path / "local"
+    subprocess.run(
+        [sys.executable, "-m", "datapipe.cli", "demo", "-q", "--out", str(local)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    for name in ("images", "inventory"):
+        assert _rows(tmp_path / "demo" / name).keys() == _rows(local / name).keys()
+        _same_samples(_arrays(tmp_path / "demo" / name), _arrays(local / name))

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from datapipe.engine.barriers import evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
@@ -182,60 +183,19 @@ class RunDriver:
     # -- barriers (Select / Fit) ------------------------------------------------------------
     def _barriers(self, plan: Plan) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
         """Evaluate every Select/Fit node over the light view of all live keys."""
-        p = self.p
-        filtered_by: dict[str, dict[str, str]] = {}
-        fitted: dict[str, Any] = {}
-        todo_keys = {rec["key"] for _, rec in plan.todo}
-        for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
-            sub_fp = p.fingerprint(self.signatures, only=p.upstream(node.id))
-            cached = self.m.light_values(node.id, sub_fp)
-            keys = [
-                k
-                for k, (src, _) in plan.records.items()
-                if node.id in p.downstream(src) and not filtered_by.get(k)
-            ]
-            need = [k for k in keys if k in todo_keys or k not in cached]
-            fresh: dict[str, Any] = {}
-            if need:
-                tasks = (
-                    ItemTask(
-                        k,
-                        plan.records[k][0],
-                        plan.records[k][1],
-                        light_for=node.id,
-                        filtered_by=filtered_by.get(k, {}),
-                    )
-                    for k in need
-                )
-                pool = self.pool_factory(p, fitted, self.run_id)
-                self.hooks.on_phase(f"{node.id} (light view)", len(need))
-                try:
-                    for res in pool.imap_unordered(tasks):
-                        self.hooks.on_item(res.key, res.status)
-                        if res.status == "ok" and res.light is not None:
-                            fresh[res.key] = res.light
-                finally:
-                    pool.close()
-                    self.hooks.on_phase_end(node.id)
-                self.m.put_light(node.id, sub_fp, fresh)
-            light = {**cached, **fresh}
-            view_keys = sorted(k for k in keys if k in light)
-            view = {
-                f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()
-            }
-            ctx = p.context(node.id, self.opts.epoch)
-            ctx.fitted = fitted
-            if node.kind is StageKind.FIT:
-                fitted[node.id] = node.stage.fit(view_keys, view, ctx)
-                continue
-            sel = node.stage.select(view_keys, view, ctx)
-            for k in view_keys:
-                if k not in sel.keep:
-                    reason = sel.reasons.get(k, "not selected")
-                    filtered_by.setdefault(k, {})[node.id] = reason
-            self.report.selections[node.id] = {"seen": len(view_keys), "kept": len(sel.keep)}
-            self._scores.update(sel.scores)
-        return filtered_by, fitted
+        outcome = evaluate_barriers(
+            self.p,
+            plan.records,
+            lambda fitted: self.pool_factory(self.p, fitted, self.run_id),
+            epoch=self.opts.epoch,
+            recompute={rec["key"] for _, rec in plan.todo},
+            cache=self.m,
+            signatures=tuple(self.signatures),
+            hooks=self.hooks,
+        )
+        self.report.selections.update(outcome.selections)
+        self._scores.update(outcome.scores)
+        return outcome.filtered_by, outcome.fitted
 
     def _final_tasks(
         self, plan: Plan, filtered_by: dict[str, dict[str, str]]

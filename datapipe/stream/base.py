@@ -11,6 +11,12 @@ epoch (cyclically), which therefore appears twice in the epoch. Units already fo
 pass are not tried again as replacements. Only when no unit of the rank's list can be produced
 does the iteration stop with a :class:`RuntimeError`.
 
+Batches. Every rank has the same ``len()`` and, with the same ``num_workers`` and
+``batch_size``, the same number of batches (the worker split is deterministic and skips do not
+shorten it). As for any ``IterableDataset``, each DataLoader worker batches its own share, so
+with ``num_workers > 1`` a worker's last batch may be partial and ``len(loader)`` may undercount;
+``drop_last=True`` drops those partial batches on every rank alike.
+
 Errors that are not about one unit (a shard that changed on disk, a bug in a ``transform``)
 propagate. A worker process that dies (a segfault in a decoder, ``os._exit``) makes the
 DataLoader raise ``RuntimeError: DataLoader worker (pid ...) exited unexpectedly`` (or "is
@@ -98,6 +104,8 @@ def to_torch(record: dict[str, Any]) -> Sample:
         if isinstance(value, np.ndarray):
             if not value.dtype.isnative:
                 value = value.astype(value.dtype.newbyteorder("="))
+            elif not value.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable
+                value = value.copy()
             try:
                 value = torch.from_numpy(value)
             except TypeError:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from datapipe.engine.barriers import evaluate_barriers
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
 from datapipe.errors import ItemError
 from datapipe.graph import Pipeline
@@ -74,42 +75,22 @@ def list_inputs(pipeline: Pipeline, excluded: dict[str, str]) -> dict[str, tuple
     return records
 
 
-def evaluate_barriers(
+def run_barriers(
     p: Pipeline, records: dict[str, tuple[str, Record]], excluded: dict[str, str]
 ) -> dict[str, Any]:
     """Run every Select/Fit once; removes what they drop from ``records``; returns fitted."""
     from datapipe.executors.local import LocalSettings, make_pool
 
     settings = LocalSettings.from_pipeline(p)
-    reach = {s.id: p.downstream(s.id) for s in p.of_kind(StageKind.SOURCE)}
-    fitted: dict[str, Any] = {}
-    for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
-        keys = [k for k, (src, _) in records.items() if node.id in reach[src]]
-        tasks = (ItemTask(k, records[k][0], records[k][1], light_for=node.id) for k in keys)
-        light: dict[str, dict[str, Any]] = {}
-        pool = make_pool(settings, p, fitted)
-        try:
-            for res in pool.imap_unordered(tasks):
-                if res.status == "ok" and res.light is not None:
-                    light[res.key] = res.light
-                else:
-                    excluded[res.key] = _reason(res)
-                    records.pop(res.key, None)
-        finally:
-            pool.close()
-        view_keys = sorted(light)
-        view = {f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()}
-        ctx = p.context(node.id, 0)
-        ctx.fitted = fitted
-        if node.kind is StageKind.FIT:
-            fitted[node.id] = node.stage.fit(view_keys, view, ctx)
-            continue
-        sel = node.stage.select(view_keys, view, ctx)
-        for k in view_keys:
-            if k not in sel.keep:
-                excluded[k] = f"filtered by {node.id}: {sel.reasons.get(k, 'not selected')}"
-                records.pop(k, None)
-    return fitted
+    outcome = evaluate_barriers(p, records, lambda fitted: make_pool(settings, p, fitted))
+    for key, res in outcome.stopped.items():
+        excluded[key] = _reason(res)
+        records.pop(key, None)
+    for key, decisions in outcome.filtered_by.items():
+        node, reason = next(iter(decisions.items()))
+        excluded[key] = f"filtered by {node}: {reason}"
+        records.pop(key, None)
+    return outcome.fitted
 
 
 class PipelineDataset(StreamDataset):
@@ -129,7 +110,7 @@ class PipelineDataset(StreamDataset):
         self.pipeline = pipeline
         excluded: dict[str, str] = {}
         records = list_inputs(pipeline, excluded)
-        self.fitted = evaluate_barriers(pipeline, records, excluded)
+        self.fitted = run_barriers(pipeline, records, excluded)
         keys = sorted(records)
         super().__init__(keys, **kw)
         self.records = [records[k] for k in keys]

@@ -92,11 +92,12 @@ class ShardDataset(StreamDataset):
                 if key in refs:
                     excluded.setdefault(key, f"duplicate: also in {path.name}; kept the first")
                     continue
-                if self.fields is not None:
+                if self.fields is not None:  # read only the wanted members' span
                     missing = sorted(self.fields - {m[0] for m in members})
                     if missing:
                         excluded[key] = f"missing field(s) {', '.join(missing)}"
                         continue
+                    members = tuple(m for m in members if m[0] in self.fields)
                 refs[key] = sample_ref(key, shard, members, interned)
         if ok is not None:  # ok rows whose samples were not found
             found = {item_key_of(k) for k in refs} | {item_key_of(k) for k in excluded}
@@ -116,7 +117,7 @@ class ShardDataset(StreamDataset):
         reader = ShardReader(self.files)
 
         def produce(unit: int) -> list[Sample]:
-            return [to_torch(reader.read(self.refs[unit], self.fields))]
+            return [to_torch(reader.read(self.refs[unit]))]
 
         return produce, reader.close
 

@@ -120,7 +120,7 @@ class ShardReader:
             self._fds[shard] = fd
         return fd
 
-    def read(self, ref: SampleRef, fields: frozenset[str] | None = None) -> dict[str, Any]:
+    def read(self, ref: SampleRef) -> dict[str, Any]:
         """The decoded fields of one sample, plus ``key``; raises BadUnit if one is bad."""
         buf = bytearray(ref.length)  # writable: arrays are views on it, tensors share it
         got = os.preadv(self._fd(ref.shard), [buf], ref.start)
@@ -128,8 +128,6 @@ class ShardReader:
             raise BadUnit(ref.key, f"truncated: read {got} of {ref.length} bytes")
         record: dict[str, Any] = {"key": ref.key}
         for field, ext, off, size in ref.members:
-            if fields is not None and field not in fields:
-                continue
             try:
                 record[field] = decode_member(ext, buf, off, size)
             except _DECODE_ERRORS as exc:

@@ -1,0 +1,101 @@
+"""Select and Fit barriers: gather the light view of every key that reaches them, then decide.
+
+Shared by the run driver (every executor) and the streaming loader. Light values can be
+cached per (node, fingerprint of what feeds it), so unchanged keys are not recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from datapipe.engine.runner import ItemResult, ItemTask
+from datapipe.graph import Pipeline
+from datapipe.hooks import RunHooks
+from datapipe.stage import Record, StageKind
+
+
+class LightPool(Protocol):
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LightCache(Protocol):
+    def light_values(self, node: str, fingerprint: str) -> dict[str, Any]: ...
+
+    def put_light(self, node: str, fingerprint: str, values: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class BarrierOutcome:
+    #: key -> {select node: reason} for keys a Select removed
+    filtered_by: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Fit node -> the state it learned
+    fitted: dict[str, Any] = field(default_factory=dict)
+    #: key -> score given by a Select
+    scores: dict[str, float] = field(default_factory=dict)
+    #: Select node -> {"seen": n, "kept": k}
+    selections: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: key -> the error or filter result that stopped it before a barrier
+    stopped: dict[str, ItemResult] = field(default_factory=dict)
+
+
+def evaluate_barriers(
+    p: Pipeline,
+    records: dict[str, tuple[str, Record]],
+    make_pool: Callable[[dict[str, Any]], LightPool],
+    *,
+    epoch: int = 0,
+    recompute: set[str] | None = None,
+    cache: LightCache | None = None,
+    signatures: tuple[str, ...] = (),
+    hooks: RunHooks | None = None,
+) -> BarrierOutcome:
+    """Evaluate every Select/Fit node of ``p`` in order over ``records`` (key -> (source,
+    record)). ``recompute`` forces fresh light values for those keys even when cached."""
+    hooks = hooks or RunHooks()
+    out = BarrierOutcome()
+    for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
+        sub_fp = p.fingerprint(signatures, only=p.upstream(node.id))
+        cached = cache.light_values(node.id, sub_fp) if cache else {}
+        reach = p.downstream
+        keys = [
+            k
+            for k, (src, _) in records.items()
+            if node.id in reach(src) and k not in out.filtered_by and k not in out.stopped
+        ]
+        need = [k for k in keys if k not in cached or (recompute is not None and k in recompute)]
+        fresh: dict[str, Any] = {}
+        if need:
+            tasks = (ItemTask(k, records[k][0], records[k][1], light_for=node.id) for k in need)
+            pool = make_pool(out.fitted)
+            hooks.on_phase(f"{node.id} (light view)", len(need))
+            try:
+                for res in pool.imap_unordered(tasks):
+                    hooks.on_item(res.key, res.status)
+                    if res.status == "ok" and res.light is not None:
+                        fresh[res.key] = res.light
+                    else:
+                        out.stopped[res.key] = res
+            finally:
+                pool.close()
+                hooks.on_phase_end(node.id)
+            if cache:
+                cache.put_light(node.id, sub_fp, fresh)
+        light = {**cached, **fresh}
+        view_keys = sorted(k for k in keys if k in light and k not in out.stopped)
+        view = {f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()}
+        ctx = p.context(node.id, epoch)
+        ctx.fitted = out.fitted
+        if node.kind is StageKind.FIT:
+            out.fitted[node.id] = node.stage.fit(view_keys, view, ctx)
+            continue
+        sel = node.stage.select(view_keys, view, ctx)
+        for k in view_keys:
+            if k not in sel.keep:
+                out.filtered_by.setdefault(k, {})[node.id] = sel.reasons.get(k, "not selected")
+        out.selections[node.id] = {"seen": len(view_keys), "kept": len(sel.keep & set(view_keys))}
+        out.scores.update(sel.scores)
+    return out

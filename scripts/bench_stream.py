@@ -1,0 +1,175 @@
+"""Benchmark datapipe.stream against a plain PyTorch DataLoader (a benchmark, not a test).
+
+It writes N photos (default 2,000 JPEGs of 500x375, quality 90, random crops of
+scikit-learn's two sample images, one class folder per source image), prepares shards once
+with ``files -> image.resize(size=112)`` and the local executor (timed, but not part of the
+comparison), then times full epochs of ``batch`` samples per batch for each loader, with 0 and
+2 DataLoader workers:
+
+- ``plain``: a map-style ``Dataset`` doing ``Image.open(path).convert("RGB").resize((112, 112))``
+  (what one writes without datapipe), ``shuffle=True``, the default collate;
+- ``plain+draft``: the same with ``img.draft("RGB", (112, 112))`` first (JPEG DCT scaling),
+  to separate what draft decoding buys from what the loader costs;
+- ``from_shards``: the prepared 112x112 shards, ``datapipe.stream.collate``;
+- ``from_pipeline``: the raw JPEG folder, decode + resize on the fly in the workers.
+
+Each epoch includes starting the workers. The best of ``--repeats`` epochs is reported as
+samples/s, and as a ratio to ``plain`` with the same number of workers.
+
+Run from the repository root::
+
+    .venv/bin/python scripts/bench_stream.py
+    .venv/bin/python scripts/bench_stream.py --n 5000 --workers 0 2 4 --json /tmp/stream.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+from torch.utils.data import DataLoader, Dataset
+
+from datapipe.executors.local import run_local
+from datapipe.graph import Pipeline
+from datapipe.stages.io.files import Files
+from datapipe.stages.io.image_resize import ImageResize
+from datapipe.stream import collate, from_pipeline, from_shards
+
+SIZE = 112
+PHOTO = (500, 375)  # width, height
+
+
+def make_photos(root: Path, n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` JPEG crops of the sklearn sample photos under ``root/<name>/``; (path, label)."""
+    data = load_sample_images()
+    rng = np.random.default_rng(seed)
+    names = [Path(f).stem for f in data.filenames]
+    out = []
+    for i in range(n):
+        label = i % len(data.images)
+        img = data.images[label]
+        top = int(rng.integers(0, img.shape[0] - PHOTO[1] + 1))
+        left = int(rng.integers(0, img.shape[1] - PHOTO[0] + 1))
+        crop = img[top : top + PHOTO[1], left : left + PHOTO[0]]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        path = root / names[label] / f"{names[label]}_{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(crop)).save(path, "JPEG", quality=90)
+        out.append((str(path), label))
+    return out
+
+
+class PlainPhotos(Dataset):
+    """What one writes without datapipe: Pillow decode + resize per item."""
+
+    def __init__(self, items: list[tuple[str, int]], draft: bool = False) -> None:
+        self.items = items
+        self.draft = draft
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[i]
+        with Image.open(path) as img:
+            if self.draft:
+                img.draft("RGB", (SIZE, SIZE))
+            rgb = img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(rgb).copy()), label
+
+
+def time_epochs(make_loader: Callable[[int], Any], repeats: int) -> tuple[float, int]:
+    """Best samples/s over ``repeats`` epochs (worker start-up included)."""
+    best, count = 0.0, 0
+    for epoch in range(repeats):
+        loader = make_loader(epoch)
+        t0 = time.perf_counter()
+        count = 0
+        for batch in loader:
+            images = batch["image"] if isinstance(batch, dict) else batch[0]
+            count += images.shape[0]
+        best = max(best, count / (time.perf_counter() - t0))
+    return best, count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="number of photos")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--repeats", type=int, default=2, help="epochs per loader; best is kept")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: tmp)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stream-"))
+    try:
+        t0 = time.perf_counter()
+        items = make_photos(work / "photos", args.n)
+        print(f"{args.n} photos of {PHOTO[0]}x{PHOTO[1]} in {time.perf_counter() - t0:.1f} s")
+        pipeline = Pipeline.chain(Files(root=str(work / "photos")), ImageResize(size=SIZE))
+        t0 = time.perf_counter()
+        report = run_local(pipeline, work / "out", workers=max(args.workers) or 1)
+        prep = time.perf_counter() - t0
+        print(f"prepared {report.samples} samples in {report.shards} shards in {prep:.1f} s")
+
+        loaders: dict[str, Callable[[int, int], Any]] = {
+            "plain": lambda w, e: DataLoader(
+                PlainPhotos(items), batch_size=args.batch, shuffle=True, num_workers=w
+            ),
+            "plain+draft": lambda w, e: DataLoader(
+                PlainPhotos(items, draft=True), batch_size=args.batch, shuffle=True, num_workers=w
+            ),
+        }
+        shards = from_shards(work / "out")
+        live = from_pipeline(pipeline)
+
+        def streaming(ds: Any) -> Callable[[int, int], Any]:
+            def make(w: int, e: int) -> DataLoader:
+                ds.set_epoch(e)
+                return DataLoader(ds, batch_size=args.batch, num_workers=w, collate_fn=collate)
+
+            return make
+
+        loaders["from_shards"] = streaming(shards)
+        loaders["from_pipeline"] = streaming(live)
+        rows = []
+        for w in args.workers:
+            for name, make_loader in loaders.items():
+                rate, count = time_epochs(lambda e, m=make_loader, w=w: m(w, e), args.repeats)
+                if count != args.n:
+                    raise SystemExit(f"{name} with {w} workers read {count} of {args.n} samples")
+                rows.append({"loader": name, "workers": w, "samples_per_s": round(rate, 1)})
+        base = {r["workers"]: r["samples_per_s"] for r in rows if r["loader"] == "plain"}
+        print(
+            f"\nbatch {args.batch}, {args.n} samples, {os.cpu_count()} CPUs, best of "
+            f"{args.repeats} epochs\n"
+        )
+        print("| loader | workers | samples/s | vs plain |\n|---|---:|---:|---:|")
+        for r in rows:
+            r["vs_plain"] = round(r["samples_per_s"] / base[r["workers"]], 2)
+            print(
+                f"| {r['loader']} | {r['workers']} | {r['samples_per_s']:,.0f} "
+                f"| {r['vs_plain']:.2f}x |"
+            )
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "prepare_s": prep}, indent=2))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
