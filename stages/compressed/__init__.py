@@ -1,0 +1,2 @@
+"""Compressed-domain readers: JPEG DCT coefficients, codec motion vectors and frame types,
+point clouds."""
