@@ -1,0 +1,190 @@
+"""Point sampling: ``points.random``, ``points.voxel`` and ``points.fps``.
+
+Each stage keeps a subset of the input points: it replaces ``points`` with the sampled
+(M, 3) cloud and adds ``point_idx`` (M,) int64, the rows it kept, so other per-point fields
+(normals, colours) can be gathered; fields named in ``also`` are gathered for you.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import Field as PField
+
+from datapipe.errors import ItemError
+from datapipe.fields import Field
+from datapipe.stage import Context, Map, Params, Record
+
+
+def _check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ItemError("invalid", f"points must have shape (N, 3); got {pts.shape}")
+    if len(pts) == 0:
+        raise ItemError("empty", "the cloud has no points")
+    if not np.isfinite(pts).all():
+        raise ItemError("nonfinite", f"{int((~np.isfinite(pts)).any(1).sum())} points are NaN/inf")
+    if m is not None and not 1 <= m <= len(pts):
+        raise ItemError("invalid", f"cannot sample {m} of {len(pts)} points")
+    return pts
+
+
+def farthest_point_sample(
+    points: np.ndarray | Sequence[np.ndarray], m: int, start: int | Sequence[int] = 0
+) -> np.ndarray:
+    """Exact farthest point sampling: ``m`` int64 indices in selection order, from ``start``.
+
+    ``points`` is one cloud (N, 3) or a batch (B, N, 3) / list of clouds, giving (B, m).
+    Computed in float64 with spatial pruning (numba), so the sequence equals the dense
+    O(N*M) loop's; near-ties can order differently in float32.
+
+    Examples
+    --------
+    >>> pts = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [5, 0, 0]], dtype=np.float32)
+    >>> farthest_point_sample(pts, 3).tolist()
+    [0, 2, 3]
+    """
+    from datapipe.stages.select.fps_kernel import fps_pruned
+
+    if isinstance(points, np.ndarray) and points.ndim == 2:
+        pts = _check_cloud(points, m)
+        s = int(np.asarray(start))
+        if not 0 <= s < len(pts):
+            raise ItemError("invalid", f"start index {s} outside 0..{len(pts) - 1}")
+        return fps_pruned(np.ascontiguousarray(pts, dtype=np.float64), int(m), s)
+    clouds = list(points)
+    starts = [int(start)] * len(clouds) if np.ndim(start) == 0 else [int(s) for s in start]
+    if len(starts) != len(clouds):
+        raise ValueError(f"{len(clouds)} clouds but {len(starts)} start indices")
+    return np.stack([farthest_point_sample(c, m, s) for c, s in zip(clouds, starts, strict=True)])
+
+
+def random_point_sample(n: int, m: int, seed: int) -> np.ndarray:
+    """``m`` distinct indices of ``n``, sorted, from a seeded generator."""
+    if not 1 <= m <= n:
+        raise ItemError("invalid", f"cannot sample {m} of {n} points")
+    return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+
+
+def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """One input point per occupied voxel: the one nearest the voxel's centroid (sorted)."""
+    pts = _check_cloud(points).astype(np.float64)
+    if not voxel_size > 0:
+        raise ItemError("invalid", f"voxel_size must be > 0; got {voxel_size}")
+    cells = np.floor((pts - pts.min(0)) / voxel_size).astype(np.int64)
+    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    centroid = np.stack([np.bincount(inverse, pts[:, a]) for a in range(3)], 1) / counts[:, None]
+    dist = ((pts - centroid[inverse]) ** 2).sum(1)
+    order = np.lexsort((np.arange(len(pts)), dist, inverse))  # by voxel, then distance, index
+    first = np.ones(len(order), bool)
+    first[1:] = inverse[order[1:]] != inverse[order[:-1]]
+    return np.sort(order[first])
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A per-sample seed, so each cloud gets its own draw and every executor the same one."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+class _SampleParams(Params):
+    also: list[str] = PField(default_factory=list, description="Per-point fields to gather too.")
+    field: str = PField("points", description="The (N, 3) field to sample.")
+
+
+class CountParams(_SampleParams):
+    m: int = PField(1024, ge=1, description="Number of points to keep.")
+    pad: bool = PField(
+        False,
+        description="Clouds with fewer than m points: repeat indices "
+        "cyclically instead of failing.",
+    )
+
+
+class FPSParams(CountParams):
+    start: int | Literal["random"] = PField(0, description="First point: an index or 'random'.")
+
+
+class VoxelParams(_SampleParams):
+    voxel_size: float = PField(0.05, gt=0, description="Voxel edge length.")
+
+
+class _PointSampler(Map):
+    isolate = False
+    EXAMPLE_PARAMS = {"m": 16}
+
+    def consumes(self) -> tuple[Field, ...]:
+        p = self.params
+        return (Field(p.field, "float32|float64", "N 3"), *(Field(f, "any", "N *") for f in p.also))
+
+    def produces(self) -> tuple[Field, ...]:
+        p = self.params
+        return (
+            Field(p.field, "float32|float64", "M 3", "the sampled points"),
+            Field("point_idx", "int64", "M", "rows of the input kept, in sampling order"),
+            *(Field(f, "any", "M *") for f in p.also),
+        )
+
+    def indices(self, pts: np.ndarray, record: Record, ctx: Context, m: int | None) -> np.ndarray:
+        """Rows of ``pts`` to keep (``m`` of them for count-based samplers)."""
+        raise NotImplementedError
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        p = self.params
+        pts = _check_cloud(record[p.field])
+        m = getattr(p, "m", None)
+        if m is not None and len(pts) < m:
+            if not p.pad:
+                raise ItemError(
+                    "invalid",
+                    f"cannot sample {m} of {len(pts)} points (set pad: true to repeat points)",
+                )
+            idx = self.indices(pts, record, ctx, len(pts))
+            idx = np.resize(idx, m)
+        else:
+            idx = self.indices(pts, record, ctx, m)
+        idx = np.asarray(idx, dtype=np.int64)
+        out: Record = {p.field: pts[idx], "point_idx": idx}
+        for name in p.also:
+            out[name] = np.asarray(record[name])[idx]
+        return out
+
+
+class RandomPoints(_PointSampler):
+    """Keep ``m`` points drawn without replacement (seeded by the pipeline seed and the key)."""
+
+    name = "points.random"
+    description = "Keep m random points of a cloud (seeded per sample)."
+    Params = CountParams
+
+    def indices(self, pts: np.ndarray, record: Record, ctx: Context, m: int | None) -> np.ndarray:
+        return random_point_sample(len(pts), m, key_seed(ctx.seed, record.get("key", "")))
+
+
+class FarthestPoints(_PointSampler):
+    """Keep ``m`` points by exact farthest point sampling (in selection order)."""
+
+    name = "points.fps"
+    description = "Keep m points by exact farthest point sampling (spatially pruned)."
+    Params = FPSParams
+
+    def indices(self, pts: np.ndarray, record: Record, ctx: Context, m: int | None) -> np.ndarray:
+        start = self.params.start
+        if start == "random":
+            start = key_seed(ctx.seed, record.get("key", "")) % len(pts)
+        return farthest_point_sample(pts, m, int(start))
+
+
+class VoxelPoints(_PointSampler):
+    """Keep one input point per occupied voxel (the one nearest the voxel's centroid)."""
+
+    name = "points.voxel"
+    description = "Keep one point per voxel (nearest the voxel centroid)."
+    Params = VoxelParams
+    EXAMPLE_PARAMS = {"voxel_size": 0.1}
+
+    def indices(self, pts: np.ndarray, record: Record, ctx: Context, m: int | None) -> np.ndarray:
+        return voxel_point_sample(pts, self.params.voxel_size)
