@@ -19,7 +19,7 @@ from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
 
 
-def _check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
+def check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
     pts = np.asarray(points)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ItemError("invalid", f"points must have shape (N, 3); got {pts.shape}")
@@ -50,7 +50,7 @@ def farthest_point_sample(
     from datapipe.stages.select.fps_kernel import fps_pruned
 
     if isinstance(points, np.ndarray) and points.ndim == 2:
-        pts = _check_cloud(points, m)
+        pts = check_cloud(points, m)
         s = int(np.asarray(start))
         if not 0 <= s < len(pts):
             raise ItemError("invalid", f"start index {s} outside 0..{len(pts) - 1}")
@@ -71,7 +71,7 @@ def random_point_sample(n: int, m: int, seed: int) -> np.ndarray:
 
 def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
     """One input point per occupied voxel: the one nearest the voxel's centroid (sorted)."""
-    pts = _check_cloud(points).astype(np.float64)
+    pts = check_cloud(points).astype(np.float64)
     if not voxel_size > 0:
         raise ItemError("invalid", f"voxel_size must be > 0; got {voxel_size}")
     cells = np.floor((pts - pts.min(0)) / voxel_size).astype(np.int64)
@@ -134,7 +134,7 @@ class _PointSampler(Map):
 
     def process(self, record: Record, ctx: Context) -> Record:
         p = self.params
-        pts = _check_cloud(record[p.field])
+        pts = check_cloud(record[p.field])
         m = getattr(p, "m", None)
         if m is not None and len(pts) < m:
             if not p.pad:
