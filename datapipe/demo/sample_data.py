@@ -48,7 +48,13 @@ _POINT_RANGE = (500, 2000)
 _STREAM_IDS = {"images": 1, "videos": 2, "pointclouds": 3}
 
 
-def generate_sample_data(root: str | Path, *, seed: int = 0, scale: int = 1) -> dict[str, int]:
+def generate_sample_data(
+    root: str | Path,
+    *,
+    seed: int = 0,
+    scale: int = 1,
+    modalities: tuple[str, ...] = ("images", "videos", "pointclouds"),
+) -> dict[str, int]:
     """Write a small labelled image/video/point-cloud dataset under ``root``.
 
     Parameters
@@ -60,6 +66,9 @@ def generate_sample_data(root: str | Path, *, seed: int = 0, scale: int = 1) -> 
         Non-negative seed; the same seed gives byte-identical files.
     scale : int
         Multiplies the number of items per class (scale 1 is a few dozen files).
+    modalities : tuple of str
+        Which of ``images``, ``videos``, ``pointclouds`` to write (each has its own random
+        stream, so leaving one out does not change the others).
 
     Returns
     -------
@@ -79,7 +88,12 @@ def generate_sample_data(root: str | Path, *, seed: int = 0, scale: int = 1) -> 
     }
     rows: list[tuple[Path, str]] = []
     counts: dict[str, int] = {}
+    unknown = set(modalities) - set(writers)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; expected {sorted(writers)}")
     for modality, writer in writers.items():
+        if modality not in modalities:
+            continue
         start = time.perf_counter()
         rng = np.random.default_rng([seed, _STREAM_IDS[modality]])
         written = writer(root / modality, rng, scale)
