@@ -19,6 +19,10 @@ _EXPORTS: dict[str, str] = {
     "decode_resize": "datapipe.stages.io.image_resize:decode_resize",
     "random_subset": "datapipe.stages.select.random_subset:random_subset",
     "key_uniform": "datapipe.stages.select.random_subset:key_uniform",
+    "farthest_point_sample": "datapipe.stages.select.points_sampling:farthest_point_sample",
+    "random_point_sample": "datapipe.stages.select.points_sampling:random_point_sample",
+    "voxel_point_sample": "datapipe.stages.select.points_sampling:voxel_point_sample",
+    "sample_learned": "datapipe.stages.select.snet:sample_learned",
     "sanitize_key": "datapipe.store.codec:sanitize_key",
     "check_key": "datapipe.store.codec:check_key",
 }
