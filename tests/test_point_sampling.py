@@ -103,7 +103,7 @@ def test_voxel_sample_is_one_point_per_voxel_nearest_centroid() -> None:
     pts = np.random.default_rng(0).uniform(0, 1, (2000, 3))
     size = 0.2
     got = voxel_point_sample(pts, size)
-    cells = np.floor((pts - pts.min(0)) / size).astype(int)
+    cells = np.floor((pts - (pts.min(0) - size / 2)) / size).astype(int)  # Open3D's grid
     by_cell: dict[tuple, list[int]] = {}
     for i, c in enumerate(map(tuple, cells)):
         by_cell.setdefault(c, []).append(i)

@@ -70,18 +70,19 @@ def random_point_sample(n: int, m: int, seed: int) -> np.ndarray:
 
 
 def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """One input point per occupied voxel: the one nearest the voxel's centroid (sorted)."""
+    """One input point per occupied voxel: the one nearest the voxel's centroid (sorted).
+
+    The voxel grid is Open3D's ``voxel_down_sample`` grid (see ``ops.voxel_groups``), so the
+    occupied voxels are the ones ``points.voxelize`` averages.
+    """
+    from datapipe.stages.compressed.points import voxel_groups
+
     pts = check_cloud(points).astype(np.float64)
-    if not voxel_size > 0:
-        raise ItemError("invalid", f"voxel_size must be > 0; got {voxel_size}")
-    cells = np.floor((pts - pts.min(0)) / voxel_size).astype(np.int64)
-    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.ravel()
-    centroid = np.stack([np.bincount(inverse, pts[:, a]) for a in range(3)], 1) / counts[:, None]
-    dist = ((pts - centroid[inverse]) ** 2).sum(1)
-    order = np.lexsort((np.arange(len(pts)), dist, inverse))  # by voxel, then distance, index
+    groups = voxel_groups(pts, voxel_size)
+    dist = ((pts - groups.reduce(pts)[groups.inverse]) ** 2).sum(1)
+    order = np.lexsort((np.arange(len(pts)), dist, groups.inverse))  # voxel, distance, index
     first = np.ones(len(order), bool)
-    first[1:] = inverse[order[1:]] != inverse[order[:-1]]
+    first[1:] = groups.inverse[order[1:]] != groups.inverse[order[:-1]]
     return np.sort(order[first])
 
 
