@@ -1,0 +1,140 @@
+"""Synthetic clips with known motion, for the video tests and benchmarks.
+
+A textured square moves by a fixed integer ``(dx, dy)`` pixels per frame over a static
+textured background, so the true motion of every block is known. Clips are encoded with PyAV
+(libx264, mpeg4, mpeg2video, libx265, libvpx-vp9), optionally with an audio track or with
+irregular timestamps (variable frame rate).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Square:
+    """Where the moving square is: top-left ``(x0 + dx * t, y0 + dy * t)``, side ``side``."""
+
+    x0: int
+    y0: int
+    side: int
+    dx: int
+    dy: int
+
+    def box(self, t: int) -> tuple[int, int, int, int]:
+        """(x, y, x_end, y_end) of the square in frame ``t``."""
+        x, y = self.x0 + self.dx * t, self.y0 + self.dy * t
+        return x, y, x + self.side, y + self.side
+
+
+def texture(width: int, height: int, rng: np.random.Generator, cell: int = 4) -> np.ndarray:
+    """Smooth random colour texture, uint8 (height, width, 3): noise upscaled ``cell`` times."""
+    coarse = rng.integers(0, 256, size=(-(-height // cell), -(-width // cell), 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def render(width: int, height: int, frames: int, square: Square, seed: int = 0) -> np.ndarray:
+    """uint8 (frames, height, width, 3): the square pasted over a static background."""
+    rng = np.random.default_rng(seed)
+    background = texture(width, height, rng, cell=8)
+    patch = texture(square.side, square.side, rng, cell=4)
+    out = np.repeat(background[None], frames, axis=0)
+    for t in range(frames):
+        x, y, x1, y1 = square.box(t)
+        xa, ya, xb, yb = max(x, 0), max(y, 0), min(x1, width), min(y1, height)
+        if xa < xb and ya < yb:
+            out[t, ya:yb, xa:xb] = patch[ya - y : yb - y, xa - x : xb - x]
+    return out
+
+
+_ENCODER_OPTIONS = {
+    "libx264": lambda bf, gop: {
+        "preset": "veryfast",
+        "crf": "18",
+        "threads": "1",
+        "x264-params": f"bframes={bf}:b-adapt=0:b-pyramid=none:ref=1:scenecut=0:keyint={gop}",
+    },
+    "libx265": lambda bf, gop: {
+        "preset": "ultrafast",
+        "x265-params": f"log-level=error:bframes={bf}:keyint={gop}:pools=1:frame-threads=1",
+    },
+    "libvpx-vp9": lambda bf, gop: {"deadline": "realtime", "cpu-used": "8", "threads": "1"},
+}
+
+
+def write_clip(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    *,
+    codec: str = "libx264",
+    fps: int = 25,
+    gop: int = 12,
+    bframes: int = 0,
+    pts: list[int] | None = None,
+    audio: bool = False,
+    container: str | None = None,
+    options: dict[str, str] | None = None,
+    faststart: bool = False,
+) -> None:
+    """Encode uint8 RGB ``frames`` (T, H, W, 3) to ``path`` (yuv420p).
+
+    ``pts`` (in units of 1/fps) gives irregular timestamps for a variable-frame-rate clip;
+    ``audio`` adds a quiet AAC tone interleaved with the video; ``faststart`` puts the MP4
+    index before the media data.
+    """
+    n, height, width = frames.shape[:3]
+    muxer = {"movflags": "+faststart"} if faststart else None
+    with av.open(os.fspath(path), mode="w", format=container, options=muxer) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        ctx = stream.codec_context
+        ctx.gop_size = gop
+        ctx.thread_count = 1
+        if codec in _ENCODER_OPTIONS:
+            ctx.options = {**_ENCODER_OPTIONS[codec](bframes, gop), **(options or {})}
+        else:
+            ctx.max_b_frames = bframes
+            ctx.bit_rate = 4_000_000
+            if options:
+                ctx.options = options
+        sound = out.add_stream("aac", rate=16000) if audio else None
+        samples = 0
+        for t in range(n):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[t]), format="rgb24")
+            frame.pts = pts[t] if pts is not None else t
+            out.mux(stream.encode(frame))
+            while sound is not None and samples < (t + 1) * 16000 // fps:
+                tone = np.sin(np.arange(samples, samples + 1024) * 0.05, dtype=np.float64)
+                chunk = av.AudioFrame.from_ndarray(
+                    (0.1 * tone).astype(np.float32)[None], format="fltp", layout="mono"
+                )
+                chunk.sample_rate, chunk.pts = 16000, samples
+                out.mux(sound.encode(chunk))
+                samples += 1024
+        out.mux(stream.encode(None))
+        if sound is not None:
+            out.mux(sound.encode(None))
+
+
+def moving_square_clip(
+    path: str | os.PathLike[str],
+    *,
+    codec: str = "libx264",
+    size: tuple[int, int] = (160, 120),
+    frames: int = 24,
+    motion: tuple[int, int] = (2, 1),
+    side: int = 32,
+    seed: int = 0,
+    **encode: object,
+) -> Square:
+    """Render and encode a moving-square clip; returns where the square is."""
+    width, height = size
+    square = Square(x0=width // 8, y0=height // 8, side=side, dx=motion[0], dy=motion[1])
+    write_clip(path, render(width, height, frames, square, seed), codec=codec, **encode)  # type: ignore[arg-type]
+    return square
