@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from datapipe import registry
+from datapipe.demo.runner import demo_pipelines
 from datapipe.store import OutputStore
 
 GOOD = """\
@@ -293,16 +294,18 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
     first = cli("demo", "--out", a, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    for pipeline in ("images", "inventory"):
+    names = [path.stem for path in demo_pipelines()]
+    assert {"images", "inventory", "videos", "pointclouds"} <= set(names)
+    for pipeline in names:
         assert str(a / pipeline) in first.stdout
         assert list((a / pipeline / "shards").glob("*.tar"))
         assert (a / pipeline / "manifest.sqlite").exists()
-    snap = {p: shard_members(a / p) for p in ("images", "inventory")}
+    snap = {p: shard_members(a / p) for p in names}
     assert any(name.endswith(".image.npy") for name in snap["images"])
 
     again = cli("demo", "--out", a, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("nothing to do") == 2
+    assert again.stdout.count("nothing to do") == len(names)
     assert {p: shard_members(a / p) for p in snap} == snap
 
     fresh = cli("demo", "--out", b, cwd=tmp_path)

@@ -6,6 +6,7 @@ over a static textured background (``datapipe.stages.compressed.video_synth``).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -590,6 +591,12 @@ def test_engine_turns_bad_videos_into_error_rows(clip: Any, tmp_path: Path) -> N
     assert (
         samples["good/h264"]["video_damage"] == 0 and samples["bad/concealed"]["video_damage"] > 0
     )
+    # the tolerated damage also lands in the manifest, where `datapipe manifest` lists it
+    assert json.loads(rows["bad/concealed"].notes) == {
+        "video_damage": samples["bad/concealed"]["video_damage"]
+    }
+    assert rows["good/h264"].notes is None
+    assert report.counts["damaged"] == 1
     mv = samples["good/h264"]["mv"]
     assert mv.dtype == np.int16 and mv.shape == (24, 8, 10, 2)
     assert samples["good/h264"]["frame_types"] == "IPPPPPPPPPPPIPPPPPPPPPPP"

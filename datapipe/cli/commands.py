@@ -105,6 +105,10 @@ def summary_text(report: Any) -> str:
     if report.errors_by_class:
         by = ", ".join(f"{k} {v}" for k, v in sorted(report.errors_by_class.items()))
         lines.append(f"  errors by class: {by}")
+    if c.get("damaged"):
+        lines.append(
+            f"  {c['damaged']} items written with tolerated damage (see datapipe manifest)"
+        )
     lines.append(f"  output: {report.samples} samples in {report.shards} shards")
     return "\n".join(lines)
 
@@ -190,6 +194,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 f"  {len(runs)} runs; last: #{last['id']} {last['status']}, {took:.1f} s, "
                 f"fingerprint {last['fingerprint']}"
             )
+        damaged = m.damaged()
+        if damaged:
+            print(
+                f"  {len(damaged)} items written with tolerated damage (strict mode would fail "
+                "them):"
+            )
+            for r in damaged[: args.limit]:
+                print(f"    {r.key} {r.notes}")
         classes = m.error_classes()
         if classes:
             print("  failed items by error class:")

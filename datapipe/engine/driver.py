@@ -7,6 +7,7 @@ process, so bookkeeping stays consistent whichever executor ran the work.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -231,7 +232,7 @@ class RunDriver:
 
     # -- the main pass ----------------------------------------------------------------------
     def _process(self, tasks: list[ItemTask], fitted: dict[str, Any]) -> dict[str, int]:
-        counts = {"processed": 0, "ok": 0, "error": 0, "filtered": 0, "samples": 0}
+        counts = {"processed": 0, "ok": 0, "error": 0, "filtered": 0, "samples": 0, "damaged": 0}
         if not tasks:
             logger.info("nothing to do: every input is unchanged")
             return counts
@@ -287,6 +288,7 @@ class RunDriver:
         counts["processed"] += 1
         counts[res.status] += 1
         counts["samples"] += res.n_samples
+        counts["damaged"] += bool(res.notes)
         self.hooks.on_item(res.key, res.status)
         if res.status == "error":
             self.report.failed.append(
@@ -321,6 +323,7 @@ class RunDriver:
             run_id=self.run_id,
             elapsed_s=round(res.elapsed_s, 6),
             score=self._scores.get(res.key),
+            notes=json.dumps(res.notes, sort_keys=True) if res.notes else None,
         )
 
     # -- sinks and the end ------------------------------------------------------------------

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from datapipe.errors import Filtered, ItemError, classify_exception
 from datapipe.graph import Pipeline
@@ -56,6 +58,8 @@ class ItemResult:
     attempt: int = 1
     #: samples already written to a shard by a remote worker (``samples`` then is empty)
     shard_samples: int = 0
+    #: what a stage reported about damage it tolerated (fields named ``*_damage`` > 0)
+    notes: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -100,6 +104,16 @@ def file_hash(path: str) -> str:
         while chunk := fh.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def damage_notes(records: Iterable[Record]) -> dict[str, int]:
+    """Sum of every ``*_damage`` field > 0 (stages that keep damaged data report it so)."""
+    notes: dict[str, int] = {}
+    for rec in records:
+        for name, value in rec.items():
+            if name.endswith("_damage") and isinstance(value, (int, np.integer)) and value > 0:
+                notes[name] = notes.get(name, 0) + int(value)
+    return notes
 
 
 def _join(branches: list[list[tuple[str, Record]]]) -> list[tuple[str, Record]]:
@@ -259,6 +273,7 @@ class ItemRunner:
         p = self.pipeline
         leaves = [n for n in p.leaves() if n in values and n in wanted]
         records = _join([values[n] for n in leaves])
+        notes = damage_notes(rec for _, rec in records)
         out = p.output
         if not task.encode:
             keep = set(out.fields) if out.fields is not None else None
@@ -270,7 +285,7 @@ class ItemRunner:
                 }
                 fields["key"] = task.key + sub
                 decoded.append((task.key + sub, fields))
-            return ItemResult(task.key, "ok", records=decoded, hash=digest)
+            return ItemResult(task.key, "ok", records=decoded, hash=digest, notes=notes)
         samples = []
         try:
             for sub, rec in records:
@@ -288,4 +303,4 @@ class ItemRunner:
                 message="no samples",
                 hash=digest,
             )
-        return ItemResult(task.key, "ok", samples=samples, hash=digest)
+        return ItemResult(task.key, "ok", samples=samples, hash=digest, notes=notes)

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS items (
     key TEXT PRIMARY KEY, source TEXT, path TEXT, size INTEGER, mtime_ns INTEGER,
     hash TEXT, fingerprint TEXT, status TEXT NOT NULL, stage TEXT, error_class TEXT,
     error_type TEXT, message TEXT, signal TEXT, shard TEXT, n_samples INTEGER,
-    label TEXT, run_id INTEGER, elapsed_s REAL, score REAL
+    label TEXT, run_id INTEGER, elapsed_s REAL, score REAL, notes TEXT
 );
 CREATE INDEX IF NOT EXISTS items_shard ON items(shard);
 CREATE INDEX IF NOT EXISTS items_status ON items(status);
@@ -62,6 +62,8 @@ class ItemRow:
     run_id: int | None = None
     elapsed_s: float | None = None
     score: float | None = None
+    #: JSON object of damage a stage tolerated, e.g. {"video_damage": 3}
+    notes: str | None = None
 
 
 _COLUMNS = [f.name for f in fields(ItemRow)]
@@ -161,6 +163,13 @@ class Manifest:
         for status, n in self.db.execute("SELECT status, COUNT(*) FROM items GROUP BY status"):
             out[status] = n
         return out
+
+    def damaged(self) -> list[ItemRow]:
+        """Rows written despite damage a stage tolerated (non-strict decoders)."""
+        cur = self.db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM items WHERE notes IS NOT NULL ORDER BY key"
+        )
+        return [ItemRow(*row) for row in cur]
 
     def error_classes(self) -> dict[str, int]:
         cur = self.db.execute(
