@@ -1,0 +1,1 @@
+"""Representation stages: dynamic images (approximate rank pooling) and progressive resizing."""
