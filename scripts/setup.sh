@@ -9,10 +9,11 @@ EXTRAS=""
 if [[ "${1:-}" == "--dev" ]]; then EXTRAS="[dev]"; fi
 PYTHON="${PYTHON:-python3}"
 
-# System libraries: Open3D's wheel links libusb-1.0 and libgomp.
+# System libraries: Open3D's wheel links libusb-1.0 and libgomp; jpeg.dct reads DCT
+# coefficients through the system libturbojpeg.
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
-    for pkg in libusb-1.0-0 libgomp1; do
+    for pkg in libusb-1.0-0 libgomp1 libturbojpeg0; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

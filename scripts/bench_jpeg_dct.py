@@ -1,0 +1,181 @@
+"""Speed of reading JPEG DCT coefficients (``ops.read_jpeg_dct``) against the peers.
+
+Photos are cut from scikit-learn's sample images (china.jpg, flower.jpg), resized to each size
+(upscaled for 1024x768), given sensor-like noise (sigma ``--noise``; 0 disables it) so the bit
+rate is that of camera photos, and saved at quality 90, 4:2:0, baseline and progressive.
+For each size and mode, every method decodes the same ``--images`` in-memory files per call;
+methods run interleaved round-robin and the table shows the median time per image and, in
+parentheses, the ratio to Pillow's full RGB decode (target for ours: <= 1.0, goal <= 0.6).
+
+Methods:
+- ours: ``read_jpeg_dct(bytes)`` (libturbojpeg via ctypes) -> int16 Y/Cb/Cr + tables, with
+  the C row filter (the optional ``_jpeg_filter`` extension, when built) and with the ctypes
+  Python callback used when no compiler was available at install time;
+- ours, stage: ``jpeg.dct`` from the file path, channels layout K=24, dequantized, chroma on
+  the luma grid (what a frequency-domain model consumes);
+- jpeglib: ``jpeglib.read_dct(path)`` + ``.Y .Cb .Cr`` (its default libjpeg 6b; the oracle);
+- PIL full: ``np.asarray(Image.open(...))``, the RGB decode;
+- PIL draft 1/8: the DCT-scaled 1/8 decode, a proxy for the entropy-decoding floor;
+- simplejpeg: ``simplejpeg.decode_jpeg`` to RGB, the fastest pixel decoder a user could pick.
+
+    python scripts/bench_jpeg_dct.py [--images 8] [--rounds 15] [--noise 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, features
+from sklearn.datasets import load_sample_images
+
+from datapipe.stage import Context
+from datapipe.stages.compressed import _turbojpeg
+from datapipe.stages.compressed.jpeg_dct import JpegDCTStage, read_jpeg_dct
+
+SIZES = ((224, 224), (1024, 768))
+MODES = {"baseline": {}, "progressive": {"progressive": True}}
+
+
+def make_photos(n: int, size: tuple[int, int], noise: float, seed: int = 0) -> list[np.ndarray]:
+    """``n`` RGB photos of ``size`` (w, h): random crops of the sample images, resized."""
+    rng = np.random.default_rng(seed)
+    sources = [np.asarray(im) for im in load_sample_images().images]
+    w, h = size
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        scale = rng.uniform(0.6, 1.0)  # crop 60-100% of the source with the target's aspect
+        ch = int(min(src.shape[0], src.shape[1] * h / w) * scale)
+        cw = int(ch * w / h)
+        y = int(rng.integers(0, src.shape[0] - ch + 1))
+        x = int(rng.integers(0, src.shape[1] - cw + 1))
+        img = Image.fromarray(src[y : y + ch, x : x + cw]).resize((w, h), Image.Resampling.LANCZOS)
+        arr = np.asarray(img).astype(np.float32)
+        if noise > 0:
+            arr += rng.normal(0, noise, arr.shape).astype(np.float32)
+        out.append(np.clip(arr, 0, 255).round().astype(np.uint8))
+    return out
+
+
+def encode(arr: np.ndarray, **options: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90, subsampling=2, **options)
+    return buf.getvalue()
+
+
+def methods(files: list[bytes], paths: list[str]) -> dict[str, Callable[[], object]]:
+    import jpeglib
+    import simplejpeg
+
+    stage = JpegDCTStage(layout="channels", keep=24, dequantize=True, chroma="luma_grid")
+    ctx = Context()
+
+    def draft(b: bytes) -> np.ndarray:
+        im = Image.open(io.BytesIO(b))
+        im.draft("RGB", (im.width // 8, im.height // 8))
+        return np.asarray(im)
+
+    def jpeglib_read(p: str) -> object:
+        d = jpeglib.read_dct(p)
+        return d.Y, d.Cb, d.Cr
+
+    def ours(native: int | None) -> Callable[[], object]:
+        def run() -> object:
+            saved, _turbojpeg.NATIVE_FILTER = _turbojpeg.NATIVE_FILTER, native
+            try:
+                return [read_jpeg_dct(b) for b in files]
+            finally:
+                _turbojpeg.NATIVE_FILTER = saved
+
+        return run
+
+    found = {}
+    if _turbojpeg.NATIVE_FILTER is not None:
+        found["ours: read_jpeg_dct (bytes), C filter"] = ours(_turbojpeg.NATIVE_FILTER)
+    return {
+        **found,
+        "ours: read_jpeg_dct (bytes), Python filter": ours(None),
+        "ours: jpeg.dct stage (path, K=24, deq, luma grid)": lambda: [
+            stage.process({"path": p}, ctx) for p in paths
+        ],
+        "jpeglib read_dct + .Y .Cb .Cr": lambda: [jpeglib_read(p) for p in paths],
+        "PIL full decode -> RGB ndarray": lambda: [
+            np.asarray(Image.open(io.BytesIO(b))) for b in files
+        ],
+        "PIL draft 1/8 (entropy floor proxy)": lambda: [draft(b) for b in files],
+        "simplejpeg decode -> RGB": lambda: [simplejpeg.decode_jpeg(b) for b in files],
+    }
+
+
+def bench(fns: dict[str, Callable[[], object]], rounds: int, per_call: int) -> dict[str, float]:
+    """Median ms per image of each method, timed round-robin."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3 / per_call)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=8, help="images per size and mode")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--noise", type=float, default=2.0, help="sensor noise sigma (0: none)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import jpeglib
+    import simplejpeg
+
+    print(
+        f"Python {platform.python_version()}, numpy {np.__version__}, Pillow "
+        f"{Image.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')}), simplejpeg "
+        f"{simplejpeg.__version__}, jpeglib {jpeglib.__version__} ({jpeglib.version.get()}); "
+        f"{args.images} images per cell, {args.rounds} rounds, median ms per image; C row "
+        f"filter {'built' if _turbojpeg.NATIVE_FILTER else 'NOT built'}; stage row uses the "
+        f"{'C' if _turbojpeg.NATIVE_FILTER else 'Python'} filter"
+    )
+    results: dict[str, dict[str, float]] = {}
+    columns = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w, h in SIZES:
+            photos = make_photos(args.images, (w, h), args.noise)
+            for mode, options in MODES.items():
+                col = f"{w}x{h} {mode}"
+                files = [encode(a, **options) for a in photos]
+                paths = []
+                for i, data in enumerate(files):
+                    path = Path(tmp) / f"{w}x{h}_{mode}_{i}.jpg"
+                    path.write_bytes(data)
+                    paths.append(str(path))
+                bpp = 8 * sum(map(len, files)) / (len(files) * w * h)
+                columns.append(f"{col} ({bpp:.1f} bpp)")
+                for name, ms in bench(methods(files, paths), args.rounds, len(files)).items():
+                    results.setdefault(name, {})[columns[-1]] = ms
+
+    base = results["PIL full decode -> RGB ndarray"]
+    width = max(map(len, results)) + 2
+    print("| method".ljust(width) + " | " + " | ".join(columns) + " |")
+    print("|" + "-" * width + "|" + "|".join("-" * (len(c) + 2) for c in columns) + "|")
+    for name, row in results.items():
+        cells = [f"{row[c]:.3f} ({row[c] / base[c]:.2f}x)".ljust(len(c)) for c in columns]
+        print(f"| {name}".ljust(width) + " | " + " | ".join(cells) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""ctypes binding to the system libturbojpeg (TurboJPEG API 2.x): quantized DCT coefficients
+straight from the entropy decoder, with no inverse DCT and no colour conversion.
+
+Route: ``tjTransform`` with no transform and ``TJXOPT_NOOUTPUT`` runs libjpeg's
+``jpeg_read_coefficients`` into whole-image coefficient arrays and hands each block row to a
+custom filter callback, which copies it into a numpy array. The callback is the C function of
+the optional extension ``_jpeg_filter`` when it was built at install time, else a ctypes
+Python callback (same result, about a microsecond more per block row). Either way only the
+shared library is needed at run time (Debian/Ubuntu package ``libturbojpeg0``).
+
+Safety: TurboJPEG installs its own libjpeg error manager (setjmp/longjmp), so a corrupt file
+makes ``tjTransform`` return -1 with a message; it never reaches libjpeg's default
+``error_exit``, which would call ``exit()``. Warnings (corrupt entropy data, a premature end)
+leave the data decoded as far as possible and are reported as such, or stop the decode when
+``strict`` is set (``TJFLAG_STOPONWARNING``). ``TJFLAG_LIMITSCANS`` refuses progressive files
+with more than 500 scans (the CPU-exhaustion pattern of libjpeg-turbo's LJT-01-003 report).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+TJXOPT_NOOUTPUT = 16
+TJXOPT_COPYNONE = 64
+TJFLAG_STOPONWARNING = 8192
+TJFLAG_LIMITSCANS = 32768
+TJERR_WARNING = 0
+_NAMES = ("libturbojpeg.so.0", "libturbojpeg.so", "libturbojpeg.0.dylib", "turbojpeg")
+
+
+class TurboJPEGUnavailable(RuntimeError):
+    """The shared library libturbojpeg could not be loaded."""
+
+
+class TurboJPEGError(Exception):
+    """``tjTransform`` failed; ``warning`` tells a stop on a warning from a fatal error."""
+
+    def __init__(self, message: str, warning: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.warning = warning
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
+
+
+_FILTER = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,  # short *coeffs: one block row of one component
+    _Region,  # arrayRegion: x, y (pixels) of that row in the component plane; w, h
+    _Region,  # planeRegion
+    ctypes.c_int,  # componentIndex
+    ctypes.c_int,  # transformIndex
+    ctypes.c_void_p,  # tjtransform *
+)
+
+
+class _Transform(ctypes.Structure):
+    _fields_ = [
+        ("r", _Region),
+        ("op", ctypes.c_int),
+        ("options", ctypes.c_int),
+        ("data", ctypes.c_void_p),
+        ("customFilter", ctypes.c_void_p),
+    ]
+
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def load_library() -> ctypes.CDLL:
+    """Load libturbojpeg once; raise :class:`TurboJPEGUnavailable` with a fix when missing."""
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        found = ctypes.util.find_library("turbojpeg")
+        for name in (*_NAMES, *([found] if found else [])):
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        else:
+            raise TurboJPEGUnavailable(
+                "libturbojpeg not found: install it (Debian/Ubuntu: apt-get install "
+                "libturbojpeg0; scripts/setup.sh does this)"
+            )
+        lib.tjInitTransform.restype = ctypes.c_void_p
+        lib.tjInitTransform.argtypes = []
+        lib.tjDestroy.argtypes = [ctypes.c_void_p]
+        lib.tjTransform.restype = ctypes.c_int
+        lib.tjTransform.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ctypes.c_ulong),
+            ctypes.POINTER(_Transform),
+            ctypes.c_int,
+        ]
+        lib.tjGetErrorStr2.restype = ctypes.c_char_p
+        lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
+        lib.tjGetErrorCode.restype = ctypes.c_int
+        lib.tjGetErrorCode.argtypes = [ctypes.c_void_p]
+        _lib = lib
+        return lib
+
+
+class _Target(ctypes.Structure):
+    """Where one component's rows go (mirrors ``dp_target`` in ``_jpeg_filter.c``)."""
+
+    _fields_ = [
+        ("address", ctypes.c_int64),
+        ("row_bytes", ctypes.c_int64),
+        ("rows", ctypes.c_int64),
+        ("copied", ctypes.c_int64),
+    ]
+
+
+class _Targets(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int64), ("t", _Target * 4)]
+
+
+def _native_filter() -> int | None:
+    """Address of the C filter, or None when the extension was not built (or mismatches)."""
+    try:
+        from datapipe.stages.compressed import _jpeg_filter
+    except ImportError:
+        return None
+    if _jpeg_filter.TARGETS_SIZE != ctypes.sizeof(_Targets):
+        return None
+    return int(_jpeg_filter.COPY_ROWS)
+
+
+#: the C filter's address; None means the Python callback is used
+NATIVE_FILTER: int | None = _native_filter()
+
+
+def _row_copier(table: _Targets) -> _FILTER:
+    """The Python filter callback: the same work as ``copy_rows`` in ``_jpeg_filter.c``."""
+    memmove = ctypes.memmove
+    targets = table.t
+
+    def copy_row(coeffs: int, region: _Region, plane: _Region, ci: int, ti: int, t: int) -> int:
+        # libjpeg calls this for every block row, including the padding rows it keeps to
+        # round a component up to its sampling factor; those are not copied.
+        try:
+            if not 0 <= ci < table.n:
+                return -1
+            g = targets[ci]
+            row_bytes, rows = g.row_bytes, g.rows
+            # the header parser and libjpeg must agree on the plane, or the copy would overrun
+            if region.w * 16 != row_bytes or plane.h != rows * 8 or region.y < 0:
+                return -1
+            row = region.y >> 3
+            if row < rows:
+                memmove(g.address + row * row_bytes, coeffs, row_bytes)
+                g.copied += 1
+            return 0
+        except Exception:  # never let an exception cross the C frames
+            return -1
+
+    return _FILTER(copy_row)
+
+
+class _Reader:
+    """One TurboJPEG handle and its filter; used by one thread at a time."""
+
+    def __init__(self, native: bool) -> None:
+        self.lib = load_library()
+        self.handle = self.lib.tjInitTransform()
+        if not self.handle:
+            raise TurboJPEGError("tjInitTransform failed", warning=False)
+        self.table = _Targets()
+        self.transform = _Transform()
+        self.transform.options = TJXOPT_NOOUTPUT | TJXOPT_COPYNONE
+        self.transform.data = ctypes.addressof(self.table)
+        if native and NATIVE_FILTER is not None:
+            self.callback = None
+            self.transform.customFilter = NATIVE_FILTER
+        else:
+            self.callback = _row_copier(self.table)
+            self.transform.customFilter = ctypes.cast(self.callback, ctypes.c_void_p).value
+        self.dst = ctypes.c_void_p()
+        self.dst_size = ctypes.c_ulong()
+
+    def read(
+        self, data: bytes, grids: Sequence[tuple[int, int]], strict: bool
+    ) -> tuple[list[np.ndarray], str | None]:
+        if not 1 <= len(grids) <= 4:
+            raise TurboJPEGError(f"{len(grids)} components", warning=False)
+        arrays = [np.empty((rows, cols, 8, 8), np.int16) for rows, cols in grids]
+        for g, a in zip(self.table.t, arrays, strict=False):
+            g.address, g.row_bytes, g.rows, g.copied = _address(a), a.shape[1] * 128, a.shape[0], 0
+        self.table.n = len(arrays)
+        flags = TJFLAG_LIMITSCANS | (TJFLAG_STOPONWARNING if strict else 0)
+        try:
+            status = self.lib.tjTransform(
+                self.handle,
+                data,
+                len(data),
+                1,
+                ctypes.byref(self.dst),
+                ctypes.byref(self.dst_size),
+                ctypes.byref(self.transform),
+                flags,
+            )
+        finally:
+            self.table.n = 0
+        message = None
+        if status != 0:
+            text = self.lib.tjGetErrorStr2(self.handle) or b"unknown error"
+            message = text.decode("utf-8", "replace").strip()
+            warning = self.lib.tjGetErrorCode(self.handle) == TJERR_WARNING
+            if strict or not warning:
+                raise TurboJPEGError(message, warning)
+        if any(g.copied != a.shape[0] for g, a in zip(self.table.t, arrays, strict=False)):
+            # a fatal error after a warning still reads as a warning in tjGetErrorCode
+            raise TurboJPEGError(message or "libjpeg did not deliver every block row", False)
+        return arrays, message
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.tjDestroy(self.handle)
+            self.handle = None
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+_local = threading.local()
+
+
+def read_coefficients(
+    data: bytes,
+    grids: Sequence[tuple[int, int]],
+    *,
+    strict: bool = False,
+    native: bool | None = None,
+) -> tuple[list[np.ndarray], str | None]:
+    """Quantized coefficients of each component of the JPEG in ``data``.
+
+    ``grids`` gives each component's (block rows, block cols) as parsed from the frame
+    header. Returns int16 arrays (rows, cols, 8, 8) in natural order, and the first libjpeg
+    warning (None for a clean decode). Raises :class:`TurboJPEGError` for a fatal error, or
+    for any warning when ``strict``. ``native`` picks the C filter (default: when built) or
+    the Python callback (False).
+    """
+    native = NATIVE_FILTER is not None if native is None else native
+    readers = _local.__dict__.setdefault("readers", {})
+    reader = readers.get(native)
+    if reader is None:
+        reader = readers[native] = _Reader(native)
+    return reader.read(data, grids, strict)

@@ -1,0 +1,349 @@
+"""``jpeg.dct``: the quantized DCT coefficients of a JPEG, straight from the entropy decoder.
+
+No inverse DCT and no colour conversion: the coefficients libjpeg-turbo decodes are copied
+out as they are (bit-exact with libjpeg, and so with ``jpeglib.read_dct``), in the layout of
+Gueguen et al., "Faster Neural Networks Straight from JPEG" (NeurIPS 2018): Y on its 8x8 block
+grid, Cb and Cr on their own (subsampled) grid or replicated onto the luma grid; optionally
+dequantized and cut to the first K zigzag frequencies ("Learning in the Frequency Domain",
+Xu et al., CVPR 2020).
+
+The reader is a ctypes binding to the system libturbojpeg (see ``_turbojpeg``), with an
+optional C row filter (``_jpeg_filter.c``, built at install time when a compiler is there);
+the markers are parsed and checked in Python first (see ``_jpeg_header``), so absurd
+declared sizes and unsupported kinds of JPEG are refused before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field as PField
+
+from datapipe.errors import ItemError
+from datapipe.fields import Field
+from datapipe.stage import Context, Map, Params, Record
+from datapipe.stages.compressed._jpeg_header import ZIGZAG, parse_header
+from datapipe.stages.compressed._turbojpeg import TurboJPEGError, read_coefficients
+
+DEFAULT_MAX_PIXELS = 50_000_000
+#: libjpeg's warning for data that ends before the image does (JWRN_JPEG_EOF)
+_EOF_WARNING = "Premature end of JPEG file"
+_SUBSAMPLING = {(1, 1): "4:4:4", (1, 2): "4:2:2", (2, 2): "4:2:0", (2, 1): "4:4:0", (1, 4): "4:1:1"}
+
+
+@dataclass(frozen=True, eq=False)
+class JpegDCT:
+    """Quantized DCT coefficients of one JPEG.
+
+    Attributes
+    ----------
+    y, cb, cr : int16 arrays (block_rows, block_cols, 8, 8), each block in natural row-major
+        order (``[u, v]``: vertical frequency u, horizontal v; ``[0, 0]`` is DC). ``cb`` and
+        ``cr`` are None for a grayscale JPEG. Each component has its own block grid:
+        ``ceil(ceil(height * v / v_max) / 8)`` rows, likewise for columns.
+    qt : uint16 (C, 8, 8), the quantization table of each component, natural order.
+    sampling : (h, v) sampling factors of each component.
+    width, height : image size in pixels.
+    progressive : whether the file is progressive.
+    warnings : libjpeg's warnings (corrupt entropy data); libjpeg reports the first.
+    damaged_blocks : 0 for a clean decode; after a warning, the number of blocks left
+        all-zero (libjpeg zero-fills the blocks it skips), at least 1. An estimate: libjpeg
+        does not say which blocks it lost; blocks decoded from garbage, or from the zero bits
+        it pads a cut-short segment with, go unnoticed, and a genuinely all-zero block counts.
+    """
+
+    y: np.ndarray
+    cb: np.ndarray | None
+    cr: np.ndarray | None
+    qt: np.ndarray
+    sampling: tuple[tuple[int, int], ...]
+    width: int
+    height: int
+    progressive: bool
+    warnings: tuple[str, ...] = ()
+    damaged_blocks: int = 0
+
+    @property
+    def grayscale(self) -> bool:
+        return self.cb is None
+
+    @property
+    def components(self) -> list[np.ndarray]:
+        """[y] or [y, cb, cr]."""
+        return [self.y] if self.cb is None else [self.y, self.cb, self.cr]  # type: ignore[list-item]
+
+    @property
+    def chroma_ratio(self) -> tuple[int, int]:
+        """Luma blocks per chroma block along (rows, cols): (2, 2) for 4:2:0, (1, 2) for 4:2:2,
+        (1, 1) for 4:4:4. Raises ItemError when chroma does not tile the luma grid."""
+        if self.grayscale:
+            return (1, 1)
+        (yh, yv), (bh, bv), (rh, rv) = self.sampling
+        if (bh, bv) != (rh, rv) or yh % bh or yv % bv:
+            raise ItemError(
+                "unsupported", f"sampling {self.sampling} does not map chroma onto the luma grid"
+            )
+        return (yv // bv, yh // bh)
+
+    @property
+    def subsampling(self) -> str:
+        """'gray', '4:4:4', '4:2:2', '4:2:0', '4:4:0', '4:1:1', or the sampling factors."""
+        if self.grayscale:
+            return "gray"
+        try:
+            return _SUBSAMPLING.get(self.chroma_ratio, str(self.sampling))
+        except ItemError:
+            return str(self.sampling)
+
+
+def read_jpeg_dct(
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    *,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> JpegDCT:
+    """Read the quantized DCT coefficients of a JPEG file (a path) or of JPEG data (bytes).
+
+    Baseline, extended sequential and progressive Huffman-coded 8-bit JPEGs, grayscale or
+    YCbCr, in every subsampling libjpeg-turbo's TurboJPEG API knows (4:4:4, 4:2:2, 4:2:0,
+    4:4:0, 4:1:1). Raises :class:`~datapipe.errors.ItemError` with class ``empty`` (zero
+    bytes), ``truncated`` (the data ends early), ``corrupt`` (malformed; with ``strict``, also
+    any libjpeg warning such as corrupt entropy data), ``unsupported`` (not a JPEG, CMYK/YCCK,
+    RGB-coded, arithmetic-coded, lossless, hierarchical, 12-bit), ``decode_bomb`` (declared
+    width x height over ``max_pixels``, or more data declared than a baseline file can hold,
+    checked before any allocation; more than 500 progressive scans) or ``io``.
+
+    Without ``strict``, damaged entropy data is kept as libjpeg decodes it and reported in
+    ``warnings`` and ``damaged_blocks``.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (40, 24), (200, 30, 30)).save(buf, "JPEG", subsampling=2)
+    >>> dct = read_jpeg_dct(buf.getvalue())
+    >>> dct.y.shape, dct.cb.shape, dct.subsampling
+    ((3, 5, 8, 8), (2, 3, 8, 8), '4:2:0')
+    """
+    data = _load(path_or_bytes)
+    header = parse_header(data, max_pixels)
+    grids = header.grids
+    if not header.has_eoi:
+        raise ItemError("truncated", "the JPEG data ends before its EOI marker")
+    if not header.progressive and len(data) * 8 < 2 * sum(r * c for r, c in grids):
+        # every block of a sequential file costs at least a DC code and an EOB code
+        raise ItemError(
+            "decode_bomb",
+            f"declared size {header.width}x{header.height} needs more data than the "
+            f"{len(data)} bytes of the file",
+        )
+    try:
+        arrays, warning = read_coefficients(data, grids, strict=strict)
+    except TurboJPEGError as exc:
+        raise ItemError(_error_class(exc), f"cannot read the JPEG: {exc.message}") from None
+    damaged = 0
+    if warning is not None:
+        if _EOF_WARNING in warning:
+            raise ItemError("truncated", f"cannot read the JPEG: {warning}")
+        zero = sum(int(np.count_nonzero(~a.reshape(-1, 64).any(axis=1))) for a in arrays)
+        damaged = max(1, zero)
+    y, *chroma = arrays
+    return JpegDCT(
+        y=y,
+        cb=chroma[0] if chroma else None,
+        cr=chroma[1] if chroma else None,
+        qt=header.qt,
+        sampling=tuple((c.h, c.v) for c in header.components),
+        width=header.width,
+        height=header.height,
+        progressive=header.progressive,
+        warnings=(warning,) if warning else (),
+        damaged_blocks=damaged,
+    )
+
+
+def zigzag_channels(blocks: np.ndarray, k: int = 64) -> np.ndarray:
+    """The first ``k`` coefficients of each block in zigzag order: (..., 8, 8) -> (..., k).
+
+    Channel 0 is DC, then (0, 1), (1, 0), (2, 0), (1, 1), ... A new array, same dtype.
+    Also takes a quantization table (8, 8) -> (k,).
+    """
+    if not 1 <= k <= 64:
+        raise ValueError(f"k must be in 1..64; got {k}")
+    if blocks.shape[-2:] != (8, 8):
+        raise ValueError(f"blocks must end in (8, 8); got shape {blocks.shape}")
+    flat = blocks.reshape(*blocks.shape[:-2], 64)
+    return np.take(flat, ZIGZAG[:k], axis=-1)
+
+
+def dequantize(coefs: np.ndarray, qt: np.ndarray) -> np.ndarray:
+    """``coefs * qt`` as float32: the DCT coefficients before quantization.
+
+    ``qt`` must match the trailing axes of ``coefs``: (8, 8) for blocks in natural order,
+    ``zigzag_channels(qt, k)`` (shape (k,)) for zigzag channels.
+    """
+    return np.multiply(coefs, np.asarray(qt, np.float32), dtype=np.float32)
+
+
+def align_chroma(
+    chroma: np.ndarray, luma_grid: tuple[int, int], ratio: tuple[int, int]
+) -> np.ndarray:
+    """Replicate each chroma block onto the luma blocks it covers (nearest neighbour on the
+    block grid, as in Gueguen et al.): (Hc, Wc, ...) -> (Hb, Wb, ...).
+
+    ``ratio`` is luma blocks per chroma block along (rows, cols) (``JpegDCT.chroma_ratio``);
+    the partial blocks past the luma grid's edge are cut off.
+    """
+    ry, rx = ratio
+    out = np.repeat(chroma, ry, axis=0) if ry > 1 else chroma
+    out = np.repeat(out, rx, axis=1) if rx > 1 else out
+    rows, cols = luma_grid
+    if out.shape[0] < rows or out.shape[1] < cols:
+        raise ValueError(f"chroma grid {chroma.shape[:2]} x {ratio} does not cover {luma_grid}")
+    return np.ascontiguousarray(out[:rows, :cols])
+
+
+class JpegDCTParams(Params):
+    dequantize: bool = PField(False, description="Multiply by the quantization table (float32).")
+    keep: int = PField(64, ge=1, le=64, description="First K zigzag coefficients of luma.")
+    keep_chroma: int | None = PField(
+        None, ge=1, le=64, description="First K zigzag coefficients of Cb/Cr (default: keep)."
+    )
+    layout: Literal["blocks", "channels"] = PField(
+        "blocks", description="'blocks': (.., 8, 8) natural order; 'channels': (.., K) zigzag."
+    )
+    chroma: Literal["own_grid", "luma_grid"] = PField(
+        "own_grid", description="Cb/Cr on their own block grid, or replicated onto luma's."
+    )
+    strict: bool = PField(False, description="Any libjpeg warning (corrupt data) is an error.")
+    max_pixels: int = PField(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger declared images.")
+
+
+class JpegDCTStage(Map):
+    """Read the quantized DCT coefficients of a JPEG (no IDCT, no colour conversion).
+
+    Consumes ``path``. Produces, with Hb x Wb the luma block grid (``ceil(height / 8)`` x
+    ``ceil(width / 8)``) and Hc x Wc the chroma block grid (Hb x Wb for 4:4:4, about half of
+    it along each subsampled axis):
+
+    - ``dct_y``: (Hb, Wb, 8, 8) with ``layout='blocks'`` (natural row-major order within a
+      block; with ``keep`` < 64 the coefficients past the first ``keep`` in zigzag order are
+      set to 0), or (Hb, Wb, keep) with ``layout='channels'`` (zigzag order, channel 0 = DC).
+    - ``dct_cb``, ``dct_cr``: (Hc, Wc, 8, 8) or (Hc, Wc, keep_chroma) with
+      ``chroma='own_grid'``; (Hb, Wb, 8, 8) or (Hb, Wb, keep_chroma) with
+      ``chroma='luma_grid'`` (each chroma block repeated over the luma blocks it covers).
+      A grayscale JPEG gives zero-size arrays: (0, 0, 8, 8) or (0, 0, keep_chroma).
+    - dtype of the three: int16 (the quantized values), or float32 with ``dequantize``
+      (value x quantization step).
+    - ``dct_qt``: uint16 (C, 8, 8), the quantization table of each component in natural
+      order (C = 3, or 1 for grayscale), never cut or reordered.
+    - ``jpeg_size``: int32 (2,), height and width in pixels.
+    - ``jpeg_damage``: int, 0 for a clean file; else the number of blocks libjpeg could not
+      decode (see :class:`JpegDCT`); the engine copies a non-zero count into the manifest's
+      ``notes``. With ``strict`` damaged files are error rows instead.
+
+    Error rows: ``empty``, ``truncated``, ``corrupt``, ``unsupported`` (non-JPEG, CMYK,
+    RGB-coded, arithmetic, lossless, 12-bit), ``decode_bomb`` (declared size over
+    ``max_pixels``, checked from the frame header before allocating).
+    """
+
+    name = "jpeg.dct"
+    description = "Quantized JPEG DCT coefficients (Y, Cb, Cr) without decoding to pixels."
+    Params = JpegDCTParams
+    CONSUMES = (Field("path", "str", ""),)
+    EXAMPLE_PARAMS = {"keep": 16, "layout": "channels", "chroma": "luma_grid"}
+    isolate = True
+
+    def _tails(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        p = self.params
+        if p.layout == "blocks":
+            return (8, 8), (8, 8)
+        return (p.keep,), (p.keep_chroma or p.keep,)
+
+    def produces(self) -> tuple[Field, ...]:
+        p = self.params
+        dtype = "float32" if p.dequantize else "int16"
+        ty, tc = (" ".join(map(str, t)) for t in self._tails())
+        grid = "Hb Wb" if p.chroma == "luma_grid" else "Hc Wc"
+        return (
+            Field("dct_y", dtype, f"Hb Wb {ty}", "luma DCT coefficients"),
+            Field("dct_cb", dtype, f"{grid} {tc}", "Cb DCT coefficients (0 x 0 for grayscale)"),
+            Field("dct_cr", dtype, f"{grid} {tc}", "Cr DCT coefficients (0 x 0 for grayscale)"),
+            Field("dct_qt", "uint16", "C 8 8", "quantization table per component"),
+            Field("jpeg_size", "int32", "2", "height, width in pixels"),
+            Field("jpeg_damage", "int", "", "blocks lost to corrupt data (0 when clean)"),
+        )
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        if record.get("size") == 0:
+            raise ItemError("empty", "zero-byte file")
+        p = self.params
+        dct = read_jpeg_dct(record["path"], strict=p.strict, max_pixels=p.max_pixels)
+        k_luma, k_chroma = p.keep, p.keep_chroma or p.keep
+        y = self._convert(dct.y, dct.qt[0], k_luma)
+        if dct.grayscale:
+            dtype = np.float32 if p.dequantize else np.int16
+            cb = cr = np.zeros((0, 0, *self._tails()[1]), dtype)
+        else:
+            cb = self._convert(dct.cb, dct.qt[1], k_chroma)  # type: ignore[arg-type]
+            cr = self._convert(dct.cr, dct.qt[2], k_chroma)  # type: ignore[arg-type]
+            if p.chroma == "luma_grid":
+                ratio = dct.chroma_ratio
+                cb = align_chroma(cb, y.shape[:2], ratio)
+                cr = align_chroma(cr, y.shape[:2], ratio)
+        return {
+            "dct_y": y,
+            "dct_cb": cb,
+            "dct_cr": cr,
+            "dct_qt": dct.qt,
+            "jpeg_size": np.array([dct.height, dct.width], np.int32),
+            "jpeg_damage": dct.damaged_blocks,
+        }
+
+    def _convert(self, blocks: np.ndarray, qt: np.ndarray, k: int) -> np.ndarray:
+        p = self.params
+        if p.layout == "channels":
+            coefs, q = zigzag_channels(blocks, k), zigzag_channels(qt, k)
+        else:
+            coefs, q = (blocks if k == 64 else blocks * _lowpass_mask(k)), qt
+        return dequantize(coefs, q) if p.dequantize else coefs
+
+
+def _lowpass_mask(k: int) -> np.ndarray:
+    """int16 (8, 8): 1 at the first ``k`` zigzag positions, 0 elsewhere."""
+    mask = np.zeros(64, np.int16)
+    mask[ZIGZAG[:k]] = 1
+    return mask.reshape(8, 8)
+
+
+def _load(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    path = Path(source)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ItemError("io", f"{path} is not a regular file")
+        if info.st_size == 0:
+            raise ItemError("empty", "zero-byte file")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ItemError("io", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _error_class(exc: TurboJPEGError) -> str:
+    text = exc.message
+    if _EOF_WARNING in text:
+        return "truncated"
+    if "more than 500 scans" in text:
+        return "decode_bomb"
+    refused = ("Unsupported", "not supported", "not implemented", "subsampling type", "Maximum")
+    if any(word in text for word in refused):
+        return "unsupported"
+    return "corrupt"
