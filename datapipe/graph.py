@@ -290,7 +290,10 @@ class Pipeline:
         }
 
     def fingerprint(
-        self, source_signatures: Sequence[str] = (), only: set[str] | None = None
+        self,
+        source_signatures: Sequence[str] = (),
+        only: set[str] | None = None,
+        epoch: int = 0,
     ) -> str:
         """Hash of everything that decides an item's output: stages, versions, params, wiring,
         the seed and the written fields. Shard sizes and run settings are not part of it.
@@ -306,4 +309,6 @@ class Pipeline:
             "exclude": sorted(self.output.exclude),
             "sources": list(source_signatures),
         }
+        if any(n.stage.epoch_dependent for n in self.nodes if only is None or n.id in only):
+            blob["epoch"] = epoch
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

@@ -76,6 +76,9 @@ class Stage:
     #: True for stages that decode untrusted media: the engine runs them in child processes
     #: with a time limit and a memory cap.
     isolate: ClassVar[bool] = False
+    #: True for stages whose output depends on ``ctx.epoch`` (a resize schedule): the epoch
+    #: then becomes part of the pipeline fingerprint, so another epoch is produced anew.
+    epoch_dependent: ClassVar[bool] = False
     #: params that build a working instance, for the conformance suite and docs
     EXAMPLE_PARAMS: ClassVar[dict[str, Any]] = {}
 

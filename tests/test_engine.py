@@ -266,3 +266,36 @@ def test_select_barrier_is_incremental_and_compacts(tmp_path: Path) -> None:
     assert {k for k, r in rows.items() if r.status == "ok"} == kept30
     again = run_local(p, out)
     assert again.counts["processed"] == 0
+
+
+class EpochTag(Map):
+    """Writes the epoch it ran in."""
+
+    name = "test.epoch_tag"
+    description = "The epoch, as a field."
+    epoch_dependent = True
+    PRODUCES = (Field("epoch", "int", ""),)
+
+    def process(self, record: Record, ctx: Any) -> Record:
+        return {"epoch": ctx.epoch}
+
+
+def test_epoch_dependent_pipelines_are_redone_per_epoch(tmp_path: Path) -> None:
+    registry.register(EpochTag)
+    try:
+        p = _p(
+            {
+                "src": {"stage": "test.counter", "params": {"n": 3}},
+                "e": {"stage": "test.epoch_tag", "inputs": "src"},
+            }
+        )
+        plain = _p({"src": {"stage": "test.counter", "params": {"n": 3}}})
+        assert p.fingerprint(epoch=0) != p.fingerprint(epoch=1)
+        assert plain.fingerprint(epoch=0) == plain.fingerprint(epoch=1)
+        out = tmp_path / "out"
+        assert run_local(p, out, epoch=0).counts["processed"] == 3
+        assert run_local(p, out, epoch=0).counts["processed"] == 0
+        assert run_local(p, out, epoch=1).counts["processed"] == 3
+        assert {s["epoch"] for s in _samples(out).values()} == {1}
+    finally:
+        registry.unregister(EpochTag.name)

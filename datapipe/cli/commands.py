@@ -47,6 +47,12 @@ def _add_exec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-mb", type=int, help="memory cap per worker process, MiB")
     p.add_argument("--retries", type=int, help="extra attempts for timeouts and crashes")
     p.add_argument("--retry-errors", action="store_true", help="process items that failed before")
+    p.add_argument(
+        "--epoch",
+        type=int,
+        help="the epoch stages see (ctx.epoch), e.g. for a resize "
+        "schedule; part of the fingerprint of epoch-dependent pipelines",
+    )
     p.add_argument("--report", type=Path, help="write the JSON run report here")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -81,6 +87,7 @@ def _execute(pipeline: Any, out: Path, args: argparse.Namespace) -> Any:
         timeout_s=args.timeout_s,
         memory_mb=args.memory_mb,
         retries=args.retries,
+        epoch=args.epoch,
     )
     if args.report:
         atomic_write(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True))

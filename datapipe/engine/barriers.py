@@ -58,7 +58,7 @@ def evaluate_barriers(
     hooks = hooks or RunHooks()
     out = BarrierOutcome()
     for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
-        sub_fp = p.fingerprint(signatures, only=p.upstream(node.id))
+        sub_fp = p.fingerprint(signatures, only=p.upstream(node.id), epoch=epoch)
         cached = cache.light_values(node.id, sub_fp) if cache else {}
         reach = p.downstream
         keys = [

@@ -128,7 +128,7 @@ class RunDriver:
             records = list(s.stage.list_items(p.context(s.id)))
             signatures.append(s.stage.signature(p.context(s.id), records))
             listing.extend((s.id, rec) for rec in records)
-        fp = p.fingerprint(signatures)
+        fp = p.fingerprint(signatures, epoch=self.opts.epoch)
         run_id = self.m.begin_run(p.name, fp, package_versions())
         self.report = RunReport(
             p.name, fp, str(self.store.root), run_id, versions=package_versions()

@@ -1,0 +1,100 @@
+"""Progressive resizing: ``ops.decode_jpeg_reduced`` against Pillow decode-full-then-resize.
+
+A 1280 x 854 photo (scikit-learn's two sample photos and their mirror images, JPEG quality 90,
+4:2:0, baseline; ``--progressive`` for a progressive one) to a square training image of each
+size. Both methods crop the centre and resize with the same Pillow filter in one step
+(``resize(box=...)``); ours decodes at 1/2, 1/4 or 1/8 scale first. Also shown: the
+``image.resize`` stage's ``decode_resize`` (draft, resize the whole image, then crop), from a
+file. Timed interleaved round-robin after a warm-up; medians over ``--repeats``.
+
+    python scripts/bench_resize.py [--sizes 56 112 224] [--filter bicubic] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from datapipe.stages.io.image_resize import decode_resize
+from datapipe.stages.represent.resize import _FILTERS, decode_jpeg_reduced
+
+
+def photo_1280x854() -> np.ndarray:
+    china, flower = (np.asarray(im) for im in load_sample_images().images)
+    top = np.concatenate([china, flower], axis=1)
+    return np.concatenate([top, top[:, ::-1][:, :, ::-1]], axis=0)
+
+
+def full_then_resize(data: bytes, size: int, resample: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        W, H = img.size
+        s = max(size / W, size / H)
+        box = ((W - size / s) / 2, (H - size / s) / 2, (W + size / s) / 2, (H + size / s) / 2)
+        return np.asarray(img.convert("RGB").resize((size, size), resample, box=box))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[56, 112, 224])
+    parser.add_argument("--filter", default="bicubic", choices=sorted(_FILTERS))
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--progressive", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    buf = io.BytesIO()
+    Image.fromarray(photo_1280x854()).save(buf, "JPEG", quality=90, progressive=args.progressive)
+    data = buf.getvalue()
+    resample = _FILTERS[args.filter]
+    kind = "progressive" if args.progressive else "baseline"
+    print(f"1280x854 {kind} JPEG, {len(data)} bytes; filter {args.filter}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print("\n| size | ours ms (img/s) | Pillow full + resize ms (img/s) | ours / full "
+          "| image.resize ms | PSNR ours vs full |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "photo.jpg"
+        path.write_bytes(data)
+        for size in args.sizes:
+            methods = {
+                "ours": lambda s=size: decode_jpeg_reduced(data, s, resample=args.filter),
+                "full": lambda s=size: full_then_resize(data, s, resample),
+                "image.resize": lambda s=size: decode_resize(str(path), s),
+            }
+            for fn in methods.values():
+                fn()
+            times: dict[str, list[float]] = {name: [] for name in methods}
+            for _ in range(args.repeats):
+                for name, fn in methods.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+            med = {name: float(np.median(ts)) for name, ts in times.items()}
+            quality = psnr(methods["ours"](), methods["full"]())
+            rows.append({"size": size, "ms": {k: v * 1e3 for k, v in med.items()},
+                         "ratio": med["ours"] / med["full"], "psnr_db": quality})  # fmt: skip
+            print(f"| {size} | {med['ours'] * 1e3:.2f} ({1 / med['ours']:.0f}) "
+                  f"| {med['full'] * 1e3:.2f} ({1 / med['full']:.0f}) "
+                  f"| {med['ours'] / med['full']:.2f} | {med['image.resize'] * 1e3:.2f} "
+                  f"| {quality:.1f} dB |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"jpeg": kind, "filter": args.filter, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
