@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
 PARTITIONS_PER_WORKER = 4
+SOLO_RETRIES = 1
 
 
 @contextlib.contextmanager
@@ -123,6 +124,7 @@ class DaskPool:
         futures = {self._submit(phase, i, chunk): (i, chunk) for i, chunk in chunks.items()}
         next_index = len(chunks)
         pending = as_completed(list(futures), loop=self.client.loop)
+        solo: dict[str, int] = {}  # KilledWorker count of items retried on their own
         try:
             for fut in pending:
                 _, chunk = futures.pop(fut)
@@ -133,7 +135,11 @@ class DaskPool:
                     raise OSError("the scheduler cancelled the run's tasks")
                 exc = fut.exception()
                 if isinstance(exc, KilledWorker):
-                    if len(chunk) > 1:  # find the poison item: one task per item
+                    # find the poison item: one task per item. A lone item gets one more try
+                    # on its own, since a neighbour's crash on the same worker can blame it.
+                    if len(chunk) == 1:
+                        solo[chunk[0].key] = solo.get(chunk[0].key, 0) + 1
+                    if len(chunk) > 1 or solo[chunk[0].key] <= SOLO_RETRIES:
                         for task in chunk:
                             new = self._submit(phase, next_index, [task])
                             futures[new] = (next_index, [task])
