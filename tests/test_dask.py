@@ -130,7 +130,7 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
             }
         }
     )
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 2}):
         report = run_dask(trusted, tmp_path / "out2", workers=2)
     rows = _rows(tmp_path / "out2")
     assert rows["x/segv_1"][1:4] == ("error", None, "crash")

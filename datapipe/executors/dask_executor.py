@@ -15,6 +15,7 @@ import logging
 import math
 import os
 from asyncio import CancelledError
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,26 +126,44 @@ class DaskPool:
         next_index = len(chunks)
         pending = as_completed(list(futures), loop=self.client.loop)
         solo: dict[str, int] = {}  # KilledWorker count of items retried on their own
+        suspects: deque[ItemTask] = deque()
+        suspect_running: Any = None
+
+        def submit_suspect() -> Any:
+            nonlocal next_index
+            if not suspects:
+                return None
+            task = suspects.popleft()
+            new = self._submit(phase, next_index, [task])
+            futures[new] = (next_index, [task])
+            pending.add(new)
+            next_index += 1
+            return new
+
         try:
             for fut in pending:
                 _, chunk = futures.pop(fut)
+                if len(chunk) == 1 and suspect_running is fut:
+                    suspect_running = None
                 if fut.status == "finished":
+                    if suspect_running is None and suspects:
+                        suspect_running = submit_suspect()
                     yield from fut.result()
                     continue
                 if fut.status == "cancelled":  # the scheduler forgot it: it is gone
                     raise OSError("the scheduler cancelled the run's tasks")
                 exc = fut.exception()
                 if isinstance(exc, KilledWorker):
-                    # find the poison item: one task per item. A lone item gets one more try
-                    # on its own, since a neighbour's crash on the same worker can blame it.
+                    # find the poison item: the suspects run one at a time, alone, so a
+                    # neighbour's crash cannot get a good item blamed
                     if len(chunk) == 1:
                         solo[chunk[0].key] = solo.get(chunk[0].key, 0) + 1
-                    if len(chunk) > 1 or solo[chunk[0].key] <= SOLO_RETRIES:
-                        for task in chunk:
-                            new = self._submit(phase, next_index, [task])
-                            futures[new] = (next_index, [task])
-                            pending.add(new)
-                            next_index += 1
+                    blamed = len(chunk) == 1 and solo[chunk[0].key] > SOLO_RETRIES
+                    if not blamed:
+                        suspects.extend(chunk)
+                    if suspect_running is None:
+                        suspect_running = submit_suspect()
+                    if not blamed:
                         continue
                     yield ItemResult.error(
                         chunk[0].key,
