@@ -153,7 +153,7 @@ class DaskPool:
                 if fut.status == "cancelled":  # the scheduler forgot it: it is gone
                     raise OSError("the scheduler cancelled the run's tasks")
                 exc = fut.exception()
-                if isinstance(exc, KilledWorker):
+                if exc is None or isinstance(exc, KilledWorker):  # None: lost with its worker
                     # find the poison item: the suspects run one at a time, alone, so a
                     # neighbour's crash cannot get a good item blamed
                     if len(chunk) == 1:
