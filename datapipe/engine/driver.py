@@ -24,6 +24,7 @@ from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
 from datapipe.store.codec import decode_value, split_member
+from datapipe.store.files import remove_temporaries
 from datapipe.store.manifest import ItemRow
 from datapipe.store.output import OutputStore
 from datapipe.store.shards import ShardWriter, iter_members
@@ -150,6 +151,8 @@ class RunDriver:
             self.store.commit_rows(refiltered)
             self.store.forget(plan.vanished)
             self.store.compact()
+            # a worker killed mid-write (Dask) leaves a temporary shard; every task is done now
+            remove_temporaries(self.store.shard_dir)
             self._sinks()
             counts.update(
                 listed=plan.listed,
