@@ -275,6 +275,21 @@ class VideoReader:
         if keyframes_only:
             cc.skip_frame = "NONKEY"
 
+    def demux(self) -> Iterator[av.Packet]:
+        """The stream's packets, in decode order; a demux error is recorded as damage and
+        ends the stream (what was read before it stays usable)."""
+        packets = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                self.damage.packet_errors += 1
+                self.damage.note(f"demux: {_ffmpeg_reason(exc)}")
+                return
+            yield packet
+
     def frames(
         self, max_frames: int | None = None, packets: Iterator[av.Packet] | None = None
     ) -> Iterator[av.VideoFrame]:

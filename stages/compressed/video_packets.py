@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 from pydantic import Field as PField
 
@@ -62,16 +61,7 @@ def packets(
         key: list[bool] = []
         pts: list[int] = []
         dts: list[int] = []
-        demux = reader.container.demux(reader.stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                reader.damage.packet_errors += 1
-                reader.damage.note(f"demux: {exc}")
-                break
+        for packet in reader.demux():
             if not packet.size:
                 continue
             size.append(packet.size)

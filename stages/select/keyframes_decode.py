@@ -100,16 +100,7 @@ def scan_frames(
         pts: list[int] = []
 
         def source() -> Iterator[av.Packet]:
-            demux = reader.container.demux(reader.stream)
-            while True:
-                try:
-                    packet = next(demux)
-                except StopIteration:
-                    return
-                except av.error.FFmpegError as exc:
-                    reader.damage.packet_errors += 1
-                    reader.damage.note(f"demux: {exc}")
-                    return
+            for packet in reader.demux():
                 if packet.size:
                     size.append(packet.size)
                     key.append(bool(packet.is_keyframe))
@@ -230,16 +221,7 @@ def _decode_pass(
 
         def source() -> Iterator[av.Packet | None]:
             nonlocal read
-            demux = reader.container.demux(reader.stream)
-            while True:
-                try:
-                    packet = next(demux)
-                except StopIteration:
-                    return
-                except av.error.FFmpegError as exc:
-                    reader.damage.packet_errors += 1
-                    reader.damage.note(f"demux: {exc}")
-                    return
+            for packet in reader.demux():
                 if packet.size:
                     pos, read = read, read + 1
                     if plan is not None:
