@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -27,6 +26,7 @@ from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.store.codec import split_member
 from datapipe.store.manifest import Manifest
+from runs import ok_rows
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
@@ -247,20 +247,9 @@ class Cluster:
                 self.kill(name)
 
 
-def _ok_rows(db: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def _wait_rows(out: Path, n: int, proc: subprocess.Popen, limit_s: float = 120) -> None:
     deadline = time.monotonic() + limit_s
-    while _ok_rows(out / "manifest.sqlite") < n:
+    while ok_rows(out / "manifest.sqlite") < n:
         assert proc.poll() is None, "the run ended before the fault was injected"
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -282,7 +271,7 @@ def _check_complete(out: Path) -> None:
     keys = _member_keys(out, ".value.npy")
     assert set(keys) == {f"a/item_{i:03d}" for i in range(N_SLOW)}
     assert max(keys.values()) == 1
-    assert _ok_rows(out / "manifest.sqlite") == N_SLOW
+    assert ok_rows(out / "manifest.sqlite") == N_SLOW
     assert not list(out.rglob(".*tmp-*"))
 
 
@@ -340,7 +329,7 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_input
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 1, err
         assert "lost the Dask scheduler" in err and "Traceback" not in err
-        done = _ok_rows(out / "manifest.sqlite")
+        done = ok_rows(out / "manifest.sqlite")
         assert 0 < done < N_SLOW
     finally:
         cluster.close()

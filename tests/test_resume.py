@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from datapipe.store.codec import split_member
+from runs import ok_rows
 
 N_ITEMS = 60
 LAUNCHER = Path(__file__).parent / "cli_with_test_stages.py"
@@ -33,19 +34,6 @@ def _pipeline(tmp: Path, root: Path) -> Path:
     """)
     )
     return path
-
-
-def _ok_rows(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM items WHERE status='ok'").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
@@ -68,12 +56,12 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
-    while _ok_rows(out / "manifest.sqlite") < 12 and time.monotonic() < deadline:
+    while ok_rows(out / "manifest.sqlite") < 12 and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-run
     proc.wait()
-    done_before = _ok_rows(out / "manifest.sqlite")
+    done_before = ok_rows(out / "manifest.sqlite")
     assert 0 < done_before < N_ITEMS, "the kill should land half-way"
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -88,7 +76,7 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
     assert set(keys) == {f"a/item_{i:03d}" for i in range(N_ITEMS)}
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
     assert not list(out.rglob(".*tmp-*")), "temporary files survived"
-    assert _ok_rows(out / "manifest.sqlite") == N_ITEMS
+    assert ok_rows(out / "manifest.sqlite") == N_ITEMS
 
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0
