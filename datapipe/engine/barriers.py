@@ -57,14 +57,14 @@ def evaluate_barriers(
     record)). ``recompute`` forces fresh light values for those keys even when cached."""
     hooks = hooks or RunHooks()
     out = BarrierOutcome()
+    reach = {s.id: p.downstream(s.id) for s in p.of_kind(StageKind.SOURCE)}  # once, not per key
     for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
         sub_fp = p.fingerprint(signatures, only=p.upstream(node.id), epoch=epoch)
         cached = cache.light_values(node.id, sub_fp) if cache else {}
-        reach = p.downstream
         keys = [
             k
             for k, (src, _) in records.items()
-            if node.id in reach(src) and k not in out.filtered_by and k not in out.stopped
+            if node.id in reach[src] and k not in out.filtered_by and k not in out.stopped
         ]
         need = [k for k in keys if k not in cached or (recompute is not None and k in recompute)]
         fresh: dict[str, Any] = {}
