@@ -5,7 +5,9 @@ A 1280 x 854 photo (scikit-learn's two sample photos and their mirror images, JP
 size. Both methods crop the centre and resize with the same Pillow filter in one step
 (``resize(box=...)``); ours decodes at 1/2, 1/4 or 1/8 scale first. Also shown: the
 ``image.resize`` stage's ``decode_resize`` (draft, resize the whole image, then crop), from a
-file. Timed interleaved round-robin after a warm-up; medians over ``--repeats``.
+file; and ``ops.decode_dct_reduced`` from DCT coefficients already read by ``jpeg.dct`` (the
+low k x k frequencies of the scale, k-point IDCT), alone and with the coefficient read. Timed
+interleaved round-robin after a warm-up; medians over ``--repeats``.
 
     python scripts/bench_resize.py [--sizes 56 112 224] [--filter bicubic] [--repeats 30]
 """
@@ -24,8 +26,11 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from datapipe.stages.compressed.jpeg_dct import read_jpeg_dct
 from datapipe.stages.io.image_resize import decode_resize
-from datapipe.stages.represent.resize import _FILTERS, decode_jpeg_reduced
+from datapipe.stages.represent.dct_decode import decode_dct_reduced
+from datapipe.stages.represent.resample import FILTERS
+from datapipe.stages.represent.resize import decode_jpeg_reduced
 
 
 def photo_1280x854() -> np.ndarray:
@@ -50,7 +55,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[56, 112, 224])
-    parser.add_argument("--filter", default="bicubic", choices=sorted(_FILTERS))
+    parser.add_argument("--filter", default="bicubic", choices=sorted(FILTERS))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--progressive", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -59,13 +64,15 @@ def main() -> None:
     buf = io.BytesIO()
     Image.fromarray(photo_1280x854()).save(buf, "JPEG", quality=90, progressive=args.progressive)
     data = buf.getvalue()
-    resample = _FILTERS[args.filter]
+    resample = FILTERS[args.filter]
     kind = "progressive" if args.progressive else "baseline"
     print(f"1280x854 {kind} JPEG, {len(data)} bytes; filter {args.filter}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    dct = read_jpeg_dct(data)
     print("\n| size | ours ms (img/s) | Pillow full + resize ms (img/s) | ours / full "
-          "| image.resize ms | PSNR ours vs full |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "| image.resize ms | PSNR ours vs full | from DCT ms (img/s) | DCT / full "
+          "| DCT read + decode ms | PSNR DCT vs full |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "photo.jpg"
@@ -75,6 +82,10 @@ def main() -> None:
                 "ours": lambda s=size: decode_jpeg_reduced(data, s, resample=args.filter),
                 "full": lambda s=size: full_then_resize(data, s, resample),
                 "image.resize": lambda s=size: decode_resize(str(path), s),
+                "dct": lambda s=size: decode_dct_reduced(dct, s, resample=args.filter),
+                "dct+read": lambda s=size: decode_dct_reduced(
+                    read_jpeg_dct(data), s, resample=args.filter
+                ),
             }
             for fn in methods.values():
                 fn()
@@ -85,13 +96,19 @@ def main() -> None:
                     fn()
                     times[name].append(time.perf_counter() - t0)
             med = {name: float(np.median(ts)) for name, ts in times.items()}
-            quality = psnr(methods["ours"](), methods["full"]())
+            ref = methods["full"]()
+            quality = psnr(methods["ours"](), ref)
+            dct_quality = psnr(methods["dct"](), ref)
             rows.append({"size": size, "ms": {k: v * 1e3 for k, v in med.items()},
-                         "ratio": med["ours"] / med["full"], "psnr_db": quality})  # fmt: skip
+                         "ratio": med["ours"] / med["full"], "psnr_db": quality,
+                         "dct_ratio": med["dct"] / med["full"],
+                         "dct_psnr_db": dct_quality})  # fmt: skip
             print(f"| {size} | {med['ours'] * 1e3:.2f} ({1 / med['ours']:.0f}) "
                   f"| {med['full'] * 1e3:.2f} ({1 / med['full']:.0f}) "
                   f"| {med['ours'] / med['full']:.2f} | {med['image.resize'] * 1e3:.2f} "
-                  f"| {quality:.1f} dB |")  # fmt: skip
+                  f"| {quality:.1f} dB | {med['dct'] * 1e3:.2f} ({1 / med['dct']:.0f}) "
+                  f"| {med['dct'] / med['full']:.2f} | {med['dct+read'] * 1e3:.2f} "
+                  f"| {dct_quality:.1f} dB |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"jpeg": kind, "filter": args.filter, "rows": rows}))
 

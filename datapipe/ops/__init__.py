@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "rank_pool_weights": "datapipe.stages.represent.rank_pool:rank_pool_weights",
     "RankPooler": "datapipe.stages.represent.rank_pool:RankPooler",
     "decode_jpeg_reduced": "datapipe.stages.represent.resize:decode_jpeg_reduced",
+    "decode_dct_reduced": "datapipe.stages.represent.dct_decode:decode_dct_reduced",
+    "decode_dct_scaled": "datapipe.stages.represent.dct_decode:decode_dct_scaled",
     "ResizeSchedule": "datapipe.stages.represent.schedule:ResizeSchedule",
     "read_points": "datapipe.stages.compressed.points:read_points",
     "voxelize": "datapipe.stages.compressed.points:voxelize",

@@ -244,6 +244,9 @@ class JpegDCTStage(Map):
     - ``dct_qt``: uint16 (C, 8, 8), the quantization table of each component in natural
       order (C = 3, or 1 for grayscale), never cut or reordered.
     - ``jpeg_size``: int32 (2,), height and width in pixels.
+    - ``jpeg_sampling``: uint8 (C, 2), the (horizontal, vertical) sampling factors of each
+      component; with ``jpeg_size`` and ``dct_qt`` enough to decode the coefficients back to
+      pixels (``represent.resize`` with ``input: dct``).
     - ``jpeg_damage``: int, 0 for a clean file; else the number of blocks libjpeg could not
       decode (see :class:`JpegDCT`); the engine copies a non-zero count into the manifest's
       ``notes``. With ``strict`` damaged files are error rows instead.
@@ -277,6 +280,7 @@ class JpegDCTStage(Map):
             Field("dct_cr", dtype, f"{grid} {tc}", "Cr DCT coefficients (0 x 0 for grayscale)"),
             Field("dct_qt", "uint16", "C 8 8", "quantization table per component"),
             Field("jpeg_size", "int32", "2", "height, width in pixels"),
+            Field("jpeg_sampling", "uint8", "C 2", "(h, v) sampling factors per component"),
             Field("jpeg_damage", "int", "", "blocks lost to corrupt data (0 when clean)"),
         )
 
@@ -303,6 +307,7 @@ class JpegDCTStage(Map):
             "dct_cr": cr,
             "dct_qt": dct.qt,
             "jpeg_size": np.array([dct.height, dct.width], np.int32),
+            "jpeg_sampling": np.array(dct.sampling, np.uint8),
             "jpeg_damage": dct.damaged_blocks,
         }
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from PIL import Image
 from pydantic import Field as PField
 from pydantic import model_validator
 
@@ -23,33 +22,14 @@ from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
 from datapipe.stages.io.image_resize import Source, open_image
+from datapipe.stages.represent.dct_decode import decode_dct_reduced
+from datapipe.stages.represent.resample import (
+    Resample,
+    check_options,
+    finish_resize,
+    plan_resize,
+)
 from datapipe.stages.represent.schedule import MAX_SIDE, ResizeSchedule
-
-Resample = Literal["bilinear", "bicubic", "lanczos", "box", "hamming"]
-_FILTERS = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
-
-
-def _target(size: int | Sequence[int], where: str) -> tuple[int, int]:
-    """``size`` as (height, width), checked."""
-    if isinstance(size, (int, np.integer)):
-        hw: tuple[object, ...] = (size, size)
-    else:
-        hw = tuple(size) if isinstance(size, (tuple, list)) else ()
-    if len(hw) != 2 or not all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE
-        for v in hw
-    ):
-        raise ValueError(
-            f"The 'size' parameter of {where} must be an int or (height, width) of ints in "
-            f"[1, {MAX_SIDE}]. Got {size!r} instead."
-        )
-    return int(hw[0]), int(hw[1])
 
 
 def decode_jpeg_reduced(
@@ -98,52 +78,19 @@ def decode_jpeg_reduced(
     >>> decode_jpeg_reduced(buf.getvalue(), (56, 112)).shape
     (56, 112, 3)
     """
-    h, w = _target(size, "decode_jpeg_reduced")
-    if mode not in ("crop", "stretch"):
-        raise ValueError(
-            f"The 'mode' parameter of decode_jpeg_reduced must be 'crop' or 'stretch'. "
-            f"Got {mode!r} instead."
-        )
-    if resample not in _FILTERS:
-        raise ValueError(
-            f"The 'resample' parameter of decode_jpeg_reduced must be one of "
-            f"{sorted(_FILTERS)}. Got {resample!r} instead."
-        )
+    h, w = check_options(size, mode, resample, "decode_jpeg_reduced")
     with open_image(source, max_pixels) as img:
         W, H = img.size
-        if mode == "crop":
-            s = max(w / W, h / H)  # source pixels -> target pixels
-            bw, bh = w / s, h / s
-            box = ((W - bw) / 2, (H - bh) / 2, (W + bw) / 2, (H + bh) / 2)
-            upscale = s > 1
-            request = (max(1, int(np.ceil(W * s))), max(1, int(np.ceil(H * s))))
-        else:
-            box = (0.0, 0.0, float(W), float(H))
-            upscale = w > W or h > H
-            request = (w, h)
-        if upscale and not allow_upscale:
-            raise ItemError(
-                "unsupported",
-                f"the target {h}x{w} needs the {H}x{W} source upscaled "
-                "(set allow_upscale=True to allow it)",
-            )
+        box, request = plan_resize(W, H, h, w, mode, allow_upscale)
         # JPEG: libjpeg scales the IDCT by 1/2, 1/4 or 1/8 while the result still covers
         # `request`; YCbCr output (unless the file is RGB-coded, Adobe transform 0), so the
         # colour conversion runs on the final pixels only
         ycc = img.mode == "RGB" and img.info.get("adobe_transform", 1) != 0
         drafted = img.draft("YCbCr" if ycc else img.mode, request)
-        if drafted is not None:
-            scale = W / drafted[1][2]
-            box = (box[0] / scale, box[1] / scale, box[2] / scale, box[3] / scale)
-        rw, rh = img.size  # the box may stray past the image by a rounding error
-        box = (max(0.0, box[0]), max(0.0, box[1]), min(rw, box[2]), min(rh, box[3]))
+        scale = W / drafted[1][2] if drafted is not None else 1.0
         if img.mode not in ("RGB", "YCbCr", "L"):
             img = img.convert("RGB")  # palette, alpha, CMYK: to RGB before resampling
-        out = img.resize((w, h), _FILTERS[resample], box=box)
-        arr = np.asarray(out.convert("RGB") if out.mode != "RGB" else out)
-    if arr.shape != (h, w, 3):  # never expected: Pillow returns what was asked
-        raise ItemError("corrupt", f"decoded to {arr.shape}, expected {(h, w, 3)}")
-    return arr
+        return finish_resize(img, box, scale, h, w, resample)
 
 
 Side = Annotated[int, PField(ge=1, le=MAX_SIDE)]
@@ -166,6 +113,13 @@ class ResizeParams(Params):
     resample: Resample = PField("bicubic", description="Pillow filter of the finishing resize.")
     allow_upscale: bool = PField(False, description="Allow targets larger than the source.")
     max_pixels: int = PField(50_000_000, ge=1, description="Refuse larger declared images.")
+    input: Literal["path", "dct"] = PField(
+        "path",
+        description=(
+            "'path': decode the image file; 'dct': the coefficients of an upstream jpeg.dct "
+            "(the low frequencies of the target scale, inverse transformed)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> ResizeParams:
@@ -176,6 +130,10 @@ class ResizeParams(Params):
 
 class ProgressiveResize(Map):
     """Decode an image to the size of the epoch, JPEGs at a reduced DCT scale.
+
+    ``input: path`` (default) decodes the file of ``path``; ``input: dct`` consumes the fields
+    of an upstream ``jpeg.dct`` (any layout) and keeps only the low-frequency coefficients of
+    the target scale (:func:`~datapipe.stages.represent.dct_decode.decode_dct_reduced`).
 
     With ``schedule`` the size follows the epoch the stage runs in (``ctx.epoch``: the
     streaming loader's ``set_epoch``, or ``datapipe run``'s epoch), so the output shape is
@@ -200,6 +158,19 @@ class ProgressiveResize(Map):
     isolate = True
     epoch_dependent = True
 
+    def consumes(self) -> tuple[Field, ...]:
+        if self.params.input == "path":
+            return self.CONSUMES
+        coefs = "int16|float32|float64"
+        return (
+            Field("dct_y", coefs, "*", "luma DCT coefficients"),
+            Field("dct_cb", coefs, "*", "Cb DCT coefficients"),
+            Field("dct_cr", coefs, "*", "Cr DCT coefficients"),
+            Field("dct_qt", "uint16", "C 8 8", "quantization tables"),
+            Field("jpeg_size", "int32", "2", "height, width"),
+            Field("jpeg_sampling", "uint8", "C 2", "sampling factors"),
+        )
+
     def produces(self) -> tuple[Field, ...]:
         p = self.params
         if p.size is None:
@@ -216,9 +187,19 @@ class ProgressiveResize(Map):
         return (p.size, p.size) if isinstance(p.size, int) else p.size  # type: ignore[return-value]
 
     def process(self, record: Record, ctx: Context) -> Record:
+        p = self.params
+        if p.input == "dct":
+            image = decode_dct_reduced(
+                record,
+                self.size_at(ctx.epoch),
+                mode=p.mode,
+                resample=p.resample,
+                allow_upscale=p.allow_upscale,
+                max_pixels=p.max_pixels,
+            )
+            return {"image": image}
         if record.get("size") == 0:
             raise ItemError("empty", "zero-byte file")
-        p = self.params
         image = decode_jpeg_reduced(
             Path(record["path"]),
             self.size_at(ctx.epoch),
