@@ -38,7 +38,8 @@ import numpy as np
 import open3d as o3d
 
 from datapipe.stages.compressed import points_header as ph
-from datapipe.stages.compressed.points import read_points, voxelize
+from datapipe.stages.compressed.points import read_points
+from datapipe.stages.compressed.points_voxel import voxelize
 
 
 def best_of(fns: list[Callable[[], object]], repeats: int) -> list[float]:

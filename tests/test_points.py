@@ -20,13 +20,8 @@ from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed.points import (
-    PointsRead,
-    PointsVoxelize,
-    read_points,
-    voxel_groups,
-    voxelize,
-)
+from datapipe.stages.compressed.points import PointsRead, read_points
+from datapipe.stages.compressed.points_voxel import PointsVoxelize, voxel_groups, voxelize
 from datapipe.store.manifest import Manifest
 
 STAGES = (PointsRead, PointsVoxelize)

@@ -75,7 +75,7 @@ def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
     The voxel grid is Open3D's ``voxel_down_sample`` grid (see ``ops.voxel_groups``), so the
     occupied voxels are the ones ``points.voxelize`` averages.
     """
-    from datapipe.stages.compressed.points import voxel_groups
+    from datapipe.stages.compressed.points_voxel import voxel_groups
 
     pts = check_cloud(points).astype(np.float64)
     groups = voxel_groups(pts, voxel_size)
