@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field as PField
 
 from datapipe import registry
+from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Fit, Map, Params, Record, Sink, Source
 
@@ -110,6 +111,20 @@ class Size(Map):
         return {"nbytes": np.array([record["size"]], dtype=np.int64)}
 
 
+class Root(Map):
+    """The square root of ``square``, tagged with the epoch; an error for ``square == 25``."""
+
+    name = "test.root"
+    description = "Square root of square, with ctx.epoch; fails on 25."
+    CONSUMES = (Field("square", "float32", "1"),)
+    PRODUCES = (Field("root", "float32", "1"), Field("epoch", "int", ""))
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        if float(record["square"][0]) == 25:
+            raise ItemError("invalid", "25 refused on purpose")
+        return {"root": np.sqrt(record["square"]).astype(np.float32), "epoch": ctx.epoch}
+
+
 class MeanFit(Fit):
     """Learns the mean of ``square``; a downstream stage reads it from ctx.fitted."""
 
@@ -146,7 +161,7 @@ class Collect(Sink):
         return {"n": len(keys), "keys": keys}
 
 
-ALL = [Faulty, FaultyInline, Counter, Square, Split, Size, MeanFit, Center, Collect]
+ALL = [Faulty, FaultyInline, Counter, Square, Split, Size, Root, MeanFit, Center, Collect]
 
 
 def register_all() -> None:

@@ -280,3 +280,30 @@ def test_dct_input_needs_the_dct_fields(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="consumes field 'dct_y'"):
         Pipeline.from_dict({"nodes": nodes})
     assert [f.name for f in ProgressiveResize(size=8).consumes()] == ["path"]
+
+
+def test_streaming_resizes_stored_coefficients_by_epoch(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i, photo in enumerate(PHOTOS):
+        (root / f"p{i}.jpg").write_bytes(encode(photo[:300, :420], quality=90))
+    nodes = {
+        "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
+        "dct": {"stage": "jpeg.dct", "inputs": "photos",
+                "params": {"layout": "channels", "keep": 16, "dequantize": True}},
+    }  # fmt: skip
+    run_local(Pipeline.from_dict({"nodes": nodes}), tmp_path / "out", workers=0)
+    schedule = {"start_size": 32, "end_size": 64, "start_epoch": 0, "end_epoch": 2, "multiple": 16}
+    resize = ProgressiveResize(input="dct", schedule=schedule)
+    ds = from_shards(tmp_path / "out", stages=[resize], shuffle=False)
+    for epoch, side in ((0, 32), (1, 48), (2, 64)):
+        ds.set_epoch(epoch)
+        samples = list(ds)
+        assert [s["key"] for s in samples] == ["p0", "p1"]
+        for s in samples:
+            assert tuple(s["image"].shape) == (side, side, 3)
+            stored = {f: s[f].numpy() for f in ("dct_y", "dct_cb", "dct_cr", "dct_qt",
+                                                 "jpeg_size", "jpeg_sampling")}  # fmt: skip
+            assert np.array_equal(s["image"].numpy(), decode_dct_reduced(stored, side))
+            from_file = decode_jpeg_reduced(root / f"{s['key']}.jpg", side)
+            assert psnr(s["image"].numpy(), from_file) >= 30

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from datapipe import registry
-from datapipe.errors import StoreError
+from datapipe.errors import ConfigError, StoreError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
@@ -30,6 +30,7 @@ from datapipe.store.codec import decode_value, split_member
 from datapipe.stream import collate, from_pipeline, from_shards
 from datapipe.stream.npy import decode_npy
 from datapipe.stream.split import epoch_order, rank_length, rank_positions, worker_positions
+from fault_stages import MeanFit, Root, Size, Split, Square
 
 N = 12
 KEYS = [f"item_{i:03d}" for i in range(N)]
@@ -214,6 +215,39 @@ def test_set_epoch_changes_order_and_stage_epoch() -> None:
     assert {s["epoch"] for s in first} == {0} and {s["epoch"] for s in third} == {3}
     assert [s["key"] for s in first] != [s["key"] for s in third]
     assert sorted(s["key"] for s in third) == KEYS
+
+
+# -- Map stages over stored samples ----------------------------------------------------------------
+def test_from_shards_runs_map_stages_with_the_epoch(counter_out: Path) -> None:
+    ds = from_shards(counter_out, shuffle=False, stages=[Root(), Split()])
+    ds.set_epoch(2)
+    samples = list(ds)
+    assert [k for k, _ in ds.skipped] == ["item_005"]
+    assert ds.skipped[0][1] == "invalid in test.root: 25 refused on purpose"
+    want = []  # item_005 is replaced by the next item of the rank's list, item_006
+    for i in [*range(5), 6, *range(6, N)]:
+        want += [(f"item_{i:03d}@{j:04d}", float(i), j) for j in range(i % 3 + 1)]
+    got = [(s["key"], float(s["root"][0]), s["part"]) for s in samples]
+    assert got == want and {s["epoch"] for s in samples} == {2}
+    assert isinstance(samples[0]["root"], torch.Tensor)
+    # the stages reach persistent DataLoader workers, and follow set_epoch there
+    ds = from_shards(counter_out, seed=1, stages=[Root()])
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, timeout=60)
+    for epoch in (1, 4):
+        ds.set_epoch(epoch)
+        out = list(loader)
+        assert len(out) == N and {s["epoch"] for s in out} == {epoch}
+        assert all(float(s["root"][0]) ** 2 == float(s["square"][0]) for s in out)
+
+
+def test_from_shards_stages_are_checked(counter_out: Path) -> None:
+    with pytest.raises(ConfigError, match=r"consume \['size'\], which no sample holds"):
+        from_shards(counter_out, stages=[Size()])
+    with pytest.raises(TypeError, match="takes Map stages"):
+        from_shards(counter_out, stages=[MeanFit()])
+    # a field produced by an earlier stage need not be stored; fields= keeps what stages need
+    ds = from_shards(counter_out, fields=["index"], stages=[Square(), Root()], shuffle=False)
+    assert sorted(next(iter(ds))) == ["epoch", "index", "key", "root", "square"]
 
 
 # -- bad samples and crashes ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 
 from datapipe.errors import Filtered, ItemError, classify_exception
 from datapipe.graph import Pipeline
-from datapipe.stage import Record, StageKind, to_jsonable
+from datapipe.stage import Context, Map, Record, StageKind, to_jsonable
 from datapipe.store.codec import encode_sample
 
 HASH_CHUNK = 1 << 20
@@ -129,6 +129,66 @@ def _join(branches: list[list[tuple[str, Record]]]) -> list[tuple[str, Record]]:
     return sorted(merged.items())
 
 
+class MapFailure(Exception):
+    """Why :func:`apply_map` stopped an item: ``status`` is ``"filtered"`` or ``"error"``."""
+
+    def __init__(
+        self, status: str, message: str, error_class: str = "", error_type: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.error_class, self.error_type = error_class, error_type
+
+
+def apply_map(
+    stage: Map, inputs: list[tuple[str, Record]], ctx: Context
+) -> list[tuple[str, Record]]:
+    """Run a Map stage over the (sub-key, record) samples of one item.
+
+    Each output record is the input merged with what ``process`` returned; a list return
+    expands the sample, suffixing its sub-key (``@0000``, then ``_0000``). Raises
+    :class:`MapFailure` for a filtered item, an exception of the stage (classified), a broken
+    field contract, or no samples at all. ``MemoryError`` propagates.
+    """
+    out: list[tuple[str, Record]] = []
+    for sub, rec in inputs:
+        try:
+            produced = stage.process(rec, ctx)
+        except Filtered as exc:
+            raise MapFailure("filtered", exc.reason) from None
+        except MemoryError:
+            raise
+        except Exception as exc:
+            msg = exc.message if isinstance(exc, ItemError) else str(exc) or repr(exc)
+            raise MapFailure("error", msg, classify_exception(exc), type(exc).__name__) from None
+        parts = produced if isinstance(produced, list) else [produced]
+        expanded = isinstance(produced, list)
+        for i, part in enumerate(parts):
+            bad = _check(stage.produces(), part)
+            if bad:
+                raise MapFailure(
+                    "error", f"{stage.name} broke its contract: {bad}", "invalid", "ContractError"
+                )
+            new_sub = f"{sub}{'_' if sub else '@'}{i:04d}" if expanded else sub
+            out.append((new_sub, {**rec, **part}))
+    if not out:
+        raise MapFailure("filtered", f"{stage.name} produced no samples")
+    return out
+
+
+def _check(declared: tuple[Any, ...], produced: Any) -> str | None:
+    if not isinstance(produced, dict):
+        return f"process() returned {type(produced).__name__}, expected a dict of fields"
+    specs = {f.name: f for f in declared}
+    for name, spec in specs.items():
+        if name not in produced:
+            return f"declared field {name!r} missing"
+        why = spec.check_value(produced[name])
+        if why:
+            return why
+    return None
+
+
 class ItemRunner:
     """Executes tasks for one pipeline; built once per worker process."""
 
@@ -187,59 +247,18 @@ class ItemRunner:
                     )
                 values[nid] = inputs
                 continue
-            out: list[tuple[str, Record]] = []
-            for sub, rec in inputs:
-                try:
-                    produced = node.stage.process(rec, self._contexts[nid])
-                except Filtered as exc:
+            try:
+                out = apply_map(node.stage, inputs, self._contexts[nid])
+            except MapFailure as f:
+                if f.status == "filtered":
                     return ItemResult(
-                        task.key, "filtered", stage=nid, message=exc.reason, hash=digest
+                        task.key, "filtered", stage=nid, message=f.message, hash=digest
                     )
-                except MemoryError:
-                    raise
-                except Exception as exc:
-                    msg = exc.message if isinstance(exc, ItemError) else str(exc) or repr(exc)
-                    return ItemResult.error(
-                        task.key, nid, classify_exception(exc), msg, type(exc).__name__, hash=digest
-                    )
-                parts = produced if isinstance(produced, list) else [produced]
-                expanded = isinstance(produced, list)
-                for i, part in enumerate(parts):
-                    bad = self._check(node.stage.produces(), part)
-                    if bad:
-                        return ItemResult.error(
-                            task.key,
-                            nid,
-                            "invalid",
-                            f"{node.stage.name} broke its contract: {bad}",
-                            "ContractError",
-                            hash=digest,
-                        )
-                    new_sub = f"{sub}{'_' if sub else '@'}{i:04d}" if expanded else sub
-                    out.append((new_sub, {**rec, **part}))
-            if not out:
-                return ItemResult(
-                    task.key,
-                    "filtered",
-                    stage=nid,
-                    message=f"{node.stage.name} produced no samples",
-                    hash=digest,
+                return ItemResult.error(
+                    task.key, nid, f.error_class, f.message, f.error_type, hash=digest
                 )
             values[nid] = out
         return self._encode(task, values, wanted, digest)
-
-    @staticmethod
-    def _check(declared: tuple[Any, ...], produced: Any) -> str | None:
-        if not isinstance(produced, dict):
-            return f"process() returned {type(produced).__name__}, expected a dict of fields"
-        specs = {f.name: f for f in declared}
-        for name, spec in specs.items():
-            if name not in produced:
-                return f"declared field {name!r} missing"
-            why = spec.check_value(produced[name])
-            if why:
-                return why
-        return None
 
     def _light(
         self,

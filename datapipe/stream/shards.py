@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datapipe.errors import StoreError
+from datapipe.engine.runner import MapFailure, apply_map
+from datapipe.errors import ConfigError, Problem, StoreError
+from datapipe.stage import Context, Map
 from datapipe.store.codec import item_key_of
-from datapipe.stream.base import Sample, StreamDataset, Transform, to_torch
+from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.tarindex import SampleRef, ShardReader, index_shard, sample_ref
 
 logger = logging.getLogger(__name__)
@@ -52,16 +54,52 @@ def _catalogue(out: Path) -> tuple[list[Path], dict[str, str] | None]:
     raise StoreError(f"{out} holds no datapipe output (no manifest.sqlite or index.json found)")
 
 
+def _needed_fields(stages: Sequence[Map]) -> frozenset[str]:
+    """The fields the stages consume that no earlier stage produces: the shards must hold them."""
+    needed: set[str] = set()
+    produced: set[str] = set()
+    for stage in stages:
+        if not isinstance(stage, Map):
+            raise TypeError(
+                f"The 'stages' parameter of from_shards takes Map stages; got {stage!r}"
+            )
+        needed |= {f.name for f in stage.consumes()} - produced
+        produced |= {f.name for f in stage.produces()}
+    return frozenset(needed)
+
+
+def _check_offered(needed: frozenset[str], offered: set[str]) -> None:
+    """A stage that needs a field no sample has is a configuration error, not a bad sample."""
+    lacking = sorted(needed - offered) if offered else []
+    if lacking:
+        raise ConfigError(
+            [
+                Problem(
+                    "from_shards.stages",
+                    f"the stages consume {lacking}, which no sample holds; "
+                    f"the samples hold: {', '.join(sorted(offered))}",
+                )
+            ]
+        )
+
+
 class ShardDataset(StreamDataset):
     """Samples of a datapipe output directory; build it with :func:`from_shards`."""
 
     _where = "from_shards"
 
     def __init__(
-        self, out_dir: str | Path, *, fields: Iterable[str] | None = None, **kw: Any
+        self,
+        out_dir: str | Path,
+        *,
+        fields: Iterable[str] | None = None,
+        stages: Sequence[Map] = (),
+        **kw: Any,
     ) -> None:
         self.out_dir = Path(out_dir)
-        self.fields = frozenset(fields) if fields is not None else None
+        self.stages = tuple(stages)
+        self.needed = _needed_fields(self.stages)
+        self.fields = frozenset(fields) | self.needed if fields is not None else None
         refs, files, excluded = self._build()
         refs.sort(key=lambda r: r.key)
         super().__init__([r.key for r in refs], **kw)
@@ -76,6 +114,7 @@ class ShardDataset(StreamDataset):
         excluded: dict[str, str] = {}
         problems: dict[str, str] = {}
         interned: dict = {}
+        offered: set[str] = set()
         for path in paths:
             if not path.is_file():
                 problems[path.name] = f"shard {path.name} is missing"
@@ -87,18 +126,22 @@ class ShardDataset(StreamDataset):
             shard = len(files)
             files.append((idx.path, idx.size, idx.mtime_ns))
             for key, members in idx.samples:
+                offered.update(m[0] for m in members)
                 if ok is not None and ok.get(item_key_of(key)) != path.name:
                     continue  # superseded by a later run, or not committed
                 if key in refs:
                     excluded.setdefault(key, f"duplicate: also in {path.name}; kept the first")
                     continue
-                if self.fields is not None:  # read only the wanted members' span
-                    missing = sorted(self.fields - {m[0] for m in members})
+                if self.fields is not None or self.needed:
+                    wanted = self.fields if self.fields is not None else self.needed
+                    missing = sorted(wanted - {m[0] for m in members})
                     if missing:
                         excluded[key] = f"missing field(s) {', '.join(missing)}"
                         continue
-                    members = tuple(m for m in members if m[0] in self.fields)
+                    if self.fields is not None:  # read only the wanted members' span
+                        members = tuple(m for m in members if m[0] in self.fields)
                 refs[key] = sample_ref(key, shard, members, interned)
+        _check_offered(self.needed, offered)
         if ok is not None:  # ok rows whose samples were not found
             found = {item_key_of(k) for k in refs} | {item_key_of(k) for k in excluded}
             for key, shard_name in ok.items():
@@ -116,8 +159,20 @@ class ShardDataset(StreamDataset):
     def _open(self, epoch: int) -> tuple[Callable[[int], list[Sample]], Callable[[], None]]:
         reader = ShardReader(self.files)
 
+        contexts = [Context(seed=self.seed, epoch=epoch, node=st.name) for st in self.stages]
+
         def produce(unit: int) -> list[Sample]:
-            return [to_torch(reader.read(self.refs[unit]))]
+            record = reader.read(self.refs[unit])
+            if not self.stages:
+                return [to_torch(record)]
+            key, samples = record["key"], [("", record)]
+            for stage, ctx in zip(self.stages, contexts, strict=True):
+                try:
+                    samples = apply_map(stage, samples, ctx)
+                except MapFailure as f:
+                    why = f"{f.error_class or f.status} in {stage.name}: {f.message}"
+                    raise BadUnit(key, why) from None
+            return [to_torch({**rec, "key": key + sub}) for sub, rec in samples]
 
         return produce, reader.close
 
@@ -137,6 +192,7 @@ def from_shards(
     world_size: int | None = None,
     fields: Iterable[str] | None = None,
     even: str = "pad",
+    stages: Sequence[Map] = (),
     transform: Transform | None = None,
     errors_path: str | Path | None = None,
 ) -> ShardDataset:
@@ -153,8 +209,14 @@ def from_shards(
         out when the dataset is built (listed in ``dataset.excluded``).
     even : ``"pad"``, ``"drop"`` or ``"none"``: how ranks are equalised when ``world_size``
         does not divide the number of samples (see :mod:`datapipe.stream.split`).
-    transform : applied to every sample dict in the worker, after decoding; its exceptions
-        propagate (they are bugs, not bad samples).
+    stages : Map stage instances run on every decoded sample in the worker, in order, with
+        ``ctx.epoch`` the epoch of ``set_epoch`` (e.g. ``represent.resize`` with a schedule
+        and ``input: dct`` over stored coefficients). Their outputs merge over the sample; a
+        sample they fail or filter is skipped and replaced like one that does not decode.
+        Samples lacking a field they consume are left out when the dataset is built. They run
+        inline, without the sandbox of ``datapipe run``.
+    transform : applied to every sample dict in the worker, after decoding and the stages;
+        its exceptions propagate (they are bugs, not bad samples).
     errors_path : a JSON-lines file every worker appends skipped samples to.
 
     Returns
@@ -185,6 +247,7 @@ def from_shards(
         rank=rank,
         world_size=world_size,
         even=even,
+        stages=stages,
         transform=transform,
         errors_path=errors_path,
     )
