@@ -3,9 +3,11 @@
 An 8x8 JPEG block holds the orthonormal 2-D DCT of 8x8 pixels. Its top-left k x k coefficients,
 scaled by k/8 and put through a k-point inverse DCT, give the k x k pixels of the same block
 at k/8 of the size: the image at 1/2 (k=4), 1/4 (k=2) or 1/8 (k=1, the block means) with only
-the coefficients that scale needs. libjpeg's scaled IDCT does the same inside the decoder;
-here it runs on the coefficients ``jpeg.dct`` already stored, so a dataset kept as DCT
-coefficients feeds progressive resizing without going back to the JPEG files.
+the coefficients that scale needs: the ideal low-pass of the DCT domain. (libjpeg's scaled
+decode gives the same sizes, but its reduced IDCTs average neighbouring outputs of the full
+transform, a box filter; the two differ by a few levels at edges.) It runs on the
+coefficients ``jpeg.dct`` already stored, so a dataset kept as DCT coefficients feeds
+progressive resizing without going back to the JPEG files.
 
 Chroma subsampled by r along an axis covers r times the pixels per block, so it keeps k*r
 coefficients (up to 8) along that axis and lands on the luma grid without upsampling; only
@@ -99,8 +101,8 @@ def decode_dct_scaled(
     dct: JpegDCT | Mapping[str, Any], scale: int = 1, *, max_pixels: int = 50_000_000
 ) -> np.ndarray:
     """The whole image at 1/``scale`` (1, 2, 4 or 8) of its size from its DCT coefficients:
-    uint8 RGB ``(ceil(height / scale), ceil(width / scale), 3)``, what libjpeg's scaled decode
-    (Pillow's ``draft``) gives from the JPEG file. ``dct`` and the errors as
+    uint8 RGB ``(ceil(height / scale), ceil(width / scale), 3)``, the size libjpeg's scaled
+    decode (Pillow's ``draft``) gives from the JPEG file. ``dct`` and the errors as
     :func:`decode_dct_reduced`."""
     if scale not in (1, 2, 4, 8):
         raise ValueError(f"The 'scale' parameter must be 1, 2, 4 or 8. Got {scale!r} instead.")
