@@ -11,7 +11,12 @@ comparison), then times full epochs of ``batch`` samples per batch for each load
 - ``plain+draft``: the same with ``img.draft("RGB", (112, 112))`` first (JPEG DCT scaling),
   to separate what draft decoding buys from what the loader costs;
 - ``from_shards``: the prepared 112x112 shards, ``datapipe.stream.collate``;
-- ``from_pipeline``: the raw JPEG folder, decode + resize on the fly in the workers.
+- ``from_pipeline``: the raw JPEG folder, decode + resize on the fly in the workers;
+- with ``--progressive``, the two ways to change the size every epoch (stretch, bilinear, like
+  ``plain``): ``resize live``, ``from_pipeline`` over ``files -> represent.resize`` (reduced
+  JPEG decoding), and ``dct shards + resize``, ``from_shards`` over prepared ``jpeg.dct``
+  shards (zigzag channels, ``--keep`` coefficients, int16) with ``represent.resize`` (input
+  dct) as a loader stage. The bytes on disk of the JPEGs and of each output are printed.
 
 Each epoch includes starting the workers. The best of ``--repeats`` epochs is reported as
 samples/s, and as a ratio to ``plain`` with the same number of workers.
@@ -42,8 +47,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
+from datapipe.stages.compressed.jpeg_dct import JpegDCTStage
 from datapipe.stages.io.files import Files
 from datapipe.stages.io.image_resize import ImageResize
+from datapipe.stages.represent.resize import ProgressiveResize
 from datapipe.stream import collate, from_pipeline, from_shards
 
 SIZE = 112
@@ -90,6 +97,11 @@ class PlainPhotos(Dataset):
         return torch.from_numpy(np.asarray(rgb).copy()), label
 
 
+def keep_image(sample: dict[str, Any]) -> dict[str, Any]:
+    """Drop the coefficients once the image is made: batches carry what training uses."""
+    return {"key": sample["key"], "image": sample["image"]}
+
+
 def time_epochs(make_loader: Callable[[int], Any], repeats: int) -> tuple[float, int]:
     """Best samples/s over ``repeats`` epochs (worker start-up included)."""
     best, count = 0.0, 0
@@ -112,6 +124,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="epochs per loader; best is kept")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: tmp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--progressive", action="store_true", help="add the per-epoch resizers")
+    ap.add_argument("--keep", type=int, default=16, help="DCT coefficients kept (--progressive)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stream-"))
@@ -145,6 +159,26 @@ def main() -> None:
 
         loaders["from_shards"] = streaming(shards)
         loaders["from_pipeline"] = streaming(live)
+        if args.progressive:
+            resize = {"size": SIZE, "mode": "stretch", "resample": "bilinear"}
+            dct = JpegDCTStage(layout="channels", keep=args.keep)
+            t0 = time.perf_counter()
+            run_local(Pipeline.chain(Files(root=str(work / "photos")), dct), work / "dct",
+                      workers=max(args.workers) or 1)  # fmt: skip
+            prep_dct = time.perf_counter() - t0
+            print(f"prepared jpeg.dct shards (keep {args.keep}) in {prep_dct:.1f} s")
+            for name, folder in (("JPEG files", work / "photos"), ("image shards", work / "out"),
+                                 ("DCT shards", work / "dct")):  # fmt: skip
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                print(f"  {name}: {size / 2**20:.1f} MiB")
+            stage = ProgressiveResize(input="dct", **resize)
+            loaders["dct shards + resize"] = streaming(
+                from_shards(work / "dct", stages=[stage], transform=keep_image)
+            )
+            live_resize = Pipeline.chain(
+                Files(root=str(work / "photos")), ProgressiveResize(**resize)
+            )
+            loaders["resize live"] = streaming(from_pipeline(live_resize))
         rows = []
         for w in args.workers:
             for name, make_loader in loaders.items():
