@@ -69,44 +69,46 @@ def fps_pruned(points: np.ndarray, m: int, start: int, target: int = 64) -> np.n
     n = points.shape[0]
     order, starts = _grid_buckets(points, target)
     nbk = starts.shape[0] - 1
-    pts = np.empty((n, 3))
+    # one array per coordinate (the update loop vectorizes), in bucket order; the counting
+    # sort is stable, so within a bucket the original indices increase
+    xs, ys, zs = np.empty(n), np.empty(n), np.empty(n)
     inv = np.empty(n, np.int64)
     for i in range(n):
-        pts[i] = points[order[i]]
-        inv[order[i]] = i
-    bmin = np.full((nbk, 3), np.inf)
-    bmax = np.full((nbk, 3), -np.inf)
+        j = order[i]
+        xs[i], ys[i], zs[i] = points[j, 0], points[j, 1], points[j, 2]
+        inv[j] = i
+    lo = np.full((nbk, 3), np.inf)
+    hi = np.full((nbk, 3), -np.inf)
     for b in range(nbk):
         for i in range(starts[b], starts[b + 1]):
-            for a in range(3):
-                bmin[b, a] = min(bmin[b, a], pts[i, a])
-                bmax[b, a] = max(bmax[b, a], pts[i, a])
+            lo[b, 0], hi[b, 0] = min(lo[b, 0], xs[i]), max(hi[b, 0], xs[i])
+            lo[b, 1], hi[b, 1] = min(lo[b, 1], ys[i]), max(hi[b, 1], ys[i])
+            lo[b, 2], hi[b, 2] = min(lo[b, 2], zs[i]), max(hi[b, 2], zs[i])
     mind = np.full(n, np.inf)
     bfar = np.full(nbk, np.inf)  # the largest min-distance in the bucket
-    barg = starts[:-1].copy()  # where it is
+    barg = starts[:-1].copy()  # where it is: the first point (smallest index) holding it
     out = np.empty(m, np.int64)
     cur = inv[start]
     for s in range(m):
         out[s] = order[cur]
-        cx, cy, cz = pts[cur, 0], pts[cur, 1], pts[cur, 2]
+        cx, cy, cz = xs[cur], ys[cur], zs[cur]
         mind[cur] = -1.0  # chosen: never again, even among duplicates
         best, bestb = -2.0, 0
         for b in range(nbk):
-            dx = max(0.0, bmin[b, 0] - cx, cx - bmax[b, 0])
-            dy = max(0.0, bmin[b, 1] - cy, cy - bmax[b, 1])
-            dz = max(0.0, bmin[b, 2] - cz, cz - bmax[b, 2])
+            dx = max(0.0, lo[b, 0] - cx, cx - hi[b, 0])
+            dy = max(0.0, lo[b, 1] - cy, cy - hi[b, 1])
+            dz = max(0.0, lo[b, 2] - cz, cz - hi[b, 2])
             if dx * dx + dy * dy + dz * dz < bfar[b] or barg[b] == cur:
-                far, arg = -2.0, starts[b]
-                for i in range(starts[b], starts[b + 1]):
-                    d0 = pts[i, 0] - cx
-                    d1 = pts[i, 1] - cy
-                    d2 = pts[i, 2] - cz
-                    d = d0 * d0 + d1 * d1 + d2 * d2
-                    if d < mind[i]:
-                        mind[i] = d
-                    v = mind[i]
-                    if v > far or (v == far and order[i] < order[arg]):
-                        far, arg = v, i
+                first, last = starts[b], starts[b + 1]
+                far = -2.0
+                for i in range(first, last):
+                    d0, d1, d2 = xs[i] - cx, ys[i] - cy, zs[i] - cz
+                    v = min(mind[i], d0 * d0 + d1 * d1 + d2 * d2)
+                    mind[i] = v
+                    far = max(far, v)
+                arg = first
+                while mind[arg] != far:
+                    arg += 1
                 bfar[b], barg[b] = far, arg
             v = bfar[b]
             if v > best or (v == best and order[barg[b]] < order[barg[bestb]]):
