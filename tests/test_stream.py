@@ -240,6 +240,18 @@ def test_from_shards_runs_map_stages_with_the_epoch(counter_out: Path) -> None:
         assert all(float(s["root"][0]) ** 2 == float(s["square"][0]) for s in out)
 
 
+def test_from_shards_stages_expand_expanded_samples(tmp_path: Path) -> None:
+    out = _run({**COUNTER, "split": {"stage": "test.split", "inputs": "sq"}}, tmp_path / "out")
+    keys = [s["key"] for s in from_shards(out, shuffle=False, stages=[Split()])]
+    want = [
+        f"item_{i:03d}@{j:04d}_{k:04d}"
+        for i in range(N)
+        for j in range(i % 3 + 1)
+        for k in range(i % 3 + 1)
+    ]
+    assert keys == want
+
+
 def test_from_shards_stages_are_checked(counter_out: Path) -> None:
     with pytest.raises(ConfigError, match=r"consume \['size'\], which no sample holds"):
         from_shards(counter_out, stages=[Size()])

@@ -165,14 +165,16 @@ class ShardDataset(StreamDataset):
             record = reader.read(self.refs[unit])
             if not self.stages:
                 return [to_torch(record)]
-            key, samples = record["key"], [("", record)]
+            key = record["key"]
+            item = item_key_of(key)  # a sample of an expanded item keeps its suffix, then more
+            samples = [(key[len(item) :], record)]
             for stage, ctx in zip(self.stages, contexts, strict=True):
                 try:
                     samples = apply_map(stage, samples, ctx)
                 except MapFailure as f:
                     why = f"{f.error_class or f.status} in {stage.name}: {f.message}"
                     raise BadUnit(key, why) from None
-            return [to_torch({**rec, "key": key + sub}) for sub, rec in samples]
+            return [to_torch({**rec, "key": item + sub}) for sub, rec in samples]
 
         return produce, reader.close
 
