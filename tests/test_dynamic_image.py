@@ -113,7 +113,9 @@ def test_a_brightening_pixel_is_positive_and_a_darkening_one_negative() -> None:
 
 # -- arrays, iterators, generators ---------------------------------------------------------------
 @pytest.mark.parametrize("psi", ["frame", "mean"])
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.uint16, np.int8, np.int16, np.int32, np.float32, np.float64]
+)
 @pytest.mark.parametrize("T", [1, 2, 3, 17, 150])
 def test_array_iterator_and_generator_equal_the_formula(psi: str, dtype: Any, T: int) -> None:
     x = clip(T, dtype=dtype, seed=T)

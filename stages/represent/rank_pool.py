@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from datapipe.errors import ItemError
+from datapipe.stages.represent.rank_pool_kernel import KERNEL_DTYPES, weighted_frame_sum
 
 Psi = Literal["frame", "mean"]
 PSI_VALUES = ("frame", "mean")
@@ -268,9 +269,11 @@ class RankPooler:
         flat = frames.reshape(k, -1)
         if self._ref is None and self.length is None:
             self._ref = flat[0].astype(buf.dtype)
-        # known length: float frames are read where they are, integer frames converted
-        # chunk by chunk; unknown length: every chunk is copied and centred
-        in_place = self.length is not None and flat.dtype == buf.dtype and flat.flags.c_contiguous
+        # known length: float frames, and integer frames the compiled kernel takes, are read
+        # where they are; other integers are converted chunk by chunk; unknown length: every
+        # chunk is copied and centred
+        readable = flat.dtype == buf.dtype or flat.dtype in KERNEL_DTYPES
+        in_place = self.length is not None and readable and flat.flags.c_contiguous
         if in_place:
             step = 256 if self.window is None else 2 * max(self.window, self.stride or 1, 16)
         else:
@@ -337,7 +340,7 @@ class RankPooler:
             self._open.append(_Window(s, W, length))
             self._next_start = s + S  # type: ignore[operator]
         for w in self._open[opened:]:
-            w.peak = float(np.abs(block[w.start - t0]).max())
+            w.peak = float(np.abs(block[w.start - t0], dtype=np.float64).max())
 
     def _consume(self, block: np.ndarray, centre: bool) -> None:
         """Pool ``block`` (k, N), the next k frames of the clip; ``centre``: the block is
@@ -354,8 +357,11 @@ class RankPooler:
                 continue
             off, wts = part
             frames = block[off : off + wts.shape[1]]
-            with _blas_single_thread(frames.nbytes):
-                outs = [row @ frames for row in wts.astype(block.dtype)]
+            if block.dtype in KERNEL_DTYPES:
+                outs = [weighted_frame_sum(frames, row) for row in wts.astype(np.float32)]
+            else:
+                with _blas_single_thread(frames.nbytes):
+                    outs = [row @ frames for row in wts.astype(block.dtype)]
             if self._float and not all(np.isfinite(out).all() for out in outs):
                 self._raise_nonfinite(block, t0)
             if w.acc is None:
