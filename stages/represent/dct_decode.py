@@ -169,15 +169,22 @@ def _low_square(comp: _Component, kr: int, kc: int) -> np.ndarray:
     """float32 (rows, kr, cols, kc): the low frequencies of each block, dequantized, laid out
     as the rows and columns of the plane they become."""
     coefs = comp.coefs
+    rows, cols = coefs.shape[:2]
+    low = np.empty((rows, kr, cols, kc), np.float32)
     if coefs.ndim == 4:
-        low = coefs[:, :, :kr, :kc].transpose(0, 2, 1, 3).astype(np.float32, order="C")
-    else:  # zigzag channels: natural (u, v) is channel _ZIGZAG_POS[u, v], if it was kept
-        rows, cols, kept = coefs.shape
-        low = np.zeros((rows, kr, cols, kc), np.float32)
-        for u in range(kr):
-            pos = _ZIGZAG_POS[u, :kc]
-            have = pos < kept
-            low[:, u, :, : int(have.sum())] = coefs[:, :, pos[have]]
+        src = coefs[:, :, :kr, :kc].transpose(0, 2, 1, 3)
+        if comp.qt is None:
+            np.copyto(low, src, casting="unsafe")
+        else:  # gather, convert and dequantize in one pass
+            np.multiply(src, comp.qt[:kr, None, :kc].astype(np.float32), out=low, casting="unsafe")
+        return low
+    # zigzag channels: natural (u, v) is channel _ZIGZAG_POS[u, v], if it was kept
+    kept = coefs.shape[-1]
+    low.fill(0.0)
+    for u in range(kr):
+        pos = _ZIGZAG_POS[u, :kc]
+        have = int((pos < kept).sum())
+        low[:, u, :, :have] = coefs[:, :, pos[:have]]
     if comp.qt is not None:
         low *= comp.qt[:kr, None, :kc].astype(np.float32)
     return low
