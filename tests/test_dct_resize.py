@@ -194,6 +194,11 @@ def _nan(r: dict[str, Any]) -> None:
     r["dct_y"][3, 4, 0, 0] = np.nan
 
 
+def _huge(r: dict[str, Any]) -> None:
+    r["dct_y"] = r["dct_y"].astype(np.float32)
+    r["dct_y"][0, 0, 0, 0] = 3e38
+
+
 BAD_RECORDS = {
     "missing field": (lambda r: r.pop("jpeg_sampling"), "invalid", "lacks the DCT fields"),
     "NaN coefficient": (_nan, "nonfinite", "NaN or infinite"),
@@ -215,6 +220,23 @@ BAD_RECORDS = {
     ),
     "bad tail": (lambda r: r.update(dct_y=r["dct_y"][..., :4]), "invalid", "rows, cols, 8, 8"),
     "qt for gray": (lambda r: r.update(dct_qt=r["dct_qt"][:1]), "invalid", "3 components"),
+    "chroma ratio 3": (
+        lambda r: r.update(jpeg_sampling=np.array([[3, 1], [1, 1], [1, 1]], np.uint8)),
+        "unsupported",
+        "chroma ratio",
+    ),
+    "ragged size": (lambda r: r.update(jpeg_size=[420, [620]]), "invalid", "not an array"),
+    "text sampling": (
+        lambda r: r.update(jpeg_sampling=np.array([["2", "2"]] * 3)),
+        "invalid",
+        "integers",
+    ),
+    "fractional sampling": (
+        lambda r: r.update(jpeg_sampling=np.full((3, 2), 1.5)),
+        "invalid",
+        "integers",
+    ),
+    "huge coefficient": (_huge, "invalid", "beyond"),
     "subsampled luma": (
         lambda r: r.update(jpeg_sampling=np.array([[1, 1], [2, 2], [2, 2]], np.uint8)),
         "unsupported",

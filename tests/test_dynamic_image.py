@@ -137,6 +137,14 @@ def test_long_slowly_changing_clip_stays_accurate(psi: str) -> None:
     assert close(dynamic_image(x.astype(np.float32), psi=psi), want)
 
 
+def test_long_still_uint16_clip_stays_accurate() -> None:
+    """The integer kernel sums in float32 only a group of frames at a time (summing a whole
+    256-frame chunk in float32 gives 1e-5 to 2e-5 here)."""
+    x = slow_clip(6000, shape=(16, 16, 3)).astype(np.uint16) * np.uint16(257)
+    for psi in ("frame", "mean"):
+        assert close(dynamic_image(x, psi=psi), direct(x, psi), rel=1e-5)
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 7 * 6 * 5 * 3 * 4, 1 << 20])
 def test_chunk_boundaries_do_not_matter(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int):
     monkeypatch.setattr(rank_pool, "CHUNK_BYTES", chunk_bytes)  # 1, 7 or 64 frames a chunk

@@ -97,6 +97,11 @@ def test_fps_batched_and_bad_input() -> None:
     assert info.value.error_class == "nonfinite"
     with pytest.raises(ItemError):
         farthest_point_sample(clouds[0], 0)
+    # finite, but squared distances (and the grid) would overflow float64: an error, no crash
+    wide = np.array([[-1e308, 0, 0], [1e308, 0, 0], [0, 0, 0]])
+    with pytest.raises(ItemError, match="spans") as info:
+        farthest_point_sample(wide, 3)
+    assert info.value.error_class == "invalid"
 
 
 def test_voxel_sample_is_one_point_per_voxel_nearest_centroid() -> None:

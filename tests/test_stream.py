@@ -260,6 +260,9 @@ def test_from_shards_stages_are_checked(counter_out: Path) -> None:
     # a field produced by an earlier stage need not be stored; fields= keeps what stages need
     ds = from_shards(counter_out, fields=["index"], stages=[Square(), Root()], shuffle=False)
     assert sorted(next(iter(ds))) == ["epoch", "index", "key", "root", "square"]
+    # fields= may name what the stages make, and the key, which every sample has
+    ds = from_shards(counter_out, fields=["key", "root"], stages=[Root()], shuffle=False)
+    assert len(ds.keys) == N and sorted(next(iter(ds))) == ["epoch", "key", "root", "square"]
 
 
 # -- bad samples and crashes ----------------------------------------------------------------------

@@ -54,8 +54,9 @@ def _catalogue(out: Path) -> tuple[list[Path], dict[str, str] | None]:
     raise StoreError(f"{out} holds no datapipe output (no manifest.sqlite or index.json found)")
 
 
-def _needed_fields(stages: Sequence[Map]) -> frozenset[str]:
-    """The fields the stages consume that no earlier stage produces: the shards must hold them."""
+def _stage_fields(stages: Sequence[Map]) -> tuple[frozenset[str], frozenset[str]]:
+    """(needed, produced): the fields the stages consume that no earlier stage produces (the
+    shards must hold them), and every field the stages produce (no shard needs to)."""
     needed: set[str] = set()
     produced: set[str] = set()
     for stage in stages:
@@ -65,7 +66,7 @@ def _needed_fields(stages: Sequence[Map]) -> frozenset[str]:
             )
         needed |= {f.name for f in stage.consumes()} - produced
         produced |= {f.name for f in stage.produces()}
-    return frozenset(needed)
+    return frozenset(needed - {"key"}), frozenset(produced)
 
 
 def _check_offered(needed: frozenset[str], offered: set[str]) -> None:
@@ -98,8 +99,11 @@ class ShardDataset(StreamDataset):
     ) -> None:
         self.out_dir = Path(out_dir)
         self.stages = tuple(stages)
-        self.needed = _needed_fields(self.stages)
-        self.fields = frozenset(fields) | self.needed if fields is not None else None
+        self.needed, produced = _stage_fields(self.stages)
+        if fields is not None:  # read what was asked and the stages need, not what they make
+            self.fields: frozenset[str] | None = (frozenset(fields) - produced) | self.needed
+        else:
+            self.fields = None
         refs, files, excluded = self._build()
         refs.sort(key=lambda r: r.key)
         super().__init__([r.key for r in refs], **kw)
@@ -134,7 +138,7 @@ class ShardDataset(StreamDataset):
                     continue
                 if self.fields is not None or self.needed:
                     wanted = self.fields if self.fields is not None else self.needed
-                    missing = sorted(wanted - {m[0] for m in members})
+                    missing = sorted(wanted - {m[0] for m in members} - {"key"})
                     if missing:
                         excluded[key] = f"missing field(s) {', '.join(missing)}"
                         continue

@@ -32,6 +32,8 @@ from datapipe.stages.represent.resample import Resample, check_options, finish_r
 
 #: natural (u, v) -> its position in zigzag order
 _ZIGZAG_POS = np.argsort(ZIGZAG).reshape(8, 8)
+#: dequantized coefficients of 8-bit JPEGs stay far below this; larger values are garbage
+MAX_COEFFICIENT = 1e7
 #: the fields of ``jpeg.dct`` that ``decode_dct_reduced`` reads from a record
 DCT_FIELDS = ("dct_y", "dct_cb", "dct_cr", "dct_qt", "jpeg_size", "jpeg_sampling")
 
@@ -190,8 +192,15 @@ def _low_square(comp: _Component, kr: int, kc: int) -> np.ndarray:
     return low
 
 
+def _check_ratio(ratio: tuple[int, int], sampling: object) -> tuple[int, int]:
+    """Chroma must cover 1, 2 or 4 luma blocks per axis (what JPEG encoders write)."""
+    if ratio[0] not in (1, 2, 4) or ratio[1] not in (1, 2, 4):
+        raise ItemError("unsupported", f"sampling {sampling}: chroma ratio {ratio} per axis")
+    return ratio
+
+
 def _from_jpeg_dct(dct: JpegDCT) -> tuple[list[_Component], int, int]:
-    ratio = dct.chroma_ratio
+    ratio = _check_ratio(dct.chroma_ratio, dct.sampling)
     comps = [_Component(dct.y, dct.qt[0], (1, 1))]
     if not dct.grayscale:
         comps += [_Component(c, dct.qt[i], ratio) for i, c in ((1, dct.cb), (2, dct.cr))]
@@ -203,9 +212,15 @@ def _from_fields(record: Mapping[str, Any], max_pixels: int) -> tuple[list[_Comp
     missing = [f for f in DCT_FIELDS if f not in record]
     if missing:
         raise ItemError("invalid", f"the record lacks the DCT fields {missing}")
-    arrays = {f: np.asarray(record[f]) for f in DCT_FIELDS}
+    try:
+        arrays = {f: np.asarray(record[f]) for f in DCT_FIELDS}
+    except (ValueError, TypeError) as exc:  # ragged or unconvertible values
+        raise ItemError("invalid", f"a DCT field is not an array: {exc}") from None
     size, sampling, qt = arrays["jpeg_size"], arrays["jpeg_sampling"], arrays["dct_qt"]
-    if size.shape != (2,) or size.dtype.kind not in "iu" or size.min() < 1:
+    for name, value in (("jpeg_size", size), ("jpeg_sampling", sampling), ("dct_qt", qt)):
+        if value.dtype.kind not in "iu":
+            raise ItemError("invalid", f"{name} must hold integers; got dtype {value.dtype}")
+    if size.shape != (2,) or size.min() < 1:
         raise ItemError("invalid", f"jpeg_size must be 2 positive ints; got {size!r}")
     H, W = int(size[0]), int(size[1])
     _check_pixels(H, W, max_pixels)
@@ -223,6 +238,8 @@ def _from_fields(record: Mapping[str, Any], max_pixels: int) -> tuple[list[_Comp
         if coefs.dtype.kind == "f":
             if not np.isfinite(coefs).all():
                 raise ItemError("nonfinite", f"{name} holds NaN or infinite coefficients")
+            if coefs.size and float(np.abs(coefs).max()) > MAX_COEFFICIENT:
+                raise ItemError("invalid", f"{name} holds coefficients beyond {MAX_COEFFICIENT:g}")
             table = None  # dequantized by jpeg.dct
         elif coefs.dtype.kind in "iu":
             table = qt[i]
@@ -234,7 +251,7 @@ def _from_fields(record: Mapping[str, Any], max_pixels: int) -> tuple[list[_Comp
         h_i, v_i = int(sampling[i, 0]), int(sampling[i, 1])
         if vmax % v_i or hmax % h_i:
             raise ItemError("unsupported", f"sampling {sampling.tolist()} is not integral")
-        ratio = (vmax // v_i, hmax // h_i)
+        ratio = _check_ratio((vmax // v_i, hmax // h_i), sampling.tolist())
         if i == 0 and ratio != (1, 1):
             raise ItemError("unsupported", f"luma is subsampled: sampling {sampling.tolist()}")
         own = (_ceil_div(_ceil_div(H * v_i, vmax), 8), _ceil_div(_ceil_div(W * h_i, hmax), 8))

@@ -18,6 +18,9 @@ from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
 
+#: the widest cloud (per axis) whose squared distances float64 holds with room to spare
+MAX_SPAN = 1e100
+
 
 def check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
     pts = np.asarray(points)
@@ -27,6 +30,10 @@ def check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
         raise ItemError("empty", "the cloud has no points")
     if not np.isfinite(pts).all():
         raise ItemError("nonfinite", f"{int((~np.isfinite(pts)).any(1).sum())} points are NaN/inf")
+    with np.errstate(over="ignore"):
+        span = float(np.ptp(pts.astype(np.float64, copy=False), axis=0).max())
+    if not span <= MAX_SPAN:  # squared distances and grid cells would overflow float64
+        raise ItemError("invalid", f"the cloud spans {span:g}, beyond {MAX_SPAN:g}")
     if m is not None and not 1 <= m <= len(pts):
         raise ItemError("invalid", f"cannot sample {m} of {len(pts)} points")
     return pts
