@@ -81,6 +81,21 @@ def test_schedule_rejects_bad_values(kw: dict[str, Any], match: str) -> None:
         ResizeSchedule(**args)
 
 
+def test_batch_size_keeps_the_pixels_per_batch() -> None:
+    s = ResizeSchedule(128, 224, 0, 10)
+    # by hand: 256 x 224^2 / 128^2 = 784; epoch 5 is 192 px: 256 x 50176 / 36864 = 348.4 -> 344
+    assert [s.batch_size(e, 256) for e in (0, 5, 10)] == [784, 344, 256]
+    assert s.batch_size(0, 256, base_size=128) == 256 and s.batch_size(0, 100, multiple=1) == 306
+    assert s.batch_size(10, 1) == 8  # at least one multiple
+    for e in range(12):
+        side, b = s.size(e), s.batch_size(e, 96)
+        assert b % 8 == 0 and b * side**2 <= 96 * 224**2 < (b + 8) * side**2
+    for kw in ({"base_batch": 0}, {"base_batch": 64, "multiple": 0},
+               {"base_batch": 64, "base_size": 0}):  # fmt: skip
+        with pytest.raises(ValueError, match=r"ResizeSchedule\.batch_size"):
+            s.batch_size(0, **kw)
+
+
 def test_schedule_rejects_negative_epochs() -> None:
     with pytest.raises(ValueError, match="'epoch' parameter"):
         ResizeSchedule(64, 128, 0, 4).size(-1)

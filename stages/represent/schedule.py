@@ -70,3 +70,33 @@ class ResizeSchedule:
     def sizes(self, epochs: int) -> list[int]:
         """The sizes of epochs ``0 .. epochs - 1``."""
         return [self.size(e) for e in range(epochs)]
+
+    def batch_size(
+        self, epoch: int, base_batch: int, *, base_size: int | None = None, multiple: int = 8
+    ) -> int:
+        """A batch size for ``epoch`` that keeps the pixels per batch of ``base_batch`` images
+        of ``base_size`` (default ``end_size``): larger batches at low resolution, as in the
+        fast.ai ImageNet runs. Rounded down to a multiple of ``multiple`` (at least one
+        multiple); scale the learning rate with it in the training loop.
+
+        Examples
+        --------
+        >>> s = ResizeSchedule(128, 224, 0, 10)
+        >>> s.batch_size(0, 256), s.batch_size(10, 256)
+        (784, 256)
+        """
+        for name, value in (("base_batch", base_batch), ("multiple", multiple)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"The {name!r} parameter of ResizeSchedule.batch_size must be an int >= 1. "
+                    f"Got {value!r}."
+                )
+        ref = self.end_size if base_size is None else base_size
+        if isinstance(ref, bool) or not isinstance(ref, int) or not 1 <= ref <= MAX_SIDE:
+            raise ValueError(
+                f"The 'base_size' parameter of ResizeSchedule.batch_size must be an int in "
+                f"[1, {MAX_SIDE}]. Got {base_size!r}."
+            )
+        side = self.size(epoch)
+        batch = base_batch * ref * ref // (side * side)
+        return max(multiple, batch // multiple * multiple)
