@@ -87,6 +87,8 @@ def test_batch_size_keeps_the_pixels_per_batch() -> None:
     assert [s.batch_size(e, 256) for e in (0, 5, 10)] == [784, 344, 256]
     assert s.batch_size(0, 256, base_size=128) == 256 and s.batch_size(0, 100, multiple=1) == 306
     assert s.batch_size(10, 1) == 8  # at least one multiple
+    final = ResizeSchedule(32, 64, 0, 4, final_size=96, final_epoch=6)  # base: the largest, 96
+    assert [final.batch_size(e, 8) for e in (0, 4, 6)] == [72, 16, 8]
     for e in range(12):
         side, b = s.size(e), s.batch_size(e, 96)
         assert b % 8 == 0 and b * side**2 <= 96 * 224**2 < (b + 8) * side**2

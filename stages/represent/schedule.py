@@ -75,7 +75,8 @@ class ResizeSchedule:
         self, epoch: int, base_batch: int, *, base_size: int | None = None, multiple: int = 8
     ) -> int:
         """A batch size for ``epoch`` that keeps the pixels per batch of ``base_batch`` images
-        of ``base_size`` (default ``end_size``): larger batches at low resolution, as in the
+        of ``base_size`` (default: the largest size of the schedule): larger batches at low
+        resolution, as in the
         fast.ai ImageNet runs. Rounded down to a multiple of ``multiple`` (at least one
         multiple); scale the learning rate with it in the training loop.
 
@@ -91,7 +92,8 @@ class ResizeSchedule:
                     f"The {name!r} parameter of ResizeSchedule.batch_size must be an int >= 1. "
                     f"Got {value!r}."
                 )
-        ref = self.end_size if base_size is None else base_size
+        largest = max(self.start_size, self.end_size, self.final_size or 0)
+        ref = largest if base_size is None else base_size
         if isinstance(ref, bool) or not isinstance(ref, int) or not 1 <= ref <= MAX_SIDE:
             raise ValueError(
                 f"The 'base_size' parameter of ResizeSchedule.batch_size must be an int in "
