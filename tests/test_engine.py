@@ -207,6 +207,27 @@ def test_expansion_writes_derived_keys_and_counts(tmp_path: Path) -> None:
     assert _rows(tmp_path / "out")["item_004"].n_samples == 2
 
 
+def test_report_times_each_map_node(tmp_path: Path) -> None:
+    from datapipe.cli.commands import summary_text
+
+    p = _p(
+        {
+            "src": {"stage": "test.counter", "params": {"n": 30}},
+            "sq": {"stage": "test.square", "inputs": "src"},
+            "root": {"stage": "test.root", "inputs": "sq"},  # fails on item_005 (25)
+            "sp": {"stage": "test.split", "inputs": "root"},
+        }
+    )
+    report = run_local(p, tmp_path / "out")
+    # every item runs sq and root (item_005 fails there), and only the others reach sp
+    items = {node: s["items"] for node, s in report.stages.items()}
+    assert items == {"sq": 30, "root": 30, "sp": 29}
+    assert all(s["seconds"] > 0 for s in report.stages.values())
+    assert "ms per item: sq " in summary_text(report)
+    again = run_local(p, tmp_path / "out")  # nothing to do: nothing timed
+    assert again.stages == {} and "ms per item" not in summary_text(again)
+
+
 def test_sink_sees_every_committed_sample(tmp_path: Path) -> None:
     p = _p(
         {

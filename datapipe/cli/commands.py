@@ -116,6 +116,12 @@ def summary_text(report: Any) -> str:
         lines.append(
             f"  {c['damaged']} items written with tolerated damage (see datapipe manifest)"
         )
+    if report.stages:
+        per = ", ".join(
+            f"{node} {1e3 * s['seconds'] / max(1, s['items']):.2f}"
+            for node, s in report.stages.items()
+        )
+        lines.append(f"  ms per item: {per}")
     lines.append(f"  output: {report.samples} samples in {report.shards} shards")
     return "\n".join(lines)
 

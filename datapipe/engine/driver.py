@@ -90,6 +90,8 @@ class RunReport:
     shards: int = 0
     samples: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    #: per Map node: items it ran on and the seconds it took (summed over workers)
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def elapsed_s(self) -> float:
@@ -98,6 +100,10 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
         d["elapsed_s"] = round(self.elapsed_s, 3)
+        d["stages"] = {
+            node: {"items": int(s["items"]), "seconds": round(s["seconds"], 6)}
+            for node, s in self.stages.items()
+        }
         return d
 
 
@@ -292,6 +298,10 @@ class RunDriver:
         counts[res.status] += 1
         counts["samples"] += res.n_samples
         counts["damaged"] += bool(res.notes)
+        for node, seconds in res.stage_s.items():
+            spent = self.report.stages.setdefault(node, {"items": 0, "seconds": 0.0})
+            spent["items"] += 1
+            spent["seconds"] += seconds
         self.hooks.on_item(res.key, res.status)
         if res.status == "error":
             self.report.failed.append(

@@ -60,6 +60,8 @@ class ItemResult:
     shard_samples: int = 0
     #: what a stage reported about damage it tolerated (fields named ``*_damage`` > 0)
     notes: dict[str, int] = field(default_factory=dict)
+    #: seconds spent in each Map node on this item (where the time goes, per stage)
+    stage_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -207,6 +209,7 @@ class ItemRunner:
 
     def run(self, task: ItemTask) -> ItemResult:
         t0 = time.perf_counter()
+        self._stage_s: dict[str, float] = {}
         try:
             result = self._run(task)
         except MemoryError:
@@ -215,6 +218,7 @@ class ItemRunner:
             )
         result.elapsed_s = time.perf_counter() - t0
         result.attempt = task.attempt
+        result.stage_s = self._stage_s
         return result
 
     def _run(self, task: ItemTask) -> ItemResult:
@@ -247,9 +251,11 @@ class ItemRunner:
                     )
                 values[nid] = inputs
                 continue
+            started = time.perf_counter()
             try:
                 out = apply_map(node.stage, inputs, self._contexts[nid])
             except MapFailure as f:
+                self._stage_s[nid] = time.perf_counter() - started
                 if f.status == "filtered":
                     return ItemResult(
                         task.key, "filtered", stage=nid, message=f.message, hash=digest
@@ -257,6 +263,7 @@ class ItemRunner:
                 return ItemResult.error(
                     task.key, nid, f.error_class, f.message, f.error_type, hash=digest
                 )
+            self._stage_s[nid] = time.perf_counter() - started
             values[nid] = out
         return self._encode(task, values, wanted, digest)
 
