@@ -93,6 +93,10 @@ def test_dask_matches_local_on_every_demo_pipeline(
     local = run_local(pipeline, tmp_path / "local", workers=1)
     remote = run_dask(pipeline, tmp_path / "dask", workers=2)
     assert local.counts == remote.counts
+    # the workers' stage timings reach the client's report
+    assert {n: s["items"] for n, s in remote.stages.items()} == {
+        n: s["items"] for n, s in local.stages.items()
+    }
     assert _rows(tmp_path / "local") == _rows(tmp_path / "dask")
     _same_samples(_arrays(tmp_path / "local"), _arrays(tmp_path / "dask"))
     again = run_dask(pipeline, tmp_path / "dask", workers=2)
