@@ -79,6 +79,8 @@ class Pipeline:
             self.order = self._toposort(problems)
         if not problems:
             problems += self._check_fields()
+        if not problems:
+            problems += self._check_compress()
         if problems:
             raise ConfigError(problems, source)
 
@@ -238,6 +240,25 @@ class Pipeline:
         self._available = available
         return problems
 
+    def _check_compress(self) -> list[Problem]:
+        """Every field named in ``output.compress`` is an array some leaf writes."""
+        names = self.output.compress
+        if not isinstance(names, list):
+            return []
+        written = {k: f for leaf in self.leaves() for k, f in self.fields_at(leaf).items()}
+        scalars = {"str", "int", "float", "bool", "json"}
+        problems = []
+        for name in names:
+            if name not in written:
+                hint = ", ".join(sorted(written)) or "nothing"
+                why = f"no leaf writes a field {name!r}; they write: {hint}"
+            elif set(written[name].dtypes) <= scalars:
+                why = f"field {name!r} is not an array ({written[name].dtype})"
+            else:
+                continue
+            problems.append(Problem("output.compress", why))
+        return problems
+
     # -- queries --------------------------------------------------------------------------
     @property
     def nodes(self) -> list[Node]:
@@ -309,6 +330,8 @@ class Pipeline:
             "exclude": sorted(self.output.exclude),
             "sources": list(source_signatures),
         }
+        if self.output.compress:  # how samples are stored (absent: older fingerprints hold)
+            blob["compress"] = self.output.compress
         if any(n.stage.epoch_dependent for n in self.nodes if only is None or n.id in only):
             blob["epoch"] = epoch
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

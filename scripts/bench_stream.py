@@ -15,8 +15,9 @@ comparison), then times full epochs of ``batch`` samples per batch for each load
 - with ``--progressive``, the two ways to change the size every epoch (stretch, bilinear, like
   ``plain``): ``resize live``, ``from_pipeline`` over ``files -> represent.resize`` (reduced
   JPEG decoding), and ``dct shards + resize``, ``from_shards`` over prepared ``jpeg.dct``
-  shards (zigzag channels, ``--keep`` coefficients, int16) with ``represent.resize`` (input
-  dct) as a loader stage. The bytes on disk of the JPEGs and of each output are printed.
+  shards (zigzag channels, ``--keep`` coefficients, int16; also gzip-compressed,
+  ``output.compress``) with ``represent.resize`` (input dct) as a loader stage. The bytes on
+  disk of the JPEGs and of each output are printed.
 
 Each epoch includes starting the workers. The best of ``--repeats`` epochs is reported as
 samples/s, and as a ratio to ``plain`` with the same number of workers.
@@ -45,6 +46,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torch.utils.data import DataLoader, Dataset
 
+from datapipe.config import OutputSpec
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stages.compressed.jpeg_dct import JpegDCTStage
@@ -162,18 +164,24 @@ def main() -> None:
         if args.progressive:
             resize = {"size": SIZE, "mode": "stretch", "resample": "bilinear"}
             dct = JpegDCTStage(layout="channels", keep=args.keep)
-            t0 = time.perf_counter()
-            run_local(Pipeline.chain(Files(root=str(work / "photos")), dct), work / "dct",
-                      workers=max(args.workers) or 1)  # fmt: skip
-            prep_dct = time.perf_counter() - t0
-            print(f"prepared jpeg.dct shards (keep {args.keep}) in {prep_dct:.1f} s")
+            gz = OutputSpec(compress=["dct_y", "dct_cb", "dct_cr"])
+            for folder, output in (("dct", None), ("dct-gz", gz)):
+                t0 = time.perf_counter()
+                chain = Pipeline.chain(Files(root=str(work / "photos")), dct, output=output)
+                run_local(chain, work / folder, workers=max(args.workers) or 1)
+                took = time.perf_counter() - t0
+                print(f"prepared {folder} shards (keep {args.keep}) in {took:.1f} s")
             for name, folder in (("JPEG files", work / "photos"), ("image shards", work / "out"),
-                                 ("DCT shards", work / "dct")):  # fmt: skip
+                                 ("DCT shards", work / "dct"),
+                                 ("DCT shards, gzip", work / "dct-gz")):  # fmt: skip
                 size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
                 print(f"  {name}: {size / 2**20:.1f} MiB")
             stage = ProgressiveResize(input="dct", **resize)
             loaders["dct shards + resize"] = streaming(
                 from_shards(work / "dct", stages=[stage], transform=keep_image)
+            )
+            loaders["dct gzip shards + resize"] = streaming(
+                from_shards(work / "dct-gz", stages=[stage], transform=keep_image)
             )
             live_resize = Pipeline.chain(
                 Files(root=str(work / "photos")), ProgressiveResize(**resize)

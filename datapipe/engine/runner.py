@@ -316,7 +316,8 @@ class ItemRunner:
         try:
             for sub, rec in records:
                 key = task.key + sub
-                samples.append((key, encode_sample(key, rec, out.fields, out.exclude)))
+                members = encode_sample(key, rec, out.fields, out.exclude, out.compress)
+                samples.append((key, members))
         except ItemError as exc:
             return ItemResult.error(
                 task.key, "store", exc.error_class, exc.message, "ItemError", hash=digest

@@ -11,6 +11,7 @@ size must match the header exactly. Headers of other versions fall back to ``np.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -67,9 +68,13 @@ def decode_npy(buf: bytearray, off: int, size: int) -> np.ndarray:
 
 
 def decode_member(ext: str, buf: bytearray, off: int, size: int) -> Any:
-    """One member of a sample: ``npy`` -> array, ``json`` -> value, ``bin`` -> bytes."""
+    """One member of a sample: ``npy`` or ``npy.gz`` -> array, ``json`` -> value, ``bin``
+    -> bytes."""
     if ext == "npy":
         return decode_npy(buf, off, size)
+    if ext == "npy.gz":
+        raw = bytearray(gzip.decompress(memoryview(buf)[off : off + size]))
+        return decode_npy(raw, 0, len(raw))
     if ext == "json":
         return json.loads(str(memoryview(buf)[off : off + size], "utf-8"))
     if ext == "bin":

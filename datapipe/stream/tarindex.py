@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,7 @@ from datapipe.stream.npy import decode_member
 logger = logging.getLogger(__name__)
 
 #: what a corrupt member raises while decoding (JSON and Unicode errors are ValueErrors)
-_DECODE_ERRORS = (ValueError, TypeError, EOFError, OSError, SyntaxError, RecursionError)
+_DECODE_ERRORS = (ValueError, TypeError, EOFError, OSError, SyntaxError, RecursionError, zlib.error)
 
 #: (field, ext, offset from the sample's span start, size)
 Member = tuple[str, str, int, int]
