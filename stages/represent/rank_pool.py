@@ -357,21 +357,22 @@ class RankPooler:
                 continue
             off, wts = part
             frames = block[off : off + wts.shape[1]]
-            if block.dtype in KERNEL_DTYPES:
-                outs = [weighted_frame_sum(frames, row) for row in wts.astype(np.float32)]
-            else:
-                with _blas_single_thread(frames.nbytes):
-                    outs = [row @ frames for row in wts.astype(block.dtype)]
-            if self._float and not all(np.isfinite(out).all() for out in outs):
-                self._raise_nonfinite(block, t0)
             if w.acc is None:
                 # float64 sums for the whole clip and the running sums; a window of known
                 # length spans only a few chunks, float32 is enough there
                 wide = w.length is None or self.window is None
                 w.acc = np.zeros((len(wts), block.shape[1]), np.float64 if wide else np.float32)
                 w.shift = np.zeros(len(wts))
-            for acc, out in zip(w.acc, outs, strict=True):
-                acc += out
+            if block.dtype in KERNEL_DTYPES:  # integer frames read in place, summed into acc
+                for row, acc in zip(wts.astype(np.float32), w.acc, strict=True):
+                    weighted_frame_sum(frames, row, out=acc)
+            else:
+                with _blas_single_thread(frames.nbytes):
+                    outs = [row @ frames for row in wts.astype(block.dtype)]
+                if self._float and not all(np.isfinite(out).all() for out in outs):
+                    self._raise_nonfinite(block, t0)
+                for acc, out in zip(w.acc, outs, strict=True):
+                    acc += out
             if centre:
                 w.shift += wts.sum(axis=1)
         self._pooled = t1

@@ -17,17 +17,24 @@ KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int8), np.
 GROUP = 64
 
 
-def weighted_frame_sum(frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``weights @ frames`` for integer frames (k, N) and weights (k,): float64 (N,)."""
+def weighted_frame_sum(
+    frames: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``weights @ frames`` for integer frames (k, N) and weights (k,), added into ``out``
+    (float32 or float64 (N,); a new float64 array when None), which is returned."""
     if frames.ndim != 2 or weights.shape != (frames.shape[0],):
         raise ValueError(f"weights {weights.shape} do not match frames {frames.shape}")
-    return _weighted_sum(frames, np.ascontiguousarray(weights, dtype=np.float32))
+    if out is None:
+        out = np.zeros(frames.shape[1], np.float64)
+    elif out.shape != (frames.shape[1],) or out.dtype not in (np.float32, np.float64):
+        raise ValueError(f"out must be float32 or float64 ({frames.shape[1]},); got {out.shape}")
+    _weighted_sum(frames, np.ascontiguousarray(weights, dtype=np.float32), out)
+    return out
 
 
 @nb.njit(cache=True)
-def _weighted_sum(frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _weighted_sum(frames: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
     k, n = frames.shape
-    out = np.zeros(n, np.float64)
     acc = np.empty(n, np.float32)
     for g in range(0, k, GROUP):
         end = min(k, g + GROUP)
@@ -48,4 +55,3 @@ def _weighted_sum(frames: np.ndarray, weights: np.ndarray) -> np.ndarray:
             t += 1
         for i in range(n):
             out[i] += acc[i]
-    return out
