@@ -131,6 +131,21 @@ def test_quality_against_decode_then_resize(case: str) -> None:
         assert psnr(got, want) >= 30.0, (case, size)
 
 
+@pytest.mark.parametrize(("size", "k"), [(160, 2), (224, 3), (300, 4), (427, 5), (500, 6)])
+def test_any_k_of_8_scale_with_a_margin(monkeypatch: pytest.MonkeyPatch, size: int, k: int):
+    """The scale is the smallest k/8 whose image covers the crop 1.25 times over (854 pixels
+    high: 224 needs 280, so 3/8 = 321); chroma past 8 points (k > 4, 4:2:0) is upsampled."""
+    from datapipe.stages.represent import dct_decode
+
+    data = CASES["mosaic 1280x854 q90"]()
+    used: list[int] = []
+    scaled = dct_decode._scaled
+    monkeypatch.setattr(dct_decode, "_scaled", lambda *a: used.append(a[-1]) or scaled(*a))
+    got = decode_dct_reduced(read_jpeg_dct(data), size)
+    assert used == [k]
+    assert psnr(got, full_then_resize(data, size, size, Image.Resampling.BICUBIC)) >= 40
+
+
 def test_stretch_and_rectangular_targets() -> None:
     data = CASES["china crop 620x420"]()
     dct = read_jpeg_dct(data)
