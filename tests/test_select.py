@@ -142,6 +142,15 @@ def test_bad_budgets_are_clear_errors(kwargs: dict[str, Any], message: str) -> N
         resolve_budget(10, **kwargs)
 
 
+def test_select_random_refuses_an_empty_budget() -> None:
+    from datapipe.stages.select.random_subset import RandomSubset
+
+    for params in ({"count": 0}, {"fraction": 0.0}, {"count": 2, "fraction": 0.5}):
+        with pytest.raises(ParamError):
+            RandomSubset(**params)
+    assert RandomSubset(count=1).params.count == 1
+
+
 def test_budget_resolution_and_kcenter_budget_errors() -> None:
     assert resolve_budget(10, fraction=0.25) == 2  # round(2.5) -> 2, as select.random
     assert resolve_budget(10, fraction=1.0) == 10 and resolve_budget(10, count=10) == 10

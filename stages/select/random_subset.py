@@ -14,7 +14,7 @@ from datapipe.stage import Context, Params, Select, Selection
 
 class RandomParams(Params):
     fraction: float | None = PField(None, gt=0, le=1, description="Share of keys to keep.")
-    count: int | None = PField(None, ge=0, description="Number of keys to keep.")
+    count: int | None = PField(None, ge=1, description="Number of keys to keep.")
 
     @model_validator(mode="after")
     def _one_budget(self) -> RandomParams:
