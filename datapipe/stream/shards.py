@@ -100,6 +100,8 @@ class ShardDataset(StreamDataset):
         self.out_dir = Path(out_dir)
         self.stages = tuple(stages)
         self.needed, produced = _stage_fields(self.stages)
+        #: the fields a sample carries out (None: all); with stages, more may be read
+        self.shown = frozenset(fields) | {"key"} if fields is not None else None
         if fields is not None:  # read what was asked and the stages need, not what they make
             self.fields: frozenset[str] | None = (frozenset(fields) - produced) | self.needed
         else:
@@ -178,7 +180,13 @@ class ShardDataset(StreamDataset):
                 except MapFailure as f:
                     why = f"{f.error_class or f.status} in {stage.name}: {f.message}"
                     raise BadUnit(key, why) from None
-            return [to_torch({**rec, "key": item + sub}) for sub, rec in samples]
+            shown = self.shown
+            return [
+                to_torch({k: v for k, v in {**rec, "key": item + sub}.items() if k in shown})
+                if shown is not None
+                else to_torch({**rec, "key": item + sub})
+                for sub, rec in samples
+            ]
 
         return produce, reader.close
 
@@ -211,8 +219,9 @@ def from_shards(
         ``shuffle=False`` samples come in key order. Call ``set_epoch`` every epoch.
     rank, world_size : this process's place in distributed training; default from
         ``torch.distributed`` when it is initialised, else ``0, 1``.
-    fields : read only these fields (``key`` always comes); samples lacking one are left
-        out when the dataset is built (listed in ``dataset.excluded``).
+    fields : the fields a sample carries (``key`` always comes); only these are read, plus
+        what ``stages`` consume. Samples lacking one are left out when the dataset is built
+        (listed in ``dataset.excluded``).
     even : ``"pad"``, ``"drop"`` or ``"none"``: how ranks are equalised when ``world_size``
         does not divide the number of samples (see :mod:`datapipe.stream.split`).
     stages : Map stage instances run on every decoded sample in the worker, in order, with
