@@ -168,6 +168,19 @@ def test_pooler_takes_frames_and_arrays_mixed() -> None:
     assert pooler.frames == 40 and close(pooler.result(), want)
 
 
+@pytest.mark.parametrize("length", [None, 60])
+def test_integer_frames_then_other_dtypes(length: int | None) -> None:
+    """Integer frames are buffered as they are; a frame of another dtype switches to float."""
+    x8, x16, xf = clip(20, seed=1), clip(20, seed=2, dtype=np.uint16), clip(20, dtype=np.float32)
+    for psi in ("frame", "mean"):
+        pooler = RankPooler(psi=psi, length=length)
+        for part in (x8, x16, xf):
+            for frame in part:
+                pooler.push(frame)
+        want = direct(np.concatenate([x8, x16, xf]).astype(np.float64), psi)
+        assert pooler.frames == 60 and close(pooler.result(), want)
+
+
 def test_tensors_and_other_frame_shapes() -> None:
     import torch
 

@@ -296,11 +296,7 @@ class RankPooler:
             if 0 in shape:
                 raise ItemError("empty", f"frames of shape {tuple(shape)} have no values")
             self._shape = tuple(shape)
-            n = int(np.prod(shape))
-            wide = dtype == np.float64
-            # short chunks keep the float32 partial sums accurate
-            rows = min(max(1, CHUNK_BYTES // (n * (8 if wide else 4))), 64 if self.length else 16)
-            self._buf = np.empty((rows, n), np.float64 if wide else np.float32)
+            self._buf = self._new_buffer(dtype)
         elif tuple(shape) != self._shape:
             raise ItemError(
                 "invalid",
@@ -311,7 +307,23 @@ class RankPooler:
             raise ValueError(f"RankPooler got more than length={self.length} frames")
         self._float = self._float or dtype.kind == "f"
         assert self._buf is not None
+        if self._buf.dtype in KERNEL_DTYPES and dtype != self._buf.dtype:
+            self._flush()  # an integer buffer takes only its own dtype: go on in float
+            wide = dtype == np.float64
+            self._buf = self._new_buffer(np.dtype(np.float64 if wide else np.float32))
         return self._buf
+
+    def _new_buffer(self, dtype: np.dtype) -> np.ndarray:
+        """The chunk buffer: frames of a kernel dtype as they are, others as float."""
+        assert self._shape is not None
+        n = int(np.prod(self._shape))
+        if dtype in KERNEL_DTYPES:
+            rows = min(max(1, CHUNK_BYTES // (n * dtype.itemsize)), 64)
+            return np.empty((rows, n), dtype)
+        wide = dtype == np.float64
+        # short chunks keep the float32 partial sums accurate
+        rows = min(max(1, CHUNK_BYTES // (n * (8 if wide else 4))), 64 if self.length else 16)
+        return np.empty((rows, n), np.float64 if wide else np.float32)
 
     # -- pooling --------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -349,8 +361,13 @@ class RankPooler:
         t0 = self._pooled
         t1 = t0 + len(block)
         self._open_windows(block, t0)
-        if centre:
+        kernel = block.dtype in KERNEL_DTYPES  # integer frames: the kernel centres them
+        if centre and not kernel:
             block -= self._ref
+        ref = None
+        if centre and kernel:
+            assert self._ref is not None
+            ref = self._ref.astype(np.float32)
         for w in self._open:
             part = w.weights(t0, t1, self.psi)
             if part is None:
@@ -363,9 +380,9 @@ class RankPooler:
                 wide = w.length is None or self.window is None
                 w.acc = np.zeros((len(wts), block.shape[1]), np.float64 if wide else np.float32)
                 w.shift = np.zeros(len(wts))
-            if block.dtype in KERNEL_DTYPES:  # integer frames read in place, summed into acc
+            if kernel:  # integer frames read in place, summed into acc
                 for row, acc in zip(wts.astype(np.float32), w.acc, strict=True):
-                    weighted_frame_sum(frames, row, out=acc)
+                    weighted_frame_sum(frames, row, out=acc, ref=ref)
             else:
                 with _blas_single_thread(frames.nbytes):
                     outs = [row @ frames for row in wts.astype(block.dtype)]
