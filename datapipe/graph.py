@@ -330,8 +330,9 @@ class Pipeline:
             "exclude": sorted(self.output.exclude),
             "sources": list(source_signatures),
         }
-        if self.output.compress:  # how samples are stored (absent: older fingerprints hold)
-            blob["compress"] = self.output.compress
+        compress = self.output.compress
+        if compress:  # how samples are stored (absent: older fingerprints hold)
+            blob["compress"] = True if compress is True else sorted(set(compress))
         if any(n.stage.epoch_dependent for n in self.nodes if only is None or n.id in only):
             blob["epoch"] = epoch
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

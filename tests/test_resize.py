@@ -86,12 +86,14 @@ def test_batch_size_keeps_the_pixels_per_batch() -> None:
     # by hand: 256 x 224^2 / 128^2 = 784; epoch 5 is 192 px: 256 x 50176 / 36864 = 348.4 -> 344
     assert [s.batch_size(e, 256) for e in (0, 5, 10)] == [784, 344, 256]
     assert s.batch_size(0, 256, base_size=128) == 256 and s.batch_size(0, 100, multiple=1) == 306
-    assert s.batch_size(10, 1) == 8  # at least one multiple
+    assert s.batch_size(10, 4) == 4 and s.batch_size(10, 1) == 1  # below one multiple
+    assert s.batch_size(0, 2) == 6  # 2 x 3.06 = 6.1: below one multiple, whole images
     final = ResizeSchedule(32, 64, 0, 4, final_size=96, final_epoch=6)  # base: the largest, 96
     assert [final.batch_size(e, 8) for e in (0, 4, 6)] == [72, 16, 8]
     for e in range(12):
         side, b = s.size(e), s.batch_size(e, 96)
         assert b % 8 == 0 and b * side**2 <= 96 * 224**2 < (b + 8) * side**2
+        assert s.batch_size(e, 3) * side**2 <= 3 * 224**2  # never more pixels than the base
     for kw in ({"base_batch": 0}, {"base_batch": 64, "multiple": 0},
                {"base_batch": 64, "base_size": 0}):  # fmt: skip
         with pytest.raises(ValueError, match=r"ResizeSchedule\.batch_size"):

@@ -149,6 +149,15 @@ def test_select_random_refuses_an_empty_budget() -> None:
         with pytest.raises(ParamError):
             RandomSubset(**params)
     assert RandomSubset(count=1).params.count == 1
+    from datapipe.stages.select.random_subset import random_subset
+
+    keys = [f"k{i}" for i in range(10)]
+    for kw in ({"count": 0}, {"count": -1}, {"count": True}, {"fraction": 0.01}, {"fraction": 0}):
+        with pytest.raises(ValueError):
+            random_subset(keys, **kw)
+    assert len(random_subset(keys, count=99)[0]) == 10  # more than there is: keep everything
+    with pytest.raises(ParamError, match=r"nodes\.sel\.params\.fraction: .*rounds to 0"):
+        RandomSubset(fraction=0.01).select(keys, {}, Context(node="sel"))
 
 
 def test_budget_resolution_and_kcenter_budget_errors() -> None:

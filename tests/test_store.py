@@ -479,7 +479,9 @@ def test_compressed_arrays_read_back_everywhere(tmp_path: Path, data: tuple[Path
     samples = shard_samples(tmp_path / "gz")
     for key, (_, fields) in samples.items():
         assert "image.npy" not in fields and fields["label.json"]  # only the listed field
-        raw = gzip.decompress(fields["image.npy.gz"])  # plain gzip around a plain .npy
+        member = fields["image.npy.gz"]
+        assert member[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"  # no time, no OS
+        raw = gzip.decompress(member)  # plain gzip around a plain .npy
         np.testing.assert_array_equal(np.load(io.BytesIO(raw), allow_pickle=False), want[key])
     urls = [str(p) for p in sorted((tmp_path / "gz" / "shards").glob("*.tar"))]
     for s in wds.WebDataset(urls, shardshuffle=False).decode():  # the peer reader

@@ -90,7 +90,9 @@ class RunReport:
     shards: int = 0
     samples: int = 0
     versions: dict[str, str] = field(default_factory=dict)
-    #: per Map node: items it ran on and the seconds it took (summed over workers)
+    #: per Map node: the items it ran on in the main pass and the seconds it took (summed
+    #: over workers); the light pass before Select/Fit barriers and items that crashed or
+    #: timed out are not included
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property

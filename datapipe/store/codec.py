@@ -10,6 +10,8 @@ import io
 import json
 import math
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -75,8 +77,8 @@ def encode_value(name: str, value: Any, compress: bool = False) -> tuple[str, by
             )
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
-        if compress:  # mtime 0: the same sample gives the same bytes
-            return "npy.gz", gzip.compress(buf.getvalue(), compresslevel=GZIP_LEVEL, mtime=0)
+        if compress:
+            return "npy.gz", gzip_bytes(buf.getvalue())
         return "npy", buf.getvalue()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "bin", bytes(value)
@@ -88,6 +90,19 @@ def encode_value(name: str, value: Any, compress: bool = False) -> tuple[str, by
         return "json", json.dumps(value, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ItemError("invalid", f"field {name!r} cannot be stored: {exc}") from None
+
+
+#: gzip header: deflate, no flags, mtime 0, XFL 4 (fastest), OS 255 (unknown)
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """``data`` as a gzip member whose header does not depend on the time or the platform
+    (``gzip.compress`` writes the OS zlib was built for), so the bytes are those of the data
+    and of zlib's deflate alone."""
+    deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    return _GZIP_HEADER + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
 
 
 def encode_sample(

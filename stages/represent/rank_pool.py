@@ -317,12 +317,13 @@ class RankPooler:
         """The chunk buffer: frames of a kernel dtype as they are, others as float."""
         assert self._shape is not None
         n = int(np.prod(self._shape))
+        # short chunks keep the float32 partial sums accurate: running sums of unknown length
+        # grow with t, so those take 16 frames at a time
+        most = 64 if self.length else 16
         if dtype in KERNEL_DTYPES:
-            rows = min(max(1, CHUNK_BYTES // (n * dtype.itemsize)), 64)
-            return np.empty((rows, n), dtype)
+            return np.empty((min(max(1, CHUNK_BYTES // (n * dtype.itemsize)), most), n), dtype)
         wide = dtype == np.float64
-        # short chunks keep the float32 partial sums accurate
-        rows = min(max(1, CHUNK_BYTES // (n * (8 if wide else 4))), 64 if self.length else 16)
+        rows = min(max(1, CHUNK_BYTES // (n * (8 if wide else 4))), most)
         return np.empty((rows, n), np.float64 if wide else np.float32)
 
     # -- pooling --------------------------------------------------------------------------

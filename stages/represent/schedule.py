@@ -77,8 +77,9 @@ class ResizeSchedule:
         """A batch size for ``epoch`` that keeps the pixels per batch of ``base_batch`` images
         of ``base_size`` (default: the largest size of the schedule): larger batches at low
         resolution, as in the
-        fast.ai ImageNet runs. Rounded down to a multiple of ``multiple`` (at least one
-        multiple); scale the learning rate with it in the training loop.
+        fast.ai ImageNet runs. Rounded down to a multiple of ``multiple`` (below one multiple,
+        to a whole number, at least 1), so a batch never holds more pixels than the base
+        batch; scale the learning rate with it in the training loop.
 
         Examples
         --------
@@ -101,4 +102,6 @@ class ResizeSchedule:
             )
         side = self.size(epoch)
         batch = base_batch * ref * ref // (side * side)
-        return max(multiple, batch // multiple * multiple)
+        if batch < multiple:  # never more pixels than the base batch, never an empty batch
+            return max(1, batch)
+        return batch // multiple * multiple

@@ -1,9 +1,10 @@
 """What every budgeted Select stage shares: the budget, the embedding and label views.
 
 The budget follows ``select.random`` (:class:`~datapipe.stages.select.random_subset.RandomParams`):
-exactly one of ``fraction`` or ``count``; a fraction keeps ``round(fraction * n)``. Unlike the
-random baseline, the methods here refuse a budget that keeps nothing or more than there is,
-because a core-set "of 120 out of 80" is a configuration mistake, not a request to keep all.
+exactly one of ``fraction`` or ``count``; a fraction keeps ``round(fraction * n)``; a budget
+that keeps nothing is refused. Unlike the random baseline, the methods here also refuse a
+budget above what there is, because a core-set "of 120 out of 80" is a configuration mistake,
+not a request to keep all.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field as PField
 
 from datapipe.errors import ParamError, Problem
 from datapipe.stage import Context
@@ -35,9 +35,7 @@ class BudgetError(ValueError):
 
 
 class BudgetParams(RandomParams):
-    """``fraction`` or ``count``, as in ``select.random``, but a count must be >= 1."""
-
-    count: int | None = PField(None, ge=1, description="Number of samples to keep.")
+    """``fraction`` or ``count``, as in ``select.random``."""
 
 
 def resolve_budget(n: int, *, fraction: float | None = None, count: int | None = None) -> int:

@@ -6,9 +6,11 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import Field as PField
 from pydantic import model_validator
 
+from datapipe.errors import ParamError, Problem
 from datapipe.stage import Context, Params, Select, Selection
 
 
@@ -42,11 +44,27 @@ def random_subset(
     >>> len(kept), kept == random_subset(["d", "c", "b", "a"], count=2, seed=1)[0]
     (2, True)
     """
-    n = len(keys)
-    budget = count if count is not None else round((fraction or 0.0) * n)
+    budget = random_budget(len(keys), fraction, count)
     scores = {k: key_uniform(k, seed) for k in keys}
     ranked = sorted(keys, key=lambda k: (scores[k], k))
-    return ranked[: min(n, budget)], scores
+    return ranked[:budget], scores
+
+
+def random_budget(n: int, fraction: float | None, count: int | None) -> int:
+    """``count``, or ``round(fraction * n)``, capped at ``n`` (asking for more than there is
+    keeps everything). Raises ValueError for a budget that keeps nothing out of ``n > 0``."""
+    if (fraction is None) == (count is None):
+        raise ValueError("give exactly one of 'fraction' or 'count'")
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"a count must be an int >= 1; got {count!r}")
+        return min(n, int(count))
+    if not 0 < fraction <= 1:  # type: ignore[operator]
+        raise ValueError(f"a fraction must be in (0, 1]; got {fraction!r}")
+    budget = round(fraction * n)  # type: ignore[operator]
+    if budget == 0 and n > 0:
+        raise ValueError(f"fraction {fraction} of {n} keys rounds to 0: it keeps nothing")
+    return budget
 
 
 class RandomSubset(Select):
@@ -66,8 +84,11 @@ class RandomSubset(Select):
     ) -> Selection:
         p = self.params
         n = len(keys)
-        budget = p.count if p.count is not None else round((p.fraction or 0) * n)
-        budget = min(n, budget)
+        try:
+            budget = random_budget(n, p.fraction, p.count)
+        except ValueError as exc:
+            where = f"nodes.{ctx.node}.params.{'count' if p.count is not None else 'fraction'}"
+            raise ParamError([Problem(where, f"select.random: {exc}")]) from None
         scores = {k: key_uniform(k, ctx.seed) for k in keys}
         ranked = sorted(keys, key=lambda k: (scores[k], k))
         keep = set(ranked[:budget])
