@@ -64,10 +64,9 @@ def decode_dct_reduced(
 
     The coefficients are cut to the low k x k frequencies of the smallest scale k/8
     (k = 1 .. 8) whose image covers the target ``MARGIN`` (1.25) times over, inverse
-    transformed at that size,
-    converted from YCbCr, and finished to the exact size with one antialiased resize of the
-    same crop box as :func:`decode_jpeg_reduced`. Finer steps than libjpeg's 1/8, 1/4, 1/2
-    leave less to the final resize (224 from 854 pixels: 3/8, not 1/2).
+    transformed at that size, converted from YCbCr, and finished to the exact size with one
+    antialiased resize of the same crop box as :func:`decode_jpeg_reduced`. Finer steps than
+    libjpeg's 1/8, 1/4, 1/2 leave less to the final resize (224 from 854 pixels: 3/8).
 
     Parameters
     ----------
@@ -97,7 +96,7 @@ def decode_dct_reduced(
     >>> buf = io.BytesIO()
     >>> Image.new("RGB", (640, 480), (200, 30, 30)).save(buf, "JPEG")
     >>> decode_dct_reduced(read_jpeg_dct(buf.getvalue()), 56)[0, 0]
-    array([200,  30,  30], dtype=uint8)
+    array([201,  29,  29], dtype=uint8)
     """
     h, w = check_options(size, mode, resample, "decode_dct_reduced")
     comps, H, W = _components(dct, max_pixels)
