@@ -93,6 +93,9 @@ def decode_dct_reduced(
 
     Examples
     --------
+    >>> import io
+    >>> from PIL import Image
+    >>> from datapipe.ops import read_jpeg_dct
     >>> buf = io.BytesIO()
     >>> Image.new("RGB", (640, 480), (200, 30, 30)).save(buf, "JPEG")
     >>> decode_dct_reduced(read_jpeg_dct(buf.getvalue()), 56)[0, 0]

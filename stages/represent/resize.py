@@ -73,6 +73,8 @@ def decode_jpeg_reduced(
 
     Examples
     --------
+    >>> import io
+    >>> from PIL import Image
     >>> buf = io.BytesIO()
     >>> Image.new("RGB", (640, 480), (200, 30, 30)).save(buf, "JPEG")
     >>> decode_jpeg_reduced(buf.getvalue(), (56, 112)).shape
