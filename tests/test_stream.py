@@ -203,6 +203,13 @@ class EpochTag(Map):
         return {"epoch": ctx.epoch}
 
 
+def test_from_pipeline_fields_are_what_samples_carry() -> None:
+    ds = from_pipeline(_pipeline(COUNTER), fields=["square"], shuffle=False)
+    samples = list(ds)
+    assert [sorted(s) for s in samples] == [["key", "square"]] * N
+    assert [float(s["square"][0]) for s in samples] == [float(i * i) for i in range(N)]
+
+
 def test_set_epoch_changes_order_and_stage_epoch() -> None:
     registry.register(EpochTag)
     try:

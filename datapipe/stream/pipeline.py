@@ -30,7 +30,7 @@ shards first (the sample list is then known) or cut every rank to a common numbe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,10 @@ class PipelineDataset(StreamDataset):
         pipeline: Pipeline | str | Path,
         *,
         variables: Mapping[str, str] | None = None,
+        fields: Iterable[str] | None = None,
         **kw: Any,
     ) -> None:
+        self.shown = frozenset(fields) | {"key"} if fields is not None else None
         if not isinstance(pipeline, Pipeline):
             pipeline = Pipeline.from_yaml(pipeline, variables)
         self.pipeline = pipeline
@@ -129,7 +131,11 @@ class PipelineDataset(StreamDataset):
                 raise BadUnit(key, _reason(res))
             if not res.records:
                 raise BadUnit(key, "the pipeline produced no samples")
-            return [to_torch(fields) for _, fields in res.records]
+            shown = self.shown
+            return [
+                to_torch({k: v for k, v in fields.items() if k in shown} if shown else fields)
+                for _, fields in res.records
+            ]
 
         return produce, lambda: None
 
@@ -148,6 +154,7 @@ def from_pipeline(
     rank: int | None = None,
     world_size: int | None = None,
     variables: Mapping[str, str] | None = None,
+    fields: Iterable[str] | None = None,
     even: str = "pad",
     transform: Transform | None = None,
     errors_path: str | Path | None = None,
@@ -162,6 +169,8 @@ def from_pipeline(
         pipeline's ``seed:``, so samples equal those ``datapipe run`` writes.
     rank, world_size, even, transform, errors_path : as in :func:`from_shards`.
     variables : ``${name}`` values for a YAML pipeline (like ``--var``).
+    fields : the fields a sample carries (``key`` always comes); default: what ``datapipe
+        run`` would write (the pipeline's ``output.fields`` / ``output.exclude``).
 
     Returns
     -------
@@ -180,6 +189,7 @@ def from_pipeline(
     return PipelineDataset(
         pipeline,
         variables=variables,
+        fields=fields,
         seed=seed,
         shuffle=shuffle,
         rank=rank,
