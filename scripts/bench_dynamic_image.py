@@ -27,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from datapipe.stages.represent.dynamic_image import dynamic_image
-from datapipe.stages.represent.rank_pool import rank_pool_weights
+from datapipe.stages.represent.rank_weights import rank_pool_weights
 
 REF32 = "tensordot(alpha, X, 1) [reference]"
 FLOOR = "one pass over the bytes [floor]"

@@ -22,9 +22,10 @@ from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Map, Record
-from datapipe.stages.represent import rank_pool
+from datapipe.stages.represent import rank_pool, rank_weights
 from datapipe.stages.represent.dynamic_image import DynamicImage, dynamic_image
-from datapipe.stages.represent.rank_pool import RankPooler, rank_pool_weights
+from datapipe.stages.represent.rank_pool import RankPooler
+from datapipe.stages.represent.rank_weights import rank_pool_weights
 from datapipe.stream import from_shards
 
 
@@ -92,7 +93,7 @@ def test_weights_equal_the_reference_code_and_sum_to_zero(T: int) -> None:
     # the running-sum form (three or four index functions, coefficients of T) is the same
     for psi in ("frame", "mean"):
         i = np.arange(1, T + 1)
-        basis = rank_pool._coefficients(T, psi) @ rank_pool._basis(i, psi)
+        basis = rank_weights._coefficients(T, psi) @ rank_weights._basis(i, psi)
         np.testing.assert_allclose(basis, rank_pool_weights(T, psi), rtol=1e-9, atol=1e-9 * T)
 
 

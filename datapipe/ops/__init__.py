@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "video_packets": "datapipe.stages.compressed.video_packets:packets",
     "coviar": "datapipe.stages.compressed.video_coviar:coviar",
     "dynamic_image": "datapipe.stages.represent.dynamic_image:dynamic_image",
-    "rank_pool_weights": "datapipe.stages.represent.rank_pool:rank_pool_weights",
+    "rank_pool_weights": "datapipe.stages.represent.rank_weights:rank_pool_weights",
     "RankPooler": "datapipe.stages.represent.rank_pool:RankPooler",
     "decode_jpeg_reduced": "datapipe.stages.represent.resize:decode_jpeg_reduced",
     "decode_dct_reduced": "datapipe.stages.represent.dct_decode:decode_dct_reduced",

@@ -18,7 +18,8 @@ from pydantic import model_validator
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.represent.rank_pool import Psi, RankPooler
+from datapipe.stages.represent.rank_pool import RankPooler
+from datapipe.stages.represent.rank_weights import Psi
 
 Rescale = Literal["none", "minmax"]
 FIELD_NAME = r"^[a-z][a-z0-9_]*$"
