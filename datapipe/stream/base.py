@@ -94,13 +94,16 @@ class SharedEpoch:
             self._shared = multiprocessing.RawValue("q", state["value"])
 
 
-def to_torch(record: dict[str, Any]) -> Sample:
+def to_torch(record: dict[str, Any], keep: frozenset[str] | None = None) -> Sample:
     """Arrays -> tensors (sharing memory); numpy scalars -> Python; strings stay strings.
 
-    Arrays of a dtype torch lacks (unicode, bytes strings) stay numpy arrays.
+    Arrays of a dtype torch lacks (unicode, bytes strings) stay numpy arrays. ``keep``: only
+    these fields (None: all).
     """
     out: Sample = {}
     for name, value in record.items():
+        if keep is not None and name not in keep:
+            continue
         if isinstance(value, np.ndarray):
             if not value.dtype.isnative:
                 value = value.astype(value.dtype.newbyteorder("="))

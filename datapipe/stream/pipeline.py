@@ -131,11 +131,7 @@ class PipelineDataset(StreamDataset):
                 raise BadUnit(key, _reason(res))
             if not res.records:
                 raise BadUnit(key, "the pipeline produced no samples")
-            shown = self.shown
-            return [
-                to_torch({k: v for k, v in fields.items() if k in shown} if shown else fields)
-                for _, fields in res.records
-            ]
+            return [to_torch(fields, self.shown) for _, fields in res.records]
 
         return produce, lambda: None
 

@@ -180,13 +180,7 @@ class ShardDataset(StreamDataset):
                 except MapFailure as f:
                     why = f"{f.error_class or f.status} in {stage.name}: {f.message}"
                     raise BadUnit(key, why) from None
-            shown = self.shown
-            return [
-                to_torch({k: v for k, v in {**rec, "key": item + sub}.items() if k in shown})
-                if shown is not None
-                else to_torch({**rec, "key": item + sub})
-                for sub, rec in samples
-            ]
+            return [to_torch({**rec, "key": item + sub}, self.shown) for sub, rec in samples]
 
         return produce, reader.close
 

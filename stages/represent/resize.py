@@ -191,19 +191,13 @@ class ProgressiveResize(Map):
     def process(self, record: Record, ctx: Context) -> Record:
         p = self.params
         if p.input == "dct":
-            image = decode_dct_reduced(
-                record,
-                self.size_at(ctx.epoch),
-                mode=p.mode,
-                resample=p.resample,
-                allow_upscale=p.allow_upscale,
-                max_pixels=p.max_pixels,
-            )
-            return {"image": image}
-        if record.get("size") == 0:
-            raise ItemError("empty", "zero-byte file")
-        image = decode_jpeg_reduced(
-            Path(record["path"]),
+            decode, source = decode_dct_reduced, record
+        else:
+            if record.get("size") == 0:
+                raise ItemError("empty", "zero-byte file")
+            decode, source = decode_jpeg_reduced, Path(record["path"])
+        image = decode(
+            source,  # type: ignore[arg-type]
             self.size_at(ctx.epoch),
             mode=p.mode,
             resample=p.resample,
