@@ -17,6 +17,7 @@ from typing import Any
 
 from datapipe import registry
 from datapipe.config import OutputSpec, PipelineSpec, RunSpec, load_yaml, parse_spec
+from datapipe.digest import file_digest
 from datapipe.errors import ConfigError, ParamError, Problem
 from datapipe.fields import Field
 from datapipe.stage import Context, Stage, StageKind
@@ -315,15 +316,18 @@ class Pipeline:
         source_signatures: Sequence[str] = (),
         only: set[str] | None = None,
         epoch: int = 0,
+        fitted: Mapping[str, str] | None = None,
     ) -> str:
         """Hash of everything that decides an item's output: stages, versions, params, wiring,
-        the seed and the written fields. Shard sizes and run settings are not part of it.
-        ``only`` restricts it to a sub-graph (e.g. what feeds a barrier)."""
-        blob = {
+        the contents of files named by :data:`~datapipe.stage.FilePath` params, the seed, the
+        written fields and ``fitted`` (Fit node -> digest of the state it learned). Shard
+        sizes and run settings are not part of it. ``only`` restricts it to a sub-graph (e.g.
+        what feeds a barrier)."""
+        scope = [n for n in self.nodes if only is None or n.id in only]
+        blob: dict[str, Any] = {
             "nodes": [
                 [n.id, n.stage.name, n.stage.version, n.stage.get_params(), list(n.inputs)]
-                for n in self.nodes
-                if only is None or n.id in only
+                for n in scope
             ],
             "seed": self.seed,
             "fields": self.output.fields,
@@ -333,6 +337,16 @@ class Pipeline:
         compress = self.output.compress
         if compress:  # how samples are stored (absent: older fingerprints hold)
             blob["compress"] = True if compress is True else sorted(set(compress))
-        if any(n.stage.epoch_dependent for n in self.nodes if only is None or n.id in only):
+        if any(n.stage.epoch_dependent for n in scope):
             blob["epoch"] = epoch
+        files = {
+            f"{n.id}.{name}": file_digest(self.base_dir / Path(path).expanduser())
+            for n in scope
+            for name, path in n.stage.named_files().items()
+        }
+        if files:  # absent: fingerprints of pipelines without such params hold
+            blob["files"] = files
+        states = {nid: d for nid, d in (fitted or {}).items() if nid in {n.id for n in scope}}
+        if states:
+            blob["fitted"] = states
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +22,30 @@ from datapipe.errors import ParamError, Problem
 from datapipe.fields import Field
 
 Record = dict[str, Any]
+
+#: a Source record carrying this key is an input the source found but cannot offer (a labels
+#: CSV naming a missing file); the engine records it as an error row with this message
+SOURCE_ERROR = "source_error"
+
+
+class _NamesFile:
+    """Marker of params that name a file whose contents decide the stage's output."""
+
+    def __repr__(self) -> str:
+        return "FilePath"
+
+
+#: a param naming a file (model weights, a TorchScript module): its contents, not its name,
+#: are part of the pipeline fingerprint, so replacing the file redoes what depends on it
+FilePath = Annotated[str, _NamesFile()]
+
+
+def _names_file(annotation: Any) -> bool:
+    if any(isinstance(m, _NamesFile) for m in getattr(annotation, "__metadata__", ())):
+        return True
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        return any(_names_file(a) for a in get_args(annotation))
+    return False
 
 
 class StageKind(str, enum.Enum):
@@ -36,6 +60,15 @@ class Params(BaseModel):
     """Base of every stage's parameter model: strict about unknown names."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def file_params(cls) -> tuple[str, ...]:
+        """Names of the params declared as :data:`FilePath` (or ``FilePath | None``)."""
+        return tuple(
+            name
+            for name, info in cls.model_fields.items()
+            if _names_file(info.annotation) or any(isinstance(m, _NamesFile) for m in info.metadata)
+        )
 
 
 @dataclass
@@ -95,6 +128,15 @@ class Stage:
 
     def get_params(self) -> dict[str, Any]:
         return self.params.model_dump(mode="json")
+
+    def named_files(self) -> dict[str, str]:
+        """The :data:`FilePath` params that are set: name -> path as written."""
+        out = {}
+        for name in self.params.file_params():
+            value = getattr(self.params, name)
+            if value is not None:
+                out[name] = str(value)
+        return out
 
     def consumes(self) -> tuple[Field, ...]:
         """Fields this stage reads from its input record (may depend on params)."""

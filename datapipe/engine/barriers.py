@@ -1,7 +1,10 @@
 """Select and Fit barriers: gather the light view of every key that reaches them, then decide.
 
 Shared by the run driver (every executor) and the streaming loader. Light values can be
-cached per (node, fingerprint of what feeds it), so unchanged keys are not recomputed.
+cached per (node, fingerprint of what feeds it, Fit states included), so unchanged keys are
+not recomputed; an item that failed or was filtered on its way to a barrier is cached as
+such too, so a known-bad file is decoded once, not on every run (``retry_stopped`` redoes
+those).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from datapipe.digest import state_digest
 from datapipe.engine.runner import ItemResult, ItemTask
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
@@ -40,6 +44,22 @@ class BarrierOutcome:
     selections: dict[str, dict[str, int]] = field(default_factory=dict)
     #: key -> the error or filter result that stopped it before a barrier
     stopped: dict[str, ItemResult] = field(default_factory=dict)
+    #: Fit node -> digest of the state it learned (part of the fingerprint downstream)
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+#: the light-cache entry of an item stopped on its way to a barrier (field names are
+#: lower-case identifiers, so this key cannot clash with a light field)
+STOPPED = "_stopped"
+_STOPPED_FIELDS = ("status", "stage", "error_class", "error_type", "message", "signal", "hash")
+
+
+def _stopped_entry(res: ItemResult) -> dict[str, Any]:
+    return {STOPPED: {k: getattr(res, k) for k in _STOPPED_FIELDS}}
+
+
+def _stopped_result(key: str, entry: dict[str, Any]) -> ItemResult:
+    return ItemResult(key, **{k: entry[STOPPED].get(k) for k in _STOPPED_FIELDS})
 
 
 def evaluate_barriers(
@@ -52,15 +72,21 @@ def evaluate_barriers(
     cache: LightCache | None = None,
     signatures: tuple[str, ...] = (),
     hooks: RunHooks | None = None,
+    retry_stopped: bool = False,
 ) -> BarrierOutcome:
     """Evaluate every Select/Fit node of ``p`` in order over ``records`` (key -> (source,
-    record)). ``recompute`` forces fresh light values for those keys even when cached."""
+    record)). ``recompute`` forces fresh light values for those keys even when cached;
+    ``retry_stopped`` does so for keys cached as failed or filtered."""
     hooks = hooks or RunHooks()
     out = BarrierOutcome()
     reach = {s.id: p.downstream(s.id) for s in p.of_kind(StageKind.SOURCE)}  # once, not per key
     for node in p.of_kind(StageKind.SELECT, StageKind.FIT):
-        sub_fp = p.fingerprint(signatures, only=p.upstream(node.id), epoch=epoch)
+        sub_fp = p.fingerprint(
+            signatures, only=p.upstream(node.id), epoch=epoch, fitted=out.digests
+        )
         cached = cache.light_values(node.id, sub_fp) if cache else {}
+        if retry_stopped:
+            cached = {k: v for k, v in cached.items() if STOPPED not in v}
         keys = [
             k
             for k, (src, _) in records.items()
@@ -78,19 +104,23 @@ def evaluate_barriers(
                     if res.status == "ok" and res.light is not None:
                         fresh[res.key] = res.light
                     else:
-                        out.stopped[res.key] = res
+                        fresh[res.key] = _stopped_entry(res)
             finally:
                 pool.close()
                 hooks.on_phase_end(node.id)
             if cache:
                 cache.put_light(node.id, sub_fp, fresh)
         light = {**cached, **fresh}
+        for k in keys:
+            if k in light and STOPPED in light[k]:
+                out.stopped[k] = _stopped_result(k, light[k])
         view_keys = sorted(k for k in keys if k in light and k not in out.stopped)
         view = {f.name: [light[k].get(f.name) for k in view_keys] for f in node.stage.consumes()}
         ctx = p.context(node.id, epoch)
         ctx.fitted = out.fitted
         if node.kind is StageKind.FIT:
             out.fitted[node.id] = node.stage.fit(view_keys, view, ctx)
+            out.digests[node.id] = state_digest(out.fitted[node.id])
             continue
         sel = node.stage.select(view_keys, view, ctx)
         for k in view_keys:

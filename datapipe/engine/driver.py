@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
-from datapipe.engine.barriers import evaluate_barriers
+from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
@@ -145,17 +145,18 @@ class RunDriver:
         self.run_id, self.fp, self.signatures = run_id, fp, signatures
         self._scores: dict[str, float] = {}
         try:
-            plan = plan_run(
-                listing,
-                self.m.all_items(),
-                fp,
-                retry_errors=self.opts.retry_errors,
-                run_id=run_id,
-            )
+            rows = self.m.all_items()
+            barriers = self._barriers(listing, rows)
+            if barriers.digests:  # what the Fit nodes learned decides every output after them
+                self.fp = fp = p.fingerprint(
+                    signatures, epoch=self.opts.epoch, fitted=barriers.digests
+                )
+                self.report.fingerprint = fp
+                self.m.set_run_fingerprint(run_id, fp)
+            plan = plan_run(listing, rows, fp, retry_errors=self.opts.retry_errors, run_id=run_id)
             self._apply_plan_bookkeeping(plan)
-            filtered_by, fitted = self._barriers(plan)
-            todo, refiltered = self._final_tasks(plan, filtered_by)
-            counts = self._process(todo, fitted)
+            todo, refiltered, stopped = self._final_tasks(plan, barriers)
+            counts = self._process(todo, stopped, barriers.fitted)
             self.store.commit_rows(refiltered)
             self.store.forget(plan.vanished)
             self.store.compact()
@@ -193,29 +194,37 @@ class RunDriver:
             self.m.touch(plan.touched)
 
     # -- barriers (Select / Fit) ------------------------------------------------------------
-    def _barriers(self, plan: Plan) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
-        """Evaluate every Select/Fit node over the light view of all live keys."""
+    def _barriers(self, listing: list[tuple[str, Record]], rows: dict[str, Any]) -> BarrierOutcome:
+        """Evaluate every Select/Fit node over the light view of all live keys; light values
+        are recomputed for inputs that changed on disk (or were relabelled) only."""
+        if not self.p.of_kind(StageKind.SELECT, StageKind.FIT):
+            return BarrierOutcome()
+        changed = plan_run(listing, rows, None, retry_errors=self.opts.retry_errors)
         outcome = evaluate_barriers(
             self.p,
-            plan.records,
+            changed.records,
             lambda fitted: self.pool_factory(self.p, fitted, self.run_id),
             epoch=self.opts.epoch,
-            recompute={rec["key"] for _, rec in plan.todo},
+            recompute={rec["key"] for _, rec in changed.todo},
             cache=self.m,
             signatures=tuple(self.signatures),
             hooks=self.hooks,
+            retry_stopped=self.opts.retry_errors,
         )
         self.report.selections.update(outcome.selections)
         self._scores.update(outcome.scores)
-        return outcome.filtered_by, outcome.fitted
+        return outcome
 
     def _final_tasks(
-        self, plan: Plan, filtered_by: dict[str, dict[str, str]]
-    ) -> tuple[list[ItemTask], list[ItemRow]]:
-        """Tasks to run now, and rows of unchanged keys a barrier newly removed."""
+        self, plan: Plan, barriers: BarrierOutcome
+    ) -> tuple[list[ItemTask], list[ItemRow], list[ItemResult]]:
+        """Tasks to run now, rows of unchanged keys a barrier newly removed, and the results
+        of keys to redo that already failed on their way to a barrier (not decoded again)."""
+        filtered_by = barriers.filtered_by
+        self._listed = plan.records
         todo_keys = {rec["key"] for _, rec in plan.todo}
         rows = plan.rows
-        tasks, refiltered = [], []
+        refiltered = []
         for key in plan.unchanged:
             row = rows.get(key)
             decision = filtered_by.get(key)
@@ -226,13 +235,14 @@ class RunDriver:
                 refiltered.append(self._filtered_row(key, plan.records[key], node, reason))
             elif not decision and row.status == "filtered" and row.stage in self._barrier_ids():
                 todo_keys.add(key)  # a barrier now keeps it: produce it
-        for key in todo_keys:
+        stopped = [barriers.stopped[k] for k in sorted(todo_keys) if k in barriers.stopped]
+        tasks = []
+        for key in sorted(todo_keys - barriers.stopped.keys()):
             source, rec = plan.records[key]
             tasks.append(
                 ItemTask(key, source, rec, filtered_by=filtered_by.get(key, {}), need_hash=True)
             )
-        tasks.sort(key=lambda t: t.key)
-        return tasks, refiltered
+        return tasks, refiltered, stopped
 
     def _barrier_ids(self) -> set[str]:
         return {n.id for n in self.p.of_kind(StageKind.SELECT, StageKind.FIT)}
@@ -242,13 +252,21 @@ class RunDriver:
         return self._row(ItemResult(key, "filtered", stage=node, message=reason), source, rec)
 
     # -- the main pass ----------------------------------------------------------------------
-    def _process(self, tasks: list[ItemTask], fitted: dict[str, Any]) -> dict[str, int]:
+    def _process(
+        self, tasks: list[ItemTask], stopped: list[ItemResult], fitted: dict[str, Any]
+    ) -> dict[str, int]:
         counts = {"processed": 0, "ok": 0, "error": 0, "filtered": 0, "samples": 0, "damaged": 0}
+        self._counts = counts
+        self._records = {t.key: (t.source, t.record) for t in tasks}
+        if stopped:  # decided on the way to a barrier: recorded, not decoded again
+            rows = []
+            for res in stopped:
+                self._records[res.key] = self._listed[res.key]
+                rows.append(self._account(res))
+            self.store.commit_rows(rows)
         if not tasks:
             logger.info("nothing to do: every input is unchanged")
             return counts
-        self._records = {t.key: (t.source, t.record) for t in tasks}
-        self._counts = counts
         out = self.p.output
         seq = 0
         writer: ShardWriter | None = None

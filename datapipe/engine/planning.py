@@ -1,8 +1,10 @@
 """Change detection: which listed inputs need processing, which are unchanged, which vanished.
 
-An input is unchanged when its manifest row has the current pipeline fingerprint and the same
-(size, mtime_ns). When size or mtime moved, its content hash decides: same hash -> unchanged
-(the row's size/mtime are refreshed), different -> changed. Unchanged inputs are never re-read.
+An input is unchanged when its manifest row has the current pipeline fingerprint, the same
+label and the same (size, mtime_ns). When size or mtime moved, its content hash decides: same
+hash -> unchanged (the row's size/mtime are refreshed), different -> changed. Unchanged inputs
+are never re-read. The label is the item's own: relabelling one file (a labels CSV) redoes
+that item alone; the class list behind ``label_id`` is in the fingerprint (source signature).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 
 from datapipe.engine.runner import file_hash
 from datapipe.errors import ItemError
-from datapipe.stage import Record
+from datapipe.stage import SOURCE_ERROR, Record
 from datapipe.store.codec import check_key
 from datapipe.store.manifest import ItemRow
 
@@ -29,8 +31,27 @@ class Plan:
     rows: dict[str, ItemRow] = field(default_factory=dict)
 
 
-def _reusable(row: ItemRow, fingerprint: str, retry_errors: bool) -> bool:
-    if row.fingerprint != fingerprint:
+def listing_problem(rec: Record) -> ItemError | None:
+    """Why a listed record cannot be processed at all (a bad key, a source's own error)."""
+    try:
+        check_key(rec.get("key", ""), item=True)
+    except ItemError as exc:
+        return exc
+    if rec.get(SOURCE_ERROR):
+        return ItemError("io", str(rec[SOURCE_ERROR]))
+    return None
+
+
+def row_label(rec: Record) -> str | None:
+    """The label as the manifest stores it."""
+    label = rec.get("label")
+    return None if label is None else str(label)
+
+
+def _reusable(row: ItemRow, rec: Record, fingerprint: str | None, retry_errors: bool) -> bool:
+    if fingerprint is not None and row.fingerprint != fingerprint:
+        return False
+    if row.label != row_label(rec):
         return False
     # rows filtered by a Select node count as done here: the barrier decides them again
     return row.status != "error" or not retry_errors
@@ -39,22 +60,22 @@ def _reusable(row: ItemRow, fingerprint: str, retry_errors: bool) -> bool:
 def plan_run(
     listing: list[tuple[str, Record]],
     rows: dict[str, ItemRow],
-    fingerprint: str,
+    fingerprint: str | None,
     *,
     retry_errors: bool = False,
     run_id: int | None = None,
 ) -> Plan:
-    """Split the listed inputs into work to do and work already done."""
+    """Split the listed inputs into work to do and work already done. ``fingerprint=None``
+    compares inputs only (what changed on disk), whatever the rows' fingerprints."""
     plan = Plan(rows=rows)
     seen: set[str] = set()
     for source, rec in listing:
         plan.listed += 1
         key = rec.get("key", "")
-        try:
-            check_key(key, item=True)
-        except ItemError as exc:
+        problem = listing_problem(rec)
+        if problem is not None:
             plan.rejected.append(
-                _reject(rec, source, exc.error_class, exc.message, fingerprint, run_id)
+                _reject(rec, source, problem.error_class, problem.message, fingerprint, run_id)
             )
             continue
         if key in seen:
@@ -73,7 +94,7 @@ def plan_run(
         seen.add(key)
         plan.records[key] = (source, rec)
         row = rows.get(key)
-        if row is None or not _reusable(row, fingerprint, retry_errors):
+        if row is None or not _reusable(row, rec, fingerprint, retry_errors):
             plan.todo.append((source, rec))
             continue
         size, mtime = rec.get("size"), rec.get("mtime_ns")

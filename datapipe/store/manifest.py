@@ -91,6 +91,10 @@ class Manifest:
         )
         return int(cur.lastrowid or 0)
 
+    def set_run_fingerprint(self, run_id: int, fingerprint: str) -> None:
+        """The run's fingerprint once its Fit nodes have learned their states."""
+        self.db.execute("UPDATE runs SET fingerprint=? WHERE id=?", (fingerprint, run_id))
+
     def finish_run(self, run_id: int, status: str, counts: dict[str, Any]) -> None:
         self.db.execute(
             "UPDATE runs SET finished=?, status=?, counts=? WHERE id=?",

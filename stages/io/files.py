@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, Problem
 from datapipe.fields import Field
-from datapipe.stage import Context, Params, Record, Source
+from datapipe.stage import SOURCE_ERROR, Context, Params, Record, Source
 from datapipe.store.codec import sanitize_key
 
 EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -37,7 +38,9 @@ class Files(Source):
     """List media files under a root; labels from folder names or a CSV.
 
     Keys are the relative path without its suffix (stable across runs and machines). Only
-    regular files are listed: symlinks and hidden files are skipped.
+    when two files of one folder share a stem (``cloud.ply`` and ``cloud.xyz``) do their keys
+    name the extension too (``cloud_ply``, ``cloud_xyz``), so both are written. Only regular
+    files are listed: symlinks and hidden files are skipped.
     """
 
     name = "files"
@@ -96,6 +99,7 @@ class Files(Source):
                     yield entry.path[prefix:], entry.stat(follow_symlinks=False)
 
     def _csv_rows(self, ctx: Context, root: Path) -> list[tuple[str, str]]:
+        """(path, label) rows of the labels CSV; a path listed twice is a config error."""
         path = ctx.resolve(self.params.labels)
         where = f"nodes.{ctx.node}.params.labels"
         try:
@@ -103,11 +107,26 @@ class Files(Source):
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
                     raise ConfigError([Problem(where, f"{path} needs the columns path,label")])
-                return [(row["path"], row["label"]) for row in reader]
+                rows = [(row["path"] or "", row["label"] or "") for row in reader]
         except OSError as exc:
             raise ConfigError(
                 [Problem(where, f"cannot read labels CSV {path}: {exc.strerror}")]
             ) from None
+        first: dict[str, int] = {}
+        problems = []
+        for line, (rel, _) in enumerate(rows, start=2):
+            norm = os.path.normpath(rel)
+            if norm in first:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{path} line {line}: {rel!r} is already listed on line {first[norm]}",
+                    )
+                )
+            first.setdefault(norm, line)
+        if problems:
+            raise ConfigError(problems)
+        return rows
 
     def _classes(self, labels: Iterable[str]) -> list[str]:
         if self.params.classes is not None:
@@ -140,8 +159,13 @@ class Files(Source):
                     st = None
                 found.append((rel, st, label))
         index = {c: i for i, c in enumerate(self._classes(label for _, _, label in found))}
-        for rel, st, label in found:
-            yield self._record(root, rel, st, label, index)
+        keys = unique_keys([rel for rel, _, _ in found])
+        for (rel, st, label), key in zip(found, keys, strict=True):
+            rec = self._record(root, rel, st, label, index)
+            rec["key"] = key
+            if st is None:
+                rec[SOURCE_ERROR] = f"{rel!r} is listed in the labels CSV but does not exist"
+            yield rec
 
     def _record(
         self, root: Path, rel: str, st: os.stat_result | None, label: str, index: dict[str, int]
@@ -156,3 +180,21 @@ class Files(Source):
             "size": st.st_size if st else -1,
             "mtime_ns": st.st_mtime_ns if st else -1,
         }
+
+
+def unique_keys(relpaths: Sequence[str]) -> list[str]:
+    """The key of each relative path: its path without the suffix, unless another path has the
+    same stem, in which case the suffix is kept as ``_EXT`` (``cloud.ply`` -> ``cloud_ply``).
+
+    >>> unique_keys(["a/cloud.ply", "a/cloud.xyz", "a/photo.jpg", "b/cloud.ply"])
+    ['a/cloud_ply', 'a/cloud_xyz', 'a/photo', 'b/cloud']
+    """
+    base = [sanitize_key(rel) for rel in relpaths]
+    count = Counter(base)
+    keys = []
+    for rel, key in zip(relpaths, base, strict=True):
+        if count[key] > 1:
+            stem, dot, ext = rel.rpartition(".")
+            key = sanitize_key(f"{stem}_{ext}") if dot and "/" not in ext else key
+        keys.append(key)
+    return keys

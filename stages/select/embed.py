@@ -30,7 +30,7 @@ from pydantic import model_validator
 
 from datapipe.errors import ItemError
 from datapipe.fields import Field
-from datapipe.stage import Context, Map, Params, Record
+from datapipe.stage import Context, FilePath, Map, Params, Record
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -149,11 +149,11 @@ class PixelEmbed(Map):
 
 # -- user-supplied models -----------------------------------------------------------------
 class TorchEmbedParams(Params):
-    script: str | None = PField(None, description="TorchScript file (torch.jit.save).")
+    script: FilePath | None = PField(None, description="TorchScript file (torch.jit.save).")
     module: str | None = PField(
         None, description="'pkg.mod:attr' called with no arguments to build an nn.Module."
     )
-    weights: str | None = PField(
+    weights: FilePath | None = PField(
         None, description="state_dict for 'module', read with torch.load(weights_only=True)."
     )
     function: str | None = PField(

@@ -34,7 +34,7 @@ from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
-from datapipe.stage import Context, Fit, Map, Params, Record
+from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
 from datapipe.stages.select import keyframes_index as kix
 from datapipe.stages.select.keyframes_decode import decode_selected, scan_frames
 from datapipe.stages.select.keyframes_signals import (
@@ -231,7 +231,9 @@ class LearnedFitParams(Params):
         "(video relpath, frame) positives.",
     )
     regularization: float = PField(1.0, gt=0, description="Inverse L2 strength C.")
-    weights: str | None = PField(None, description="Load these JSON weights instead of training.")
+    weights: FilePath | None = PField(
+        None, description="Load these JSON weights instead of training."
+    )
     save: str | None = PField(None, description="Write the trained weights here (JSON).")
 
 

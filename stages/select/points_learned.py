@@ -16,7 +16,7 @@ from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
-from datapipe.stage import Context, Fit, Map, Params, Record
+from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
 from datapipe.stages.select.points_sampling import check_cloud
 
 
@@ -25,7 +25,9 @@ class LearnedFitParams(Params):
     epochs: int = PField(40, ge=1, description="Epochs for the task net and for S-NET each.")
     n_points: int = PField(512, ge=8, description="Points per cloud fed to the networks.")
     alpha: float = PField(30.0, ge=0, description="Weight of the simplification loss.")
-    weights: str | None = PField(None, description="Load this saved sampler instead of training.")
+    weights: FilePath | None = PField(
+        None, description="Load this saved sampler instead of training."
+    )
     save: str | None = PField(None, description="Write the trained sampler here (torch file).")
 
 

@@ -1,0 +1,84 @@
+"""Small stages for the re-run tests: they count their calls in a log file, so a test can
+see which items were decoded, even in worker processes. Not registered: tests build their
+pipelines from instances."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import Field as PField
+
+from datapipe.errors import ItemError
+from datapipe.fields import Field
+from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
+
+
+class ReadParams(Params):
+    log: str = PField("", description="Append each key read to this file ('' to not log).")
+
+
+class ReadBytes(Map):
+    """The file's byte count; logs each call; raises for keys containing 'bad'."""
+
+    name = "test.read_bytes"
+    description = "Byte count of the file, with a call log."
+    Params = ReadParams
+    CONSUMES = (Field("path", "str", ""),)
+    PRODUCES = (Field("nbytes", "int64", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        if self.params.log:
+            with open(self.params.log, "a") as fh:
+                fh.write(record["key"] + "\n")
+        if "bad" in record["key"]:
+            raise ItemError("corrupt", "bad on purpose")
+        return {"nbytes": np.array([os.path.getsize(record["path"])], dtype=np.int64)}
+
+
+class MeanBytes(Fit):
+    """Learns the mean of ``nbytes``."""
+
+    name = "test.mean_bytes"
+    description = "Fits the mean byte count."
+    CONSUMES = (Field("nbytes", "int64", "1"),)
+
+    def fit(self, keys: Sequence[str], view: Mapping[str, Sequence[Any]], ctx: Context) -> dict:
+        return {"mean": float(np.mean([v[0] for v in view["nbytes"]]))}
+
+
+class CenterParams(Params):
+    fit_node: str = "fit"
+
+
+class CenterBytes(Map):
+    """``nbytes`` minus the fitted mean."""
+
+    name = "test.center_bytes"
+    description = "Subtracts the fitted mean byte count."
+    Params = CenterParams
+    CONSUMES = (Field("nbytes", "int64", "1"),)
+    PRODUCES = (Field("centered", "float64", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        return {"centered": record["nbytes"] - ctx.fitted[self.params.fit_node]["mean"]}
+
+
+class OffsetParams(Params):
+    table: FilePath = PField(description="A text file holding one integer.")
+
+
+class AddOffset(Map):
+    """``nbytes`` plus the integer written in the ``table`` file (a FilePath param)."""
+
+    name = "test.add_offset"
+    description = "Adds the integer of a file named by a param."
+    Params = OffsetParams
+    CONSUMES = (Field("nbytes", "int64", "1"),)
+    PRODUCES = (Field("shifted", "int64", "1"),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        offset = int(ctx.resolve(self.params.table).read_text())
+        return {"shifted": record["nbytes"] + offset}

@@ -1,0 +1,192 @@
+"""A re-run never reuses an output its inputs no longer justify, and redoes nothing else:
+Fit states, per-item labels and files named by params are part of what decides an output;
+failures before a barrier are recorded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from datapipe.engine.driver import iter_samples
+from datapipe.errors import ConfigError
+from datapipe.executors.local import run_local
+from datapipe.graph import Node, Pipeline
+from datapipe.stages.io.files import Files, unique_keys
+from datapipe.stages.select.random_subset import RandomSubset
+from datapipe.store.manifest import Manifest
+from engine_stages import AddOffset, CenterBytes, MeanBytes, ReadBytes
+
+
+def _tree(root: Path, sizes: dict[str, int]) -> None:
+    for rel, n in sizes.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x" * n)
+
+
+def _samples(out: Path) -> dict[str, dict[str, Any]]:
+    return {s["key"]: s for s in iter_samples(sorted((out / "shards").glob("*.tar")))}
+
+
+def _rows(out: Path) -> dict[str, Any]:
+    return {r.key: r for r in Manifest(out / "manifest.sqlite").iter_rows()}
+
+
+def _fit_pipeline(root: Path, log: Path | None = None) -> Pipeline:
+    return Pipeline(
+        [
+            Node("files", Files(root=str(root), kinds=["image"])),
+            Node("read", ReadBytes(log=str(log or "")), ("files",)),
+            Node("fit", MeanBytes(), ("read",)),
+            Node("center", CenterBytes(), ("fit",)),
+        ]
+    )
+
+
+def test_a_changed_fit_state_redoes_every_item_after_it(tmp_path: Path) -> None:
+    sizes = {"c/a.jpg": 10, "c/b.jpg": 20, "c/d.jpg": 30}
+    _tree(tmp_path / "in", sizes)
+    run_local(_fit_pipeline(tmp_path / "in"), tmp_path / "out")
+    (tmp_path / "in/c/a.jpg").write_bytes(b"x" * 40)  # the mean moves from 20 to 30
+    report = run_local(_fit_pipeline(tmp_path / "in"), tmp_path / "out")
+    assert report.counts["processed"] == 3
+    got = {k: float(s["centered"][0]) for k, s in _samples(tmp_path / "out").items()}
+    assert got == {"c/a": 10.0, "c/b": -10.0, "c/d": 0.0}
+
+
+def test_an_unchanged_fit_state_redoes_only_the_changed_item(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"c/a.jpg": 10, "c/b.jpg": 20, "c/d.jpg": 30})
+    first = run_local(_fit_pipeline(tmp_path / "in"), tmp_path / "out")
+    (tmp_path / "in/c/a.jpg").write_bytes(b"y" * 10)  # new bytes, same size: same mean
+    again = run_local(_fit_pipeline(tmp_path / "in"), tmp_path / "out")
+    assert again.counts["processed"] == 1 and again.fingerprint == first.fingerprint
+
+
+def _labelled(root: Path, labels: dict[str, str]) -> Pipeline:
+    csv = root.parent / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in labels.items()))
+    return Pipeline(
+        [
+            Node("files", Files(root=str(root), kinds=["image"], labels=str(csv))),
+            Node("read", ReadBytes(), ("files",)),
+        ]
+    )
+
+
+def test_relabelling_one_file_redoes_that_item_only(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2, "c.jpg": 3, "d.jpg": 4})
+    labels = {"a.jpg": "cat", "b.jpg": "dog", "c.jpg": "cat", "d.jpg": "dog"}
+    run_local(_labelled(tmp_path / "in", labels), tmp_path / "out")
+    labels["a.jpg"] = "dog"  # the class list stays [cat, dog]
+    report = run_local(_labelled(tmp_path / "in", labels), tmp_path / "out")
+    assert report.counts["processed"] == 1
+    samples = _samples(tmp_path / "out")
+    assert (samples["a"]["label"], samples["a"]["label_id"]) == ("dog", 1)
+    assert _rows(tmp_path / "out")["a"].label == "dog"
+
+
+def test_labels_csv_listing_a_path_twice_is_a_config_error(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"a.jpg": 1})
+    (tmp_path / "labels.csv").write_text("path,label\na.jpg,cat\nb.jpg,dog\n./a.jpg,dog\n")
+    p = Pipeline(
+        [Node("files", Files(root=str(tmp_path / "in"), labels=str(tmp_path / "labels.csv")))]
+    )
+    with pytest.raises(ConfigError, match=r"line 4: './a.jpg' is already listed on line 2"):
+        run_local(p, tmp_path / "out")
+
+
+def test_labels_csv_naming_a_missing_file_gives_its_error_row(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2})
+    p = _labelled(tmp_path / "in", {"a.jpg": "cat", "gone.jpg": "dog", "b.jpg": "dog"})
+    report = run_local(p, tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert rows["gone"].status == "error"
+    assert "'gone.jpg' is listed in the labels CSV but does not exist" in rows["gone"].message
+    assert {k for k, r in rows.items() if r.status == "ok"} == {"a", "b"}
+    assert report.counts["error"] == 1
+
+
+def _offset_pipeline(root: Path, table: Path) -> Pipeline:
+    return Pipeline(
+        [
+            Node("files", Files(root=str(root), kinds=["image"])),
+            Node("read", ReadBytes(), ("files",)),
+            Node("shift", AddOffset(table=str(table)), ("read",)),
+        ]
+    )
+
+
+def test_replacing_a_file_named_by_a_param_redoes_the_items(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2})
+    table = tmp_path / "offset.txt"
+    table.write_text("100")
+    run_local(_offset_pipeline(tmp_path / "in", table), tmp_path / "out")
+    same = run_local(_offset_pipeline(tmp_path / "in", table), tmp_path / "out")
+    assert same.counts["processed"] == 0
+    table.write_text("200")
+    report = run_local(_offset_pipeline(tmp_path / "in", table), tmp_path / "out")
+    assert report.counts["processed"] == 2
+    got = {k: int(s["shifted"][0]) for k, s in _samples(tmp_path / "out").items()}
+    assert got == {"a": 201, "b": 202}
+
+
+def test_file_params_are_declared_by_type() -> None:
+    assert AddOffset.Params.file_params() == ("table",)
+    assert ReadBytes.Params.file_params() == ()
+    from datapipe.stages.select.embed import TorchEmbed
+
+    assert set(TorchEmbed.Params.file_params()) == {"script", "weights"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failures_before_a_barrier_are_decoded_once(tmp_path: Path, workers: int) -> None:
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2, "bad_1.jpg": 3, "c.jpg": 4, "bad_2.jpg": 5})
+    log = tmp_path / "calls.log"
+    p = Pipeline(
+        [
+            Node("files", Files(root=str(tmp_path / "in"), kinds=["image"])),
+            Node("read", ReadBytes(log=str(log)), ("files",)),
+            Node("sel", RandomSubset(fraction=0.99), ("read",)),
+        ]
+    )
+    first = run_local(p, tmp_path / "out", workers=workers)
+    calls = log.read_text().split()
+    assert sorted(k for k in calls if "bad" in k) == ["bad_1", "bad_2"]
+    assert first.counts["error"] == 2
+    rows = _rows(tmp_path / "out")
+    assert rows["bad_1"].error_class == "corrupt" and rows["bad_1"].stage == "read"
+    log.write_text("")
+    again = run_local(p, tmp_path / "out", workers=workers)
+    assert log.read_text() == ""
+    assert again.counts["processed"] == 0
+    retried = run_local(p, tmp_path / "out", workers=workers, retry_errors=True)
+    assert sorted(log.read_text().split()) == ["bad_1", "bad_2"]
+    assert retried.counts["error"] == 2
+
+
+def test_stems_that_collide_keep_their_extension() -> None:
+    assert unique_keys(["m/cloud.ply", "m/cloud.xyz", "m/one.ply", "n/cloud.pcd"]) == [
+        "m/cloud_ply",
+        "m/cloud_xyz",
+        "m/one",
+        "n/cloud",
+    ]
+
+
+def test_files_sharing_a_stem_are_all_written(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {"m/cloud.ply": 3, "m/cloud.xyz": 4, "m/solo.ply": 5})
+    p = Pipeline(
+        [
+            Node("files", Files(root=str(tmp_path / "in"), kinds=["pointcloud"])),
+            Node("read", ReadBytes(), ("files",)),
+        ]
+    )
+    report = run_local(p, tmp_path / "out")
+    assert report.counts["error"] == 0
+    got = {k: int(s["nbytes"][0]) for k, s in _samples(tmp_path / "out").items()}
+    assert got == {"m/cloud_ply": 3, "m/cloud_xyz": 4, "m/solo": 5}
+    again = run_local(p, tmp_path / "out")
+    assert again.counts["processed"] == 0 and again.counts["error"] == 0
+    np.testing.assert_array_equal(sorted(got), sorted(_rows(tmp_path / "out")))
