@@ -3,6 +3,7 @@ deterministic epochs, contents equal to the shards, skip-and-replace, crashes, c
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import json
@@ -21,11 +22,11 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from datapipe import registry
-from datapipe.errors import ConfigError, StoreError
+from datapipe.errors import ConfigError, ItemError, StoreError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
-from datapipe.stage import Context, Map, Record
+from datapipe.stage import Context, Map, Params, Record
 from datapipe.store.codec import decode_value, split_member
 from datapipe.stream import collate, from_pipeline, from_shards
 from datapipe.stream.npy import decode_npy
@@ -229,13 +230,17 @@ def test_from_shards_runs_map_stages_with_the_epoch(counter_out: Path) -> None:
     ds = from_shards(counter_out, shuffle=False, stages=[Root(), Split()])
     ds.set_epoch(2)
     samples = list(ds)
-    assert [k for k, _ in ds.skipped] == ["item_005"]
+    assert [k for k, _ in ds.skipped] == ["item_005"] and ds.known_bad == ["item_005"]
     assert ds.skipped[0][1] == "invalid in test.root: 25 refused on purpose"
-    want = []  # item_005 is replaced by the next item of the rank's list, item_006
-    for i in [*range(5), 6, *range(6, N)]:
+    r = int(samples[sum(i % 3 + 1 for i in range(5))]["key"][5:8])  # what took item_005's place
+    assert r != 5
+    want = []  # item_005's samples are replaced by all of item r's
+    for i in [*range(5), r, *range(6, N)]:
         want += [(f"item_{i:03d}@{j:04d}", float(i), j) for j in range(i % 3 + 1)]
     got = [(s["key"], float(s["root"][0]), s["part"]) for s in samples]
     assert got == want and {s["epoch"] for s in samples} == {2}
+    assert [s["key"] for s in ds] == [s["key"] for s in samples]  # deterministic
+    assert len(ds.skipped) == 1  # a known-bad sample is not reported again
     assert isinstance(samples[0]["root"], torch.Tensor)
     # the stages reach persistent DataLoader workers, and follow set_epoch there
     ds = from_shards(counter_out, seed=1, stages=[Root()])
@@ -308,6 +313,114 @@ def test_corrupt_sample_is_skipped_replaced_and_reported(tmp_path: Path) -> None
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [x["key"] for x in lines] == ["item_005", "item_005"]
     assert lines[-1]["worker"] in (0, 1) and lines[-1]["replaced_by"] in KEYS
+
+
+class DecodeParams(Params):
+    log: str
+    bad: list[int] = []
+
+
+class LoggedDecode(Map):
+    """Appends ``key pid`` to ``log`` per call (so calls count across worker processes);
+    items whose index is in ``bad`` fail as a corrupt file would."""
+
+    name = "test.logged_decode"
+    description = "Counts its calls in a file; fails the listed indices."
+    Params = DecodeParams
+    CONSUMES = (Field("index", "int", ""),)
+    PRODUCES = (Field("decoded", "int", ""),)
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        with open(self.params.log, "a", encoding="utf-8") as fh:
+            fh.write(f"{record['key']} {os.getpid()}\n")
+        if record["index"] in self.params.bad:
+            raise ItemError("invalid", "corrupt on purpose")
+        return {"decoded": record["index"]}
+
+
+def _decoding(n: int, bad: list[int], log: Path, **kw: Any) -> Any:
+    params = {"log": str(log), "bad": bad}
+    nodes = {
+        "src": {"stage": "test.counter", "params": {"n": n}},
+        "dec": {"stage": LoggedDecode.name, "inputs": "src", "params": params},
+    }
+    registry.register(LoggedDecode)
+    try:
+        return from_pipeline(_pipeline(nodes), **kw)
+    finally:
+        registry.unregister(LoggedDecode.name)
+
+
+@pytest.mark.parametrize(("workers", "persistent"), [(0, False), (2, False), (2, True)])
+def test_bad_items_are_decoded_once_for_the_dataset_life(
+    tmp_path: Path, workers: int, persistent: bool
+) -> None:
+    bad = [3, 4, 10, 17]  # 3, 4: a bad neighbour is not tried as a replacement either
+    bad_keys = {f"item_{i:03d}" for i in bad}
+    log, errors = tmp_path / "calls.txt", tmp_path / "errors.jsonl"
+    ds = _decoding(24, bad, log, seed=1, errors_path=errors)
+    extra = {"persistent_workers": True} if persistent else {}
+    loader = _loader(ds, workers, batch_size=None, **extra)
+    for epoch in range(3):  # without persistent workers, each epoch starts new processes
+        ds.set_epoch(epoch)
+        counts = Counter(s["key"] for s in loader)
+        assert sum(counts.values()) == 24 and not set(counts) & bad_keys
+        assert set(counts) == {f"item_{i:03d}" for i in range(24)} - bad_keys
+        assert sum(c - 1 for c in counts.values()) == len(bad)  # one replacement per bad item
+    calls = Counter(tuple(line.split()) for line in log.read_text().splitlines())
+    per_key = Counter(key for key, _ in calls.elements())
+    for key in bad_keys:  # at most once per process; the processes share what they found
+        assert all(calls[key, pid] == 1 for k, pid in calls if k == key)
+        assert 1 <= per_key[key] <= max(workers, 1)
+    assert ds.known_bad == sorted(bad_keys)  # seen from the main process too
+    reported = Counter(json.loads(x)["key"] for x in errors.read_text().splitlines())
+    assert set(reported) == bad_keys and max(reported.values()) <= max(workers, 1)
+    if workers == 0:
+        assert sorted(k for k, _ in ds.skipped) == sorted(bad_keys)  # not again per epoch
+    twin = copy.deepcopy(ds)  # a copy keeps what was found
+    before = len(log.read_text().splitlines())
+    assert twin.known_bad == sorted(bad_keys) and len(list(twin)) == 24
+    assert not {line.split()[0] for line in log.read_text().splitlines()[before:]} & bad_keys
+
+
+def test_replacements_are_spread_and_deterministic(tmp_path: Path) -> None:
+    n, bad = 40, [5, 6, 12, 20, 21, 22, 30, 39]
+    good = [i for i in range(n) if i not in bad]
+
+    def neighbour(i: int) -> int:  # the next good item in key order (cyclically)
+        return next(j % n for j in range(i + 1, i + n) if j % n in good)
+
+    ds = _decoding(n, bad, tmp_path / "calls.txt", seed=3, shuffle=False)
+    runs = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        keys = [s["key"] for s in ds]  # shuffle=False: position p holds item p or its stand-in
+        assert [k for p, k in enumerate(keys) if p not in bad] == [f"item_{p:03d}" for p in good]
+        runs.append([int(keys[p][5:]) for p in bad])
+    stand_ins = [r for run in runs for r in run]
+    assert not set(stand_ins) & set(bad)
+    near = sum(r == neighbour(b) for run in runs for b, r in zip(bad, run, strict=True))
+    assert near <= len(stand_ins) // 4  # the next good item would give all 24
+    assert len(set(stand_ins)) >= len(stand_ins) // 2  # the next good item: 5 distinct
+    assert runs[0] != runs[1] or runs[1] != runs[2]  # drawn per epoch
+    again = _decoding(n, bad, tmp_path / "calls2.txt", seed=3, shuffle=False)
+    again.set_epoch(1)
+    assert [int(k[5:]) for p, k in enumerate(s["key"] for s in again) if p in bad] == runs[1]
+    again.set_epoch(2)  # the same whatever the number of workers and what they found before
+    keys = _keys(again, 2, batch_size=None)
+    assert [int(keys[p][5:]) for p in bad] == runs[2]
+
+
+def test_no_good_item_is_an_error_without_decoding_again(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    ds = _decoding(4, [0, 1, 2, 3], log)
+    with pytest.raises(RuntimeError, match="no unit of rank 0's 4 can be read in epoch 0"):
+        list(ds)
+    assert len(log.read_text().splitlines()) == 4 and len(ds.known_bad) == 4
+    ds.set_epoch(1)
+    with pytest.raises(RuntimeError, match="all were found bad before"):
+        list(ds)
+    assert len(log.read_text().splitlines()) == 4
 
 
 def _exit_on(key: str, sample: dict[str, Any]) -> dict[str, Any]:

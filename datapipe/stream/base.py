@@ -2,14 +2,31 @@
 
 Skip policy. A unit (a sample of a shard, or an input item of a pipeline) that cannot be
 produced — a member that does not decode, a stage error, a stage that filters it — is
-*skipped*: a warning is logged with its key and the reason, ``(key, reason)`` is appended to
-``dataset.skipped`` in the process that iterated it, and a JSON line is appended to
-``errors_path`` when one was given (every DataLoader worker appends to the same file). To keep
-every rank's length constant (a rank that runs short hangs the all-reduce of distributed
-training), the skipped unit is replaced by the next good unit of the same rank's list for this
-epoch (cyclically), which therefore appears twice in the epoch. Units already found bad in this
-pass are not tried again as replacements. Only when no unit of the rank's list can be produced
-does the iteration stop with a :class:`RuntimeError`.
+*skipped* and remembered as bad for the life of the dataset object: it is never read or run
+again, in this epoch or a later one. When it is found, a warning is logged with its key and the
+reason, ``(key, reason)`` is appended to ``dataset.skipped`` in the process that found it, and a
+JSON line is appended to ``errors_path`` when one was given (every DataLoader worker appends to
+the same file); later epochs skip it silently. The memory is one byte per unit in shared
+memory, made with the dataset: every DataLoader worker (persistent, or started anew each
+epoch) and the main process see what any of them found, and ``dataset.known_bad`` lists it. In
+one process a bad unit is therefore read at most once; two workers that meet it at the same
+moment may both read it once. A copy pickled outside worker start (``copy.deepcopy``, a
+checkpoint) keeps what was found so far but shares no more. Failures are assumed not to depend
+on the epoch: a stage that fails an item only in some epochs loses that item for good.
+
+To keep every rank's length constant (a rank that runs short hangs the all-reduce of
+distributed training), a skipped unit is replaced by a good unit of the same rank's list for
+this epoch, which therefore appears twice in the epoch. The candidates for position ``p`` of
+a rank's list of ``L`` are the positions ``perm[i], perm[i + 1], ...`` (cyclically, from
+``i = perm[p]``) of a permutation ``perm`` of ``range(L)`` seeded by ``(seed, epoch, rank)``:
+the first one not known bad that can be produced is the replacement. Replacements are thus
+spread over the list, not the neighbours of bad units (nor, mostly, shared by neighbouring bad
+units), and each epoch is deterministic: given the bad units, it depends on the seed, epoch
+and rank, not on the number of workers nor on which of them found what first. Only when no
+unit of the rank's list can be produced does the iteration stop with a :class:`RuntimeError`.
+Without bad units every unit appears exactly once per epoch (as :mod:`datapipe.stream.split`
+says); with them every good unit still appears at least once, and one good unit once more per
+bad position.
 
 Batches. Every rank has the same ``len()`` and, with the same ``num_workers`` and
 ``batch_size``, the same number of batches (the worker split is deterministic and skips do not
@@ -94,6 +111,52 @@ class SharedEpoch:
             self._shared = multiprocessing.RawValue("q", state["value"])
 
 
+class SharedFlags:
+    """One flag per unit in shared memory, set once and never cleared (the known-bad units).
+
+    Like :class:`SharedEpoch`, it reaches DataLoader workers at their start, so what one finds
+    every other (and the main process) sees; pickled outside of process start it travels as a
+    copy of its bytes.
+    """
+
+    def __init__(self, n: int) -> None:
+        self._shared = multiprocessing.RawArray("B", n)
+
+    def __getitem__(self, i: int) -> bool:
+        return bool(self._shared[i])
+
+    def set(self, i: int) -> None:
+        self._shared[i] = 1
+
+    def indices(self) -> list[int]:
+        """The set flags, in order."""
+        if not len(self._shared):
+            return []
+        return np.flatnonzero(np.frombuffer(self._shared, dtype=np.uint8)).tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:
+            return {"shared": self._shared}
+        return {"bytes": bytes(self._shared)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "shared" in state:
+            self._shared = state["shared"]
+        else:
+            self._shared = multiprocessing.RawArray("B", state["bytes"])
+
+
+def replacement_order(length: int, seed: int, epoch: int, rank: int) -> np.ndarray:
+    """The permutation of a rank's ``length`` positions that replacements are drawn from.
+
+    Examples
+    --------
+    >>> sorted(replacement_order(4, seed=0, epoch=0, rank=0).tolist())
+    [0, 1, 2, 3]
+    """
+    return np.random.default_rng((seed, epoch, rank, 1)).permutation(length).astype(np.int64)
+
+
 def to_torch(record: dict[str, Any], keep: frozenset[str] | None = None) -> Sample:
     """Arrays -> tensors (sharing memory); numpy scalars -> Python; strings stay strings.
 
@@ -154,7 +217,8 @@ class StreamDataset(IterableDataset):
         self.errors_path = Path(errors_path) if errors_path is not None else None
         self.transform = transform
         self._epoch = SharedEpoch(0)
-        #: (key, reason) of every unit skipped by iterations run in this process
+        self._bad = SharedFlags(len(keys))
+        #: (key, reason) of every unit found bad by iterations run in this process
         self.skipped: list[tuple[str, str]] = []
         #: key -> reason for units left out when the dataset was built (never iterated)
         self.excluded: dict[str, str] = {}
@@ -180,6 +244,11 @@ class StreamDataset(IterableDataset):
         order = epoch_order(len(self.keys), self.seed, e, self.shuffle)
         return rank_positions(order, self.rank, self.world_size, self.even)
 
+    @property
+    def known_bad(self) -> list[str]:
+        """Keys found bad so far, by this process or any DataLoader worker (never read again)."""
+        return [self.keys[i] for i in self._bad.indices()]
+
     # -- iteration --------------------------------------------------------------------------
     def _open(self, epoch: int) -> tuple[Callable[[int], list[Sample]], Callable[[], None]]:
         raise NotImplementedError
@@ -190,44 +259,64 @@ class StreamDataset(IterableDataset):
         epoch = self.epoch
         units = self.rank_units(epoch)
         produce, close = self._open(epoch)
-        bad: set[int] = set()
+        order: list[np.ndarray] = []  # the replacement order, drawn at the first bad unit
         try:
             for pos in worker_positions(len(units), worker, n_workers):
-                samples = self._produce_or_replace(produce, units, pos, bad, epoch, worker)
+                samples = self._produce_or_replace(produce, units, pos, order, epoch, worker)
                 for sample in samples:
                     yield self.transform(sample) if self.transform is not None else sample
         finally:
             close()
+
+    def _try(self, produce: Callable[[int], list[Sample]], unit: int) -> list[Sample] | BadUnit:
+        """The unit's samples, or the reason it is bad (then remembered as such)."""
+        try:
+            return produce(unit)
+        except BadUnit as exc:
+            self._bad.set(unit)
+            return exc
 
     def _produce_or_replace(
         self,
         produce: Callable[[int], list[Sample]],
         units: np.ndarray,
         pos: int,
-        bad: set[int],
+        order: list[np.ndarray],
         epoch: int,
         worker: int,
     ) -> list[Sample]:
+        unit = int(units[pos])
+        known = self._bad[unit]
+        found: list[BadUnit] = []  # units found bad now (known ones are not reported again)
+        if not known:
+            got = self._try(produce, unit)
+            if not isinstance(got, BadUnit):
+                return got
+            found.append(got)
         n = len(units)
-        skipped: list[BadUnit] = []
+        if not order:
+            order.append(replacement_order(n, self.seed, epoch, self.rank))
+        perm = order[0]
+        start = int(perm[pos])  # a random place to start walking, different for every pos
         for step in range(n):
-            unit = int(units[(pos + step) % n])
-            if unit in bad:
+            candidate = int(units[perm[(start + step) % n]])
+            if self._bad[candidate]:
                 continue
-            try:
-                samples = produce(unit)
-            except BadUnit as exc:
-                bad.add(unit)
-                skipped.append(exc)
+            got = self._try(produce, candidate)
+            if isinstance(got, BadUnit):
+                found.append(got)
                 continue
-            for exc in skipped:
-                self._record(exc, epoch, worker, replaced_by=self.keys[unit])
-            return samples
-        for exc in skipped:
+            replaced_by = self.keys[candidate]
+            for exc in found:
+                self._record(exc, epoch, worker, replaced_by=replaced_by)
+            if known:
+                logger.debug("skipped %s (known bad); replaced by %s", self.keys[unit], replaced_by)
+            return got
+        for exc in found:
             self._record(exc, epoch, worker, replaced_by=None)
         raise RuntimeError(
             f"{self._where}: no unit of rank {self.rank}'s {n} can be read in epoch {epoch}; "
-            f"last problem: {skipped[-1] if skipped else 'all were skipped before'}"
+            f"last problem: {found[-1] if found else 'all were found bad before'}"
         )
 
     def _record(self, exc: BadUnit, epoch: int, worker: int, replaced_by: str | None) -> None:

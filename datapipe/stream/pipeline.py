@@ -19,8 +19,12 @@ the fused Map stages with :class:`~datapipe.engine.runner.ItemRunner` for the cu
 DataLoader worker down, and the DataLoader raises. For untrusted media prefer preparing shards
 with ``datapipe run`` and reading them with :func:`~datapipe.stream.from_shards`.
 
-Items that end in an error or are filtered by a Map stage are skipped and replaced by the next
-good item of the rank's list (:mod:`datapipe.stream.base`). ``len()`` counts *items*: a stage
+Items that end in an error or are filtered by a Map stage are skipped, remembered (never run
+again while the dataset lives, in any worker or epoch) and replaced by a good item drawn from
+a seeded permutation of the rank's list (:mod:`datapipe.stream.base`). ``dataset.collate``
+batches the samples by the leaves' declared field shapes (:mod:`datapipe.stream.collate`); a
+``transform`` that changes shapes or adds arrays needs its own
+``Collate({**dataset.collate.fields, ...})``. ``len()`` counts *items*: a stage
 that expands one item into several samples makes a rank yield more samples than ``len()``,
 and ranks may then yield different numbers of samples even with ``even="pad"`` or ``"drop"``
 (those equalise items, not samples). For distributed training on expanding pipelines, write
@@ -41,6 +45,7 @@ from datapipe.graph import Pipeline
 from datapipe.stage import Record, StageKind
 from datapipe.store.codec import check_key
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
+from datapipe.stream.collate import Collate, merge_specs
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,15 @@ def _reason(res: ItemResult) -> str:
         return f"filtered by {res.stage}: {res.message}"
     where = f" in {res.stage}" if res.stage else ""
     return f"{res.error_class}{where}: {res.message}"
+
+
+def leaf_specs(pipeline: Pipeline) -> dict[str, str]:
+    """``{field: shape pattern}`` of what the pipeline writes: every leaf's fields (a field two
+    leaves declare differently counts as ``*``)."""
+    specs: dict[str, str] = {}
+    for leaf in pipeline.leaves():
+        merge_specs(pipeline.fields_at(leaf), specs)
+    return specs
 
 
 def list_inputs(pipeline: Pipeline, excluded: dict[str, str]) -> dict[str, tuple[str, Record]]:
@@ -117,6 +131,8 @@ class PipelineDataset(StreamDataset):
         super().__init__(keys, **kw)
         self.records = [records[k] for k in keys]
         self.excluded = excluded
+        #: the ``collate_fn`` for these samples: masks by the leaves' declared shapes
+        self.collate = Collate(leaf_specs(pipeline))
         if excluded:
             logger.info("%s: %d inputs left out at construction", pipeline.name, len(excluded))
 
@@ -175,12 +191,15 @@ def from_pipeline(
         as tensors, scalars and strings as Python values, ``key``), all samples of an
         expanded item one after the other. ``set_epoch(e)`` changes the order and the
         ``ctx.epoch`` the Map stages see. ``len()`` counts items (see the module docstring).
+        ``collate`` is the ``collate_fn`` for its fields: a field whose declared shape is
+        variable (``N 3``, ``H W 3``, ``*``) always gets its ``FIELD_mask``, a fixed one never.
 
     Examples
     --------
-    >>> from datapipe.stream import collate, from_pipeline
+    >>> from torch.utils.data import DataLoader
+    >>> from datapipe.stream import from_pipeline
     >>> ds = from_pipeline("pipeline.yaml", variables={"data": "photos"})  # doctest: +SKIP
-    >>> batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=collate)))  # doctest: +SKIP
+    >>> batch = next(iter(DataLoader(ds, batch_size=8, collate_fn=ds.collate)))  # doctest: +SKIP
     """
     return PipelineDataset(
         pipeline,

@@ -16,15 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from datapipe.engine.runner import MapFailure, apply_map
 from datapipe.errors import ConfigError, Problem, StoreError
+from datapipe.fields import Field
+from datapipe.graph import Pipeline
 from datapipe.stage import Context, Map
 from datapipe.store.codec import item_key_of
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
+from datapipe.stream.collate import Collate, merge_specs
+from datapipe.stream.pipeline import leaf_specs
 from datapipe.stream.tarindex import SampleRef, ShardReader, index_shard, sample_ref
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,40 @@ def _catalogue(out: Path) -> tuple[list[Path], dict[str, str] | None]:
             raise StoreError(f"{index} is not a datapipe index: {exc}") from None
         return [out / s for s in listed], None
     raise StoreError(f"{out} holds no datapipe output (no manifest.sqlite or index.json found)")
+
+
+Specs = Mapping[str, Field | str] | Pipeline | str | Path
+
+
+def recorded_specs(out: Path) -> dict[str, str] | None:
+    """``{field: shape pattern}`` the run recorded in ``OUT/index.json`` under ``"fields"`` (a
+    list of ``Field.to_dict()``), or None when it recorded none."""
+    try:
+        listed = json.loads((out / "index.json").read_text()).get("fields")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(listed, list):
+        return None
+    try:
+        return merge_specs({f["name"]: f.get("shape", "*") for f in listed}, {})
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        logger.warning("%s: ignoring the recorded field specs (%s)", out, exc)
+        return None
+
+
+def shard_specs(out: Path, specs: Specs | None, stages: Sequence[Map]) -> dict[str, str] | None:
+    """The shape patterns of a shard dataset's fields: the pipeline's (given, or recorded by
+    the run), then what ``stages`` produce, then an explicit mapping. None: nothing known."""
+    if specs is None or isinstance(specs, Mapping):
+        known = recorded_specs(out)
+    else:
+        known = leaf_specs(specs if isinstance(specs, Pipeline) else Pipeline.from_yaml(specs))
+    for stage in stages:
+        known = known if known is not None else {}
+        known.update({f.name: f.shape for f in stage.produces()})
+    if isinstance(specs, Mapping):
+        known = {**(known or {}), **merge_specs(specs, {})}
+    return known
 
 
 def _stage_fields(stages: Sequence[Map]) -> tuple[frozenset[str], frozenset[str]]:
@@ -95,6 +133,7 @@ class ShardDataset(StreamDataset):
         *,
         fields: Iterable[str] | None = None,
         stages: Sequence[Map] = (),
+        specs: Specs | None = None,
         **kw: Any,
     ) -> None:
         self.out_dir = Path(out_dir)
@@ -112,6 +151,15 @@ class ShardDataset(StreamDataset):
         self.refs = refs
         self.files = files
         self.excluded = excluded
+        known = shard_specs(self.out_dir, specs, self.stages)
+        if known is None:
+            logger.info(
+                "%s: no field specs recorded or given (specs=...); dataset.collate masks "
+                "every array field as shape '*'",
+                self.out_dir,
+            )
+        #: the ``collate_fn`` for these samples: masks by the fields' declared shapes
+        self.collate = Collate(known or {})
 
     def _build(self) -> tuple[list[SampleRef], list[tuple[str, int, int]], dict[str, str]]:
         paths, ok = _catalogue(self.out_dir)
@@ -203,6 +251,7 @@ def from_shards(
     stages: Sequence[Map] = (),
     transform: Transform | None = None,
     errors_path: str | Path | None = None,
+    specs: Specs | None = None,
 ) -> ShardDataset:
     """Stream the samples of a ``datapipe run`` output as a torch ``IterableDataset``.
 
@@ -227,6 +276,11 @@ def from_shards(
     transform : applied to every sample dict in the worker, after decoding and the stages;
         its exceptions propagate (they are bugs, not bad samples).
     errors_path : a JSON-lines file every worker appends skipped samples to.
+    specs : the declared shapes of the fields, for ``dataset.collate``: the pipeline that
+        wrote the output (a :class:`~datapipe.graph.Pipeline` or a YAML path), or a mapping
+        ``{field: Field or shape pattern}`` (e.g. ``{"points": "N 3"}``), which overrides the
+        rest. Default: what the run recorded in ``index.json``, if anything. Fields ``stages``
+        produce take their declared shapes; arrays of fields nothing declares count as ``"*"``.
 
     Returns
     -------
@@ -235,14 +289,16 @@ def from_shards(
         dtype and shape; 0-d arrays as 0-d tensors); ``.json`` fields as Python values (ints,
         floats, strings, lists, dicts); ``.bin`` fields as bytes. ``len()`` is the number of
         samples this rank reads per epoch; a sample that fails to decode is skipped, recorded
-        in ``dataset.skipped`` / ``errors_path`` and replaced (see :mod:`datapipe.stream.base`).
+        in ``dataset.skipped`` / ``errors_path``, never read again and replaced (see
+        :mod:`datapipe.stream.base`). ``collate`` is the ``collate_fn`` for its fields: a field
+        whose declared shape is variable always gets its ``FIELD_mask``, a fixed one never.
 
     Examples
     --------
     >>> from torch.utils.data import DataLoader
-    >>> from datapipe.stream import collate, from_shards
-    >>> ds = from_shards("out", seed=0)  # doctest: +SKIP
-    >>> loader = DataLoader(ds, batch_size=64, num_workers=2, collate_fn=collate)  # doctest: +SKIP
+    >>> from datapipe.stream import from_shards
+    >>> ds = from_shards("out", seed=0, specs="pipeline.yaml")  # doctest: +SKIP
+    >>> loader = DataLoader(ds, batch_size=64, collate_fn=ds.collate)  # doctest: +SKIP
     >>> for epoch in range(3):  # doctest: +SKIP
     ...     ds.set_epoch(epoch)
     ...     for batch in loader:
@@ -259,4 +315,5 @@ def from_shards(
         stages=stages,
         transform=transform,
         errors_path=errors_path,
+        specs=specs,
     )
