@@ -32,6 +32,13 @@ class NodeSpec(_Strict):
     inputs: list[str] | str = Field(
         default_factory=list, description="Name(s) of upstream nodes: one name or a list."
     )
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "New names for fields this node produces, e.g. {video_damage: mv_damage}, so two "
+            "branches that produce the same field can meet."
+        ),
+    )
 
     @field_validator("inputs", mode="after")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PY_DTYPES = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,)}
 
 
@@ -34,8 +34,8 @@ class Field:
     doc: str = ""
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ValueError(f"field name {self.name!r} must match {_NAME.pattern}")
+        if not FIELD_NAME.match(self.name):
+            raise ValueError(f"field name {self.name!r} must match {FIELD_NAME.pattern}")
 
     @property
     def dtypes(self) -> tuple[str, ...]:

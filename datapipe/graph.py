@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -19,21 +19,33 @@ from datapipe import registry
 from datapipe.config import OutputSpec, PipelineSpec, RunSpec, load_yaml, parse_spec
 from datapipe.digest import file_digest
 from datapipe.errors import ConfigError, ParamError, Problem
-from datapipe.fields import Field
+from datapipe.fields import FIELD_NAME, Field
 from datapipe.stage import Context, Stage, StageKind
 
 
 @dataclass(frozen=True)
 class Node:
-    """A stage instance at a named place in the DAG."""
+    """A stage instance at a named place in the DAG; ``rename`` gives fields the stage
+    produces other names here (pairs of old, new), so that two branches producing one field
+    can meet."""
 
     id: str
     stage: Stage
     inputs: tuple[str, ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
 
     @property
     def kind(self) -> StageKind:
         return self.stage.kind
+
+    @property
+    def renames(self) -> dict[str, str]:
+        return dict(self.rename)
+
+    def produces(self) -> tuple[Field, ...]:
+        """The fields this node adds to the record, under their names here."""
+        names = self.renames
+        return tuple(replace(f, name=names.get(f.name, f.name)) for f in self.stage.produces())
 
 
 class Pipeline:
@@ -140,7 +152,7 @@ class Pipeline:
             except ParamError as exc:
                 problems += exc.problems
                 continue
-            nodes.append(Node(nid, stage, tuple(ns.inputs)))
+            nodes.append(Node(nid, stage, tuple(ns.inputs), tuple(ns.rename.items())))
         if problems:  # report dangling inputs too, so one pass shows everything
             names = list(spec.nodes)
             for nid, ns in spec.nodes.items():
@@ -177,6 +189,7 @@ class Pipeline:
                     problems.append(
                         Problem(f"{where}.inputs[{i}]", f"{up!r} is a sink and has no output")
                     )
+            problems += _check_rename(node)
             if node.kind is StageKind.SOURCE and node.inputs:
                 problems.append(
                     Problem(f"{where}.inputs", f"{node.stage.name} is a source and takes no inputs")
@@ -203,12 +216,10 @@ class Pipeline:
         available: dict[str, dict[str, tuple[Field, str]]] = {}
         for nid in self.order:
             node = self.nodes_by_id[nid]
-            incoming: dict[str, tuple[Field, str]] = {}
-            for up in node.inputs:
-                incoming.update(available[up])
+            where = f"nodes.{nid}"
+            incoming = self._meet([available[up] for up in node.inputs], where, problems)
             for want in node.stage.consumes():
                 have = incoming.get(want.name)
-                where = f"nodes.{nid}"
                 if have is None:
                     offered = ", ".join(sorted(incoming)) or "nothing"
                     problems.append(
@@ -235,11 +246,36 @@ class Pipeline:
                         )
                     )
             out = dict(incoming)
-            for f in node.stage.produces():
+            for f in node.produces():
                 out[f.name] = (f, nid)
             available[nid] = out
         self._available = available
+        leaves = [n for n in self.order if n in self.leaves()]
+        if len(leaves) > 1:  # the written record is the join of every leaf
+            self._meet([available[n] for n in leaves], "output", problems)
         return problems
+
+    @staticmethod
+    def _meet(
+        branches: list[dict[str, tuple[Field, str]]], where: str, problems: list[Problem]
+    ) -> dict[str, tuple[Field, str]]:
+        """The fields of records that meet (a node with several inputs, or the leaves); a
+        field that two different nodes produce would silently overwrite one: a problem."""
+        merged: dict[str, tuple[Field, str]] = {}
+        for fields in branches:
+            for name, (f, producer) in fields.items():
+                seen = merged.get(name)
+                if seen is not None and seen[1] != producer:
+                    problems.append(
+                        Problem(
+                            where,
+                            f"nodes {seen[1]!r} and {producer!r} both produce field {name!r} "
+                            "and their records meet here, so one value would be lost; give "
+                            f"one of them another name (rename: {{{name}: NEW_NAME}})",
+                        )
+                    )
+                merged[name] = (f, producer)
+        return merged
 
     def _check_compress(self) -> list[Problem]:
         """Every field named in ``output.compress`` is an array some leaf writes."""
@@ -304,8 +340,9 @@ class Pipeline:
                     "kind": n.kind.value,
                     "params": n.stage.get_params(),
                     "inputs": list(n.inputs),
+                    **({"rename": n.renames} if n.rename else {}),
                     "consumes": [f.to_dict() for f in n.stage.consumes()],
-                    "produces": [f.to_dict() for f in n.stage.produces()],
+                    "produces": [f.to_dict() for f in n.produces()],
                 }
                 for n in self.nodes
             ],
@@ -327,6 +364,7 @@ class Pipeline:
         blob: dict[str, Any] = {
             "nodes": [
                 [n.id, n.stage.name, n.stage.version, n.stage.get_params(), list(n.inputs)]
+                + ([sorted(n.rename)] if n.rename else [])
                 for n in scope
             ],
             "seed": self.seed,
@@ -350,3 +388,32 @@ class Pipeline:
         if states:
             blob["fitted"] = states
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _check_rename(node: Node) -> list[Problem]:
+    """Renamed fields exist, get valid, distinct names, and damage counts stay counted."""
+    problems = []
+    declared = {f.name for f in node.stage.produces()}
+    new_names = [new for _, new in node.rename]
+    for old, new in node.rename:
+        where = f"nodes.{node.id}.rename.{old}"
+        if old not in declared:
+            known = ", ".join(sorted(declared)) or "nothing"
+            problems.append(
+                Problem(
+                    where, f"{node.stage.name} produces no field {old!r} (it produces: {known})"
+                )
+            )
+        elif not FIELD_NAME.match(new):
+            problems.append(Problem(where, f"{new!r} is not a field name ({FIELD_NAME.pattern})"))
+        elif old.endswith("_damage") and not new.endswith("_damage"):
+            problems.append(
+                Problem(
+                    where,
+                    f"{new!r} must end in '_damage' like {old!r}, so the "
+                    "run report still counts damaged items",
+                )
+            )
+        elif new_names.count(new) > 1 or (new in declared and new not in dict(node.rename)):
+            problems.append(Problem(where, f"{new!r} would name two fields of {node.id!r}"))
+    return problems

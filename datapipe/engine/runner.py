@@ -118,17 +118,55 @@ def damage_notes(records: Iterable[Record]) -> dict[str, int]:
     return notes
 
 
-def _join(branches: list[list[tuple[str, Record]]]) -> list[tuple[str, Record]]:
-    """Merge the records of several input nodes sample by sample (same sub-key)."""
+def _lineage(sub: str) -> list[str]:
+    """The sub-key and those it was expanded from: ``@0001_0002`` -> ``["", "@0001",
+    "@0001_0002"]``."""
+    parts = sub.split("_") if sub else []
+    return ["", *("_".join(parts[: i + 1]) for i in range(len(parts)))]
+
+
+class JoinError(Exception):
+    """Records of several branches that cannot be matched sample by sample."""
+
+
+def join_branches(
+    branches: list[list[tuple[str, Record]]], names: list[str] | None = None
+) -> list[tuple[str, Record]]:
+    """Merge the records of several branches of one item into samples (total: no sub-key
+    is dropped).
+
+    The samples are the finest sub-keys of all branches. A branch's record joins every
+    sample derived from its sub-key: an unexpanded branch (sub-key ``""``) joins every
+    sample of an expanded one, ``@0001`` joins ``@0001_0000`` and ``@0001_0001``. A sample
+    that some branch has no record for (branches expanded the item differently) raises
+    :class:`JoinError` naming both; fields merge in branch order.
+
+    >>> clips = [("@0000", {"clip": 0}), ("@0001", {"clip": 1})]
+    >>> join_branches([clips, [("", {"label": "cat"})]])
+    [('@0000', {'clip': 0, 'label': 'cat'}), ('@0001', {'clip': 1, 'label': 'cat'})]
+    """
     if len(branches) <= 1:
         return branches[0] if branches else []
-    merged: dict[str, Record] = {}
-    common = set.intersection(*({s for s, _ in b} for b in branches))
-    for branch in branches:
-        for sub, rec in branch:
-            if sub in common:
-                merged.setdefault(sub, {}).update(rec)
-    return sorted(merged.items())
+    names = names or [f"input {i}" for i in range(len(branches))]
+    subs = {sub for branch in branches for sub, _ in branch}
+    coarser = {a for sub in subs for a in _lineage(sub)[:-1]}
+    finest = sorted(subs - coarser)
+    by_sub = [dict(branch) for branch in branches]
+    merged: list[tuple[str, Record]] = []
+    for sample in finest:
+        lineage = _lineage(sample)
+        record: Record = {}
+        for name, recs in zip(names, by_sub, strict=True):
+            match = [recs[a] for a in lineage if a in recs]
+            if not match:
+                other = next(n for n, r in zip(names, by_sub, strict=True) if sample in r)
+                raise JoinError(
+                    f"{name!r} has no record for sample {sample!r} that {other!r} has: the "
+                    "branches expanded this item into different samples"
+                )
+            record.update(match[-1])
+        merged.append((sample, record))
+    return merged
 
 
 class MapFailure(Exception):
@@ -143,12 +181,16 @@ class MapFailure(Exception):
 
 
 def apply_map(
-    stage: Map, inputs: list[tuple[str, Record]], ctx: Context
+    stage: Map,
+    inputs: list[tuple[str, Record]],
+    ctx: Context,
+    rename: Mapping[str, str] | None = None,
 ) -> list[tuple[str, Record]]:
     """Run a Map stage over the (sub-key, record) samples of one item.
 
-    Each output record is the input merged with what ``process`` returned; a list return
-    expands the sample, suffixing its sub-key (``@0000``, then ``_0000``). Raises
+    Each output record is the input merged with what ``process`` returned (its fields named
+    by ``rename`` where given); a list return expands the sample, suffixing its sub-key
+    (``@0000``, then ``_0000``). Raises
     :class:`MapFailure` for a filtered item, an exception of the stage (classified), a broken
     field contract, or no samples at all. ``MemoryError`` propagates.
     """
@@ -171,6 +213,8 @@ def apply_map(
                 raise MapFailure(
                     "error", f"{stage.name} broke its contract: {bad}", "invalid", "ContractError"
                 )
+            if rename:
+                part = {rename.get(k, k): v for k, v in part.items()}
             new_sub = f"{sub}{'_' if sub else '@'}{i:04d}" if expanded else sub
             out.append((new_sub, {**rec, **part}))
     if not out:
@@ -241,7 +285,10 @@ class ItemRunner:
             node = p.nodes_by_id[nid]
             if any(u not in values for u in node.inputs) or node.kind is StageKind.SINK:
                 continue
-            inputs = _join([values[u] for u in node.inputs])
+            try:
+                inputs = join_branches([values[u] for u in node.inputs], list(node.inputs))
+            except JoinError as exc:
+                return ItemResult.error(task.key, nid, "invalid", str(exc), "JoinError")
             if node.kind in (StageKind.SELECT, StageKind.FIT):
                 if nid == task.light_for:
                     return self._light(task, node.stage.consumes(), inputs, digest)
@@ -253,7 +300,7 @@ class ItemRunner:
                 continue
             started = time.perf_counter()
             try:
-                out = apply_map(node.stage, inputs, self._contexts[nid])
+                out = apply_map(node.stage, inputs, self._contexts[nid], node.renames)
             except MapFailure as f:
                 self._stage_s[nid] = time.perf_counter() - started
                 if f.status == "filtered":
@@ -298,7 +345,10 @@ class ItemRunner:
     ) -> ItemResult:
         p = self.pipeline
         leaves = [n for n in p.leaves() if n in values and n in wanted]
-        records = _join([values[n] for n in leaves])
+        try:
+            records = join_branches([values[n] for n in leaves], leaves)
+        except JoinError as exc:
+            return ItemResult.error(task.key, None, "invalid", str(exc), "JoinError", hash=digest)
         notes = damage_notes(rec for _, rec in records)
         out = p.output
         if not task.encode:
