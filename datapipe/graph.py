@@ -305,6 +305,18 @@ class Pipeline:
         """The fields a record carries after ``node_id``."""
         return {k: f for k, (f, _) in self._available[node_id].items()}
 
+    def written_fields(self) -> dict[str, Field]:
+        """The fields a written sample carries: every leaf's, less what ``output`` leaves out."""
+        out = self.output
+        keep = set(out.fields) if out.fields is not None else None
+        drop = {*out.exclude, "key"}
+        return {
+            name: f
+            for leaf in self.leaves()
+            for name, f in self.fields_at(leaf).items()
+            if name not in drop and (keep is None or name in keep)
+        }
+
     def of_kind(self, *kinds: StageKind) -> list[Node]:
         return [n for n in self.nodes if n.kind in kinds]
 

@@ -135,3 +135,21 @@ def test_rename_in_a_pipeline_file() -> None:
     )
     assert p.describe()["nodes"][2]["rename"] == {"square": "sq_b"}
     assert set(p.fields_at("b")) >= {"sq_b"} and "square" not in p.fields_at("b")
+
+
+def test_the_run_records_the_fields_samples_carry(tmp_path: Path) -> None:
+    import json
+
+    from datapipe.stream import from_shards
+
+    p = Pipeline([Node("src", Counter(n=3)), Node("sq", Square(), ("src",))])
+    run_local(p, tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert sorted((f["name"], f["shape"]) for f in index["fields"]) == [
+        ("index", ""),
+        ("label", ""),
+        ("square", "1"),
+    ]
+    ds = from_shards(tmp_path / "out")
+    batch = ds.collate([s for s in ds])
+    assert "square_mask" not in batch and tuple(batch["square"].shape) == (3, 1)

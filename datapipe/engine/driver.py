@@ -383,7 +383,9 @@ class RunDriver:
             for k in ("processed", "vanished", "newly_filtered", "rejected", "touched")
         )
         self.store.write_exports(
-            {"run_id": self.run_id, "status": status, "counts": counts}, rows_changed=changed
+            {"run_id": self.run_id, "status": status, "counts": counts},
+            rows_changed=changed,
+            fields=[f.to_dict() for f in self.p.written_fields().values()],
         )
         self.hooks.on_run_end(r.to_dict())
 

@@ -168,8 +168,15 @@ class OutputStore:
         self._m.delete(keys)
 
     # -- exports --------------------------------------------------------------------------
-    def write_exports(self, run_summary: dict[str, Any], rows_changed: bool = True) -> None:
-        """Rewrite ``index.json``, and ``manifest.jsonl`` when rows changed (or it is missing)."""
+    def write_exports(
+        self,
+        run_summary: dict[str, Any],
+        rows_changed: bool = True,
+        fields: list[dict[str, str]] | None = None,
+    ) -> None:
+        """Rewrite ``index.json``, and ``manifest.jsonl`` when rows changed (or it is missing).
+        ``fields``: the specs of the fields samples carry (name, dtype, shape pattern), for
+        readers that batch them (variable shapes get a mask)."""
         m = self._m
         export = self.root / "manifest.jsonl"
         if rows_changed or not export.exists():
@@ -183,6 +190,8 @@ class OutputStore:
             "counts": m.counts(),
             "last_run": run_summary,
         }
+        if fields is not None:
+            index["fields"] = fields
         atomic_write(self.root / "index.json", json.dumps(index, indent=2, sort_keys=True))
 
     def shard_paths(self) -> list[Path]:
