@@ -190,3 +190,14 @@ def test_files_sharing_a_stem_are_all_written(tmp_path: Path) -> None:
     again = run_local(p, tmp_path / "out")
     assert again.counts["processed"] == 0 and again.counts["error"] == 0
     np.testing.assert_array_equal(sorted(got), sorted(_rows(tmp_path / "out")))
+
+
+def test_the_stream_excludes_a_missing_csv_file_with_its_reason(tmp_path: Path) -> None:
+    from datapipe.stream import from_pipeline
+
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2})
+    ds = from_pipeline(
+        _labelled(tmp_path / "in", {"a.jpg": "cat", "gone.jpg": "dog", "b.jpg": "dog"})
+    )
+    assert sorted(s["key"] for s in ds) == ["a", "b"]
+    assert "'gone.jpg' is listed in the labels CSV but does not exist" in ds.excluded["gone"]

@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.engine.barriers import evaluate_barriers
+from datapipe.engine.planning import listing_problem
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
-from datapipe.errors import ItemError
 from datapipe.graph import Pipeline
 from datapipe.stage import Record, StageKind
-from datapipe.store.codec import check_key
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.collate import Collate, merge_specs
 
@@ -75,10 +74,9 @@ def list_inputs(pipeline: Pipeline, excluded: dict[str, str]) -> dict[str, tuple
     for node in pipeline.of_kind(StageKind.SOURCE):
         for rec in node.stage.list_items(pipeline.context(node.id)):
             key = rec.get("key", "")
-            try:
-                check_key(key, item=True)
-            except ItemError as exc:
-                excluded[str(key)] = f"{exc.error_class}: {exc.message}"
+            problem = listing_problem(rec)
+            if problem is not None:
+                excluded[str(key)] = f"{problem.error_class}: {problem.message}"
                 continue
             if key in records:
                 excluded[f"{key}@duplicate:{rec.get('path', '')}"] = (
