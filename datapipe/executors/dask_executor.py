@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.engine.driver import RunDriver, RunOptions, RunReport
-from datapipe.engine.partition import PartitionSpec, run_partition
+from datapipe.engine.partition import PartitionSpec, is_full, merge_shards, run_partition
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.errors import ExecutorError
 from datapipe.executors.local import LocalSettings, preflight
@@ -128,6 +128,9 @@ class DaskPool:
         solo: dict[str, int] = {}  # KilledWorker count of items retried on their own
         suspects: deque[ItemTask] = deque()
         suspect_running: Any = None
+        out = self.spec.pipeline.output
+        limits = (out.shard_size, out.shard_bytes)
+        partly: list[WrittenShard] = []  # shards a partition left partly filled
 
         def submit_suspect() -> Any:
             nonlocal next_index
@@ -148,7 +151,11 @@ class DaskPool:
                 if fut.status == "finished":
                     if suspect_running is None and suspects:
                         suspect_running = submit_suspect()
-                    yield from fut.result()
+                    for res in fut.result():
+                        if isinstance(res, WrittenShard) and not is_full(res, *limits):
+                            partly.append(res)  # merged below into full shards
+                        else:
+                            yield res
                     continue
                 if fut.status == "cancelled":  # the scheduler forgot it: it is gone
                     raise OSError("the scheduler cancelled the run's tasks")
@@ -174,6 +181,8 @@ class DaskPool:
                     )
                     continue
                 raise ExecutorError(f"a Dask task failed: {type(exc).__name__}: {exc}")
+            if partly:
+                yield from self._merge(phase, partly, limits)
         except (OSError, TimeoutError, CancelledError) as exc:
             raise ExecutorError(
                 f"lost the Dask scheduler ({type(exc).__name__}: {exc}); work committed so far "
@@ -182,6 +191,34 @@ class DaskPool:
         finally:
             for fut in futures:
                 fut.release()
+
+    def _merge(
+        self, phase: int, shards: list[WrittenShard], limits: tuple[int, int]
+    ) -> list[WrittenShard]:
+        """Gather partly filled shards into full ones (one task on a worker, where the
+        files are), so the layout is the local executor's: full shards and one partly so."""
+        spec = self.spec
+        prefix = f"shard-{spec.run_id:05d}-m{phase:03d}"
+        fut = self.client.submit(
+            merge_shards,
+            spec.shard_dir,
+            prefix,
+            shards,
+            *limits,
+            key=f"datapipe-{prefix}",
+            pure=False,
+        )
+        try:
+            return fut.result()
+        except (OSError, TimeoutError, CancelledError):
+            raise
+        except Exception as exc:  # a worker lost mid-merge: nothing of it was committed
+            raise ExecutorError(
+                f"merging partly filled shards failed ({type(exc).__name__}: {exc}); work "
+                "committed so far is kept, re-run the same command to resume"
+            ) from None
+        finally:
+            fut.release()
 
     def _submit(self, phase: int, index: int, chunk: list[ItemTask]) -> Any:
         key = f"datapipe-run{self.spec.run_id}-phase{phase}-part{index}"
