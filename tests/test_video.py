@@ -1,7 +1,9 @@
-"""Video readers: motion vectors, frame types, I-frames, packets, CoViAR, and bad input.
+"""Video readers: motion vectors, frame types, I-frames, packets, and bad input (CoViAR:
+test_video_coviar.py).
 
 Every clip is generated here with PyAV: a textured square moving by a known (dx, dy) per frame
-over a static textured background (``datapipe.stages.compressed.video_synth``).
+over a static textured background, or a whole picture panning at a known speed
+(``datapipe.stages.compressed.video_synth``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from datapipe.stages.compressed.video_mv import (
     rasterize,
 )
 from datapipe.stages.compressed.video_packets import PacketsStage, packets
-from datapipe.stages.compressed.video_synth import Square, moving_square_clip, render, write_clip
+from datapipe.stages.compressed.video_synth import (
+    Square,
+    moving_square_clip,
+    panning_clip,
+    render,
+    write_clip,
+)
 from datapipe.store.manifest import Manifest
 
 STAGES = (MotionVectorsStage, FrameTypesStage, IFramesStage, PacketsStage, CoviarStage)
@@ -98,6 +106,20 @@ def _pyav_decode(path: Path) -> list[av.VideoFrame]:
 def _letters(frames: list[av.VideoFrame]) -> str:
     names = {1: "I", 2: "P", 3: "B"}
     return "".join(names[int(f.pict_type)] for f in frames)
+
+
+def _raw_decode(path: Path) -> tuple[list[np.ndarray | None], str, list[np.ndarray]]:
+    vectors, rgb = [], []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.codec_context.thread_type = "NONE"
+        s.codec_context.options = {"flags2": "+export_mvs"}
+        frames = list(c.decode(s))
+    for f in frames:
+        sd = f.side_data.get("MOTION_VECTORS")
+        vectors.append(None if sd is None else sd.to_ndarray())
+        rgb.append(f.to_ndarray(format="rgb24"))
+    return vectors, _letters(frames), rgb
 
 
 # -- motion vectors -------------------------------------------------------------------------------
@@ -168,6 +190,78 @@ def test_motion_vectors_are_deterministic_and_independent_of_pixel_skipping(
     for other in (b, full):
         assert np.array_equal(a.mv, other.mv)
         assert np.array_equal(a.pts, other.pts) and a.frame_types == other.frame_types
+
+
+PYRAMID = {"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:ref=1:scenecut=0:keyint=12"}
+#: name -> (file name, panning_clip keyword arguments)
+PANS: dict[str, tuple[str, dict[str, Any]]] = {
+    "h264_b2": ("pan_b2.mp4", {"bframes": 2}),
+    "h264_pyramid": ("pan_pyramid.mp4", {"options": PYRAMID}),
+    "h264_pyramid_ts": ("pan_pyramid.ts", {"options": PYRAMID, "container": "mpegts"}),
+    "mpeg2_b2": ("pan_mpeg2.mp4", {"codec": "mpeg2video", "bframes": 2}),
+}
+
+
+def _anchor_distances(types: str) -> list[tuple[int, int]]:
+    """(past, future) distance of each frame to the I/P-frames around it (no B-pyramid)."""
+    anchors = [t for t, k in enumerate(types) if k != "B"]
+    out = []
+    for t in range(len(types)):
+        before = [a for a in anchors if a < t]
+        after = [a for a in anchors if a > t]
+        out.append((t - before[-1] if before else 1, after[0] - t if after else 1))
+    return out
+
+
+@pytest.mark.parametrize("name", list(PANS))
+def test_per_frame_normalisation_gives_the_known_speed(name: str, tmp_path: Path) -> None:
+    filename, kwargs = PANS[name]
+    _need_encoder(kwargs.get("codec", "libx264"))
+    path = tmp_path / filename
+    panning_clip(path, motion=MOTION, **kwargs)
+    truth = np.array(MOTION, np.float32)
+    per_frame = motion_vectors(path, normalize="per_frame")
+    coded = motion_vectors(path)
+    types = "".join(per_frame.frame_types)
+    assert types == "".join(coded.frame_types) and "B" in types
+    assert per_frame.normalize == "per_frame" and coded.normalize == "reference"
+    assert np.array_equal(per_frame.has_vectors, coded.has_vectors)
+    assert not per_frame.mv[~per_frame.has_vectors].any()
+    vectors, _, _ = _raw_decode(path)
+    distance = _anchor_distances(types)
+    for t, kind in enumerate(types):
+        if not per_frame.has_vectors[t]:
+            continue
+        # the whole picture moves by the known speed: px/frame in every frame (new content
+        # enters along the top and left edges)
+        cells = per_frame.mv[t, 1:, 1:].reshape(-1, 2)
+        assert np.all(np.abs(np.median(cells, axis=0) - truth) <= 0.25), (t, kind)
+        assert np.mean(np.all(np.abs(cells - truth) <= 0.5, axis=1)) >= 0.8, (t, kind)
+        if kind == "P":  # as coded: the motion over the distance to the previous anchor
+            expected = truth * distance[t][0]
+            assert np.all(np.abs(np.median(coded.mv[t].reshape(-1, 2), axis=0) - expected) <= 0.25)
+        elif "pyramid" not in name:  # the coded B vectors span the distance to each anchor
+            for source, sign, d in ((-1, -1, distance[t][0]), (1, 1, distance[t][1])):
+                v = vectors[t][vectors[t]["source"] == source]
+                offset = np.stack([v["motion_x"], v["motion_y"]], 1) / v["motion_scale"][:, None]
+                assert np.all(np.abs(np.median(sign * offset, axis=0) - truth * d) <= 0.25)
+    spans = [t for t, k in enumerate(types) if k == "B" and max(distance[t]) > 1]
+    assert any(np.abs(coded.mv[t] - per_frame.mv[t]).max() >= 1 for t in spans)
+
+
+def test_per_frame_normalisation_reads_past_max_frames_for_the_next_reference(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pan.mp4"
+    panning_clip(path, motion=MOTION, options=PYRAMID)
+    full = motion_vectors(path, normalize="per_frame")
+    assert "".join(full.frame_types).startswith("IBBBP")
+    for k in (2, 3, 4, 6):  # stop on a B-frame whose next reference is not yet read
+        part = motion_vectors(path, normalize="per_frame", max_frames=k)
+        assert len(part.mv) == k and np.array_equal(part.mv, full.mv[:k])
+        assert part.frame_types == full.frame_types[:k] and part.damaged == 0
+    with pytest.raises(ValueError, match="normalize"):
+        motion_vectors(path, normalize="per_second")  # type: ignore[arg-type]
 
 
 def test_max_frames_and_unknown_frame_count(clip: Any) -> None:
@@ -295,123 +389,6 @@ def test_codecs_without_vectors_fail_clearly_but_other_readers_work(name: str, c
     assert len(frame_types(path).types) == 24
     assert iframes(path)[0].tolist() == [0, 12]
     assert packets(path).gop["frames"] == 24
-
-
-# -- CoViAR ---------------------------------------------------------------------------------------
-def _raw_decode(path: Path) -> tuple[list[np.ndarray | None], str, list[np.ndarray]]:
-    vectors, rgb = [], []
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        s.codec_context.thread_type = "NONE"
-        s.codec_context.options = {"flags2": "+export_mvs"}
-        frames = list(c.decode(s))
-    for f in frames:
-        sd = f.side_data.get("MOTION_VECTORS")
-        vectors.append(None if sd is None else sd.to_ndarray())
-        rgb.append(f.to_ndarray(format="rgb24"))
-    return vectors, _letters(frames), rgb
-
-
-def _brute_force_positions(vectors: list[Any], types: str, height: int, width: int) -> np.ndarray:
-    """Follow every pixel of every frame through its reference chain, one step at a time."""
-
-    def offsets(t: int, direction: int) -> dict[tuple[int, int], list[tuple[float, float]]]:
-        table: dict[tuple[int, int], list[tuple[float, float]]] = {}
-        for v in vectors[t] if vectors[t] is not None else ():
-            if (v["source"] > 0) != (direction > 0):
-                continue
-            w, h = int(v["w"]), int(v["h"])
-            x0, y0 = int(v["dst_x"]) - w // 2, int(v["dst_y"]) - h // 2
-            scale = float(v["motion_scale"]) or 1.0
-            for y in range(max(y0, 0), min(y0 + h, height)):
-                for x in range(max(x0, 0), min(x0 + w, width)):
-                    table.setdefault((x, y), []).append(
-                        (int(v["motion_x"]) / scale, int(v["motion_y"]) / scale)
-                    )
-        return table
-
-    gop_of, start = [], 0
-    for t, kind in enumerate(types):
-        start = t if kind == "I" or t == 0 else start
-        gop_of.append(start)
-    anchors = [t for t, kind in enumerate(types) if kind != "B"]
-    past = [offsets(t, -1) for t in range(len(types))]
-    future = [offsets(t, +1) for t in range(len(types))]
-
-    def source(x: int, y: int, offs: list[tuple[float, float]]) -> tuple[int, int]:
-        ox = sum(o[0] for o in offs) / len(offs)
-        oy = sum(o[1] for o in offs) / len(offs)
-        sx, sy = math.floor(x + ox + 0.5), math.floor(y + oy + 0.5)
-        return min(max(sx, 0), width - 1), min(max(sy, 0), height - 1)
-
-    memo: dict[tuple[int, int, int], tuple[int, int]] = {}
-
-    def position(t: int, x: int, y: int) -> tuple[int, int]:
-        if t == gop_of[t]:
-            return x, y
-        if (t, x, y) not in memo:
-            prev = max(a for a in anchors if a < t)
-            later = [a for a in anchors if a > t and gop_of[a] == gop_of[t]]
-            if (x, y) in past[t]:
-                result = position(prev, *source(x, y, past[t][x, y]))
-            elif types[t] == "B" and later and (x, y) in future[t]:
-                result = position(min(later), *source(x, y, future[t][x, y]))
-            else:
-                result = position(prev, x, y)
-            memo[t, x, y] = result
-        return memo[t, x, y]
-
-    out = np.zeros((len(types), height, width, 2), np.int64)
-    for t in range(len(types)):
-        for y in range(height):
-            for x in range(width):
-                out[t, y, x] = position(t, x, y)
-    return out
-
-
-@pytest.mark.parametrize(
-    "codec, bframes", [("libx264", 0), ("libx264", 1), ("libx264", 2), ("mpeg4", 0)]
-)
-def test_coviar_matches_a_brute_force_tracer(codec: str, bframes: int, tmp_path: Path) -> None:
-    _need_encoder(codec)
-    path = tmp_path / "small.mp4"
-    square = moving_square_clip(
-        path, codec=codec, size=(80, 64), frames=14, motion=MOTION, side=32, gop=7, bframes=bframes
-    )
-    vectors, types, rgb = _raw_decode(path)
-    rep = coviar(path)
-    assert rep.frame_types == types and rep.frame_idx.tolist() == list(range(14))
-    assert rep.gop_start.tolist() == [t for t, k in enumerate(types) if k == "I"] == [0, 7]
-    assert np.array_equal(rep.iframes, np.stack([rgb[0], rgb[7]]))
-    pos = _brute_force_positions(vectors, types, 64, 80)
-    yy, xx = np.mgrid[0:64, 0:80]
-    expected_mv = np.stack([xx, yy], axis=-1)[None] - pos
-    assert rep.mv.dtype == np.int16 and np.array_equal(rep.mv, expected_mv)
-    for t in range(14):
-        g = rep.gop[t]
-        warped = rep.iframes[g][pos[t, ..., 1], pos[t, ..., 0]].astype(np.int16)
-        assert np.array_equal(rep.residual[t], rgb[t].astype(np.int16) - warped)
-        assert np.array_equal(warped + rep.residual[t], rgb[t])
-        # the square's centre has moved (t - I-frame) steps of the known motion (x264 codes
-        # parts of it intra in some B-frames of the two-B-frame clip: zero motion there)
-        if types[t] == "B" and bframes > 1:
-            continue
-        x, y, x1, y1 = square.box(t)
-        centre = rep.mv[
-            t, (y + y1) // 2 - 2 : (y + y1) // 2 + 2, (x + x1) // 2 - 2 : (x + x1) // 2 + 2
-        ]
-        steps = t - rep.gop_start[g]
-        assert np.all(
-            np.abs(np.median(centre.reshape(-1, 2), axis=0) - steps * np.array(MOTION)) <= 1
-        )
-
-
-def test_coviar_stride_keeps_every_kth_frame(clip: Any) -> None:
-    path, _ = clip("h264_b2")
-    full, every3 = coviar(path), coviar(path, stride=3)
-    assert every3.frame_idx.tolist() == list(range(0, 24, 3))
-    assert np.array_equal(every3.mv, full.mv[::3]) and np.array_equal(every3.gop, full.gop[::3])
-    assert np.array_equal(every3.residual, full.residual[::3])
 
 
 # -- bad input ------------------------------------------------------------------------------------

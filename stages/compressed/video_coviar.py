@@ -16,19 +16,26 @@ Definitions (pixel positions p = (x, y), frames in presentation order):
   covers p, ``J_prev(s(p))``; else, if a future vector covers p and the next anchor is in the
   same GOP, ``J_next(s(p))``; else ``J_prev(p)`` (intra or uncovered: zero motion, as
   CoViAR's loader does). Bi-predicted pixels follow the past vector.
-- Accumulated motion ``mv_t(p) = p - J_t(p)`` (int16 pixels, forward: the content at ``J`` in
-  the I-frame is at ``p`` in frame t); accumulated residual
-  ``residual_t(p) = frame_t(p) - iframe(J_t(p))`` (int16, RGB), so that
-  ``frame_t = iframe[J_t] + residual_t`` exactly. Both are 0 on I-frames.
+- Accumulated motion ``mv_t(p) = p - J_t(p)`` (int16 whole pixels, exact: every step of the
+  chain rounds the codec's quarter- or half-pixel offset to a whole pixel, so ``J`` is a pixel
+  position; forward: the content at ``J`` in the I-frame is at ``p`` in frame t).
+- Accumulated residual ``r_t(p) = frame_t(p) - iframe(J_t(p))`` (RGB, in [-255, 255]), stored
+  by ``residual_dtype``: ``"int16"`` holds ``r`` exactly, so ``frame_t = iframe[J_t] + r_t``;
+  ``"int8"`` holds ``q = r / 2`` rounded half to even (127 for 255), so that
+  ``frame_t = iframe[J_t] + 2 q`` within one level per channel (:data:`RESIDUAL_SCALE`,
+  :func:`decode_residual`). Both are 0 on I-frames. :func:`coviar` defaults to int16; the
+  ``video.coviar`` stage to int8, half the bytes in shards.
 
-Memory: the outputs hold 10 bytes per pixel per kept frame (``stride`` keeps every k-th
-frame); decoding itself keeps one GOP's anchors and the B-frames waiting for theirs.
+Memory: the outputs hold 4 (motion) + 6 or 3 (residual) bytes per pixel per kept frame
+(``stride`` keeps every k-th frame); decoding itself keeps one GOP's anchors and the B-frames
+waiting for theirs.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from av.video.reformatter import VideoReformatter
@@ -50,6 +57,20 @@ from datapipe.stages.compressed.video_open import (
     pict_letter,
 )
 
+ResidualDtype = Literal["int8", "int16"]
+#: stored residual x scale = frame minus motion-compensated I-frame (int8: within 1 level)
+RESIDUAL_SCALE = {"int8": 2, "int16": 1}
+
+
+def decode_residual(stored: np.ndarray) -> np.ndarray:
+    """int16 residual in levels from a stored ``int8`` (halved) or ``int16`` (exact) one.
+
+    >>> decode_residual(np.array([-128, 0, 127], np.int8)).tolist()
+    [-256, 0, 254]
+    """
+    scale = RESIDUAL_SCALE[str(stored.dtype)]
+    return np.asarray(stored, dtype=np.int16) * np.int16(scale)
+
 
 @dataclass
 class Coviar:
@@ -60,7 +81,7 @@ class Coviar:
     frame_idx: np.ndarray  # int64 (T'): frames kept (every ``stride``-th)
     gop: np.ndarray  # int64 (T'): GOP of each kept frame
     mv: np.ndarray  # int16 (T', H, W, 2): accumulated motion, pixels (x, y)
-    residual: np.ndarray  # int16 (T', H, W, 3): accumulated residual, RGB
+    residual: np.ndarray  # int16 or int8 (T', H, W, 3): accumulated residual, RGB (x scale)
     frame_types: str  # one letter per decoded frame
     damaged: int
     damage: Damage = field(default_factory=Damage, repr=False)
@@ -81,7 +102,9 @@ class _Pending:
 class _Accumulator:
     """Streams frames in presentation order and writes the kept frames' outputs."""
 
-    def __init__(self, height: int, width: int, stride: int, capacity: int) -> None:
+    def __init__(
+        self, height: int, width: int, stride: int, capacity: int, residual_dtype: ResidualDtype
+    ) -> None:
         self.h, self.w, self.stride = height, width, stride
         yy, xx = np.mgrid[0:height, 0:width]
         self.identity = np.ascontiguousarray(np.stack([xx, yy], axis=-1), dtype=np.int32)
@@ -89,7 +112,8 @@ class _Accumulator:
         self.gop_start: list[int] = []
         keep = max(1, -(-capacity // stride))
         self.mv = GrowingArray((height, width, 2), np.int16, keep)
-        self.residual = GrowingArray((height, width, 3), np.int16, keep)
+        self.residual = GrowingArray((height, width, 3), np.dtype(residual_dtype), keep)
+        self.halve = residual_dtype == "int8"
         self.kept: list[int] = []
         self.kept_gop: list[int] = []
         self.anchor: np.ndarray | None = None  # I-frame positions of the previous anchor
@@ -146,9 +170,8 @@ class _Accumulator:
         if t % self.stride:
             return
         k = t // self.stride
-        accumulate(
-            pos, rgb, self.iframes.buf[len(self.gop_start) - 1], self.mv.at(k), self.residual.at(k)
-        )
+        iframe = self.iframes.buf[len(self.gop_start) - 1]
+        accumulate(pos, rgb, iframe, self.mv.at(k), self.residual.at(k), self.halve)
         self.kept.append(t)
         self.kept_gop.append(len(self.gop_start) - 1)
 
@@ -160,6 +183,7 @@ def coviar(
     max_frames: int | None = None,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    residual_dtype: ResidualDtype = "int16",
 ) -> Coviar:
     """Decode a video into CoViAR's I-frames, accumulated motion and accumulated residuals.
 
@@ -167,6 +191,7 @@ def coviar(
     ----------
     stride : keep the outputs of every ``stride``-th frame (all frames are still traced).
     max_frames, strict, max_pixels : as in :func:`~.video_mv.motion_vectors`.
+    residual_dtype : ``"int16"`` exact residuals, ``"int8"`` halved (see the module docstring).
 
     >>> rep = coviar("clip.mp4")  # doctest: +SKIP
     >>> rep.iframes.shape, rep.mv.shape, rep.residual.shape  # doctest: +SKIP
@@ -174,12 +199,14 @@ def coviar(
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if residual_dtype not in RESIDUAL_SCALE:
+        raise ValueError(f"residual_dtype must be 'int8' or 'int16', got {residual_dtype!r}")
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.require_motion_vectors()
         reader.configure(export_mvs=True)
         info = reader.info
         capacity = min(info.declared_frames or 256, max_frames or 2**31)
-        acc = _Accumulator(info.height, info.width, stride, capacity)
+        acc = _Accumulator(info.height, info.width, stride, capacity, residual_dtype)
         reformatter = VideoReformatter()
         types: list[str] = []
         for t, frame in enumerate(reader.frames(max_frames)):
@@ -209,29 +236,41 @@ class CoviarParams(Params):
     max_frames: int | None = PField(None, ge=1, description="Read at most this many frames.")
     strict: bool = PField(False, description="Damaged video is an error, not a count.")
     max_pixels: int = PField(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger frames.")
+    residual_dtype: ResidualDtype = PField(
+        "int8",
+        description="'int8': residual / 2 (x2 reconstructs within 1 level, half the bytes); "
+        "'int16': exact.",
+    )
 
 
 class CoviarStage(Map):
     """CoViAR tensors: ``coviar_iframes`` uint8 (G, H, W, 3), ``coviar_gop_start`` (int64, G),
     ``coviar_frame_idx`` / ``coviar_gop`` (int64, T'), ``coviar_mv`` int16 (T', H, W, 2)
-    accumulated motion in pixels, ``coviar_residual`` int16 (T', H, W, 3) accumulated
-    residual, ``frame_types``, ``video_damage``. See the module docstring."""
+    accumulated motion in whole pixels, ``coviar_residual`` (T', H, W, 3) accumulated residual
+    (int8 halved by default, int16 exact), ``frame_types``, ``video_damage``. See the module
+    docstring."""
 
     name = "video.coviar"
     description = "CoViAR: GOP I-frames plus motion and residuals accumulated back to them."
     Params = CoviarParams
     CONSUMES = (Field("path", "str", ""),)
-    PRODUCES = (
-        Field("coviar_iframes", "uint8", "G H W 3", "I-frame of each GOP, RGB"),
-        Field("coviar_gop_start", "int64", "G", "frame index of each GOP's I-frame"),
-        Field("coviar_frame_idx", "int64", "T", "frames kept"),
-        Field("coviar_gop", "int64", "T", "GOP of each kept frame"),
-        Field("coviar_mv", "int16", "T H W 2", "motion accumulated to the I-frame, pixels"),
-        Field("coviar_residual", "int16", "T H W 3", "frame minus motion-compensated I-frame"),
-        Field("frame_types", "str", "", "'I'/'P'/'B' per decoded frame"),
-        Field("video_damage", "int", "", "frames concealed or lost (0: clean)"),
-    )
     isolate = True
+
+    def produces(self) -> tuple[Field, ...]:
+        dtype = self.params.residual_dtype
+        residual = "frame minus motion-compensated I-frame, RGB levels" + (
+            " / 2 (x2: within 1 level)" if dtype == "int8" else ""
+        )
+        return (
+            Field("coviar_iframes", "uint8", "G H W 3", "I-frame of each GOP, RGB"),
+            Field("coviar_gop_start", "int64", "G", "frame index of each GOP's I-frame"),
+            Field("coviar_frame_idx", "int64", "T", "frames kept"),
+            Field("coviar_gop", "int64", "T", "GOP of each kept frame"),
+            Field("coviar_mv", "int16", "T H W 2", "motion accumulated to the I-frame, pixels"),
+            Field("coviar_residual", dtype, "T H W 3", residual),
+            Field("frame_types", "str", "", "'I'/'P'/'B' per decoded frame"),
+            Field("video_damage", "int", "", "frames concealed or lost (0: clean)"),
+        )
 
     def process(self, record: Record, ctx: Context) -> Record:
         p = self.params
@@ -241,6 +280,7 @@ class CoviarStage(Map):
             max_frames=p.max_frames,
             strict=p.strict,
             max_pixels=p.max_pixels,
+            residual_dtype=p.residual_dtype,
         )
         return {
             "coviar_iframes": rep.iframes,

@@ -58,19 +58,20 @@ def _read(r8, r16, r32, lay, i):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True)
-def rasterize_forward(r8, r16, r32, lay, shift, out, acc):  # type: ignore[no-untyped-def]
+def rasterize_forward(r8, r16, r32, lay, shift, out, acc, past, future):  # type: ignore[no-untyped-def]
     """Area-weighted mean forward motion per (1 << shift)-pixel cell into ``out`` (R, C, 2).
 
-    Forward motion is ``-offset`` for past references (source < 0), ``+offset`` for future
-    ones. ``acc`` is (R, C, 3) float64 scratch. Cells no vector overlaps get 0.
+    Forward motion is ``-offset / past`` for past references (source < 0), ``+offset /
+    future`` for future ones (``past`` = ``future`` = 1: the coded offsets). ``acc`` is
+    (R, C, 3) float64 scratch. Cells no vector overlaps get 0.
     """
     rows, cols = out.shape[0], out.shape[1]
     block = np.int64(1) << shift
     acc[:] = 0.0
     for i in range(r8.shape[0]):
         source, w, h, x0, y0, ox, oy = _read(r8, r16, r32, lay, i)
-        sign = 1.0 if source > 0 else -1.0
-        fx, fy = sign * ox, sign * oy
+        scale = 1.0 / future if source > 0 else -1.0 / past
+        fx, fy = scale * ox, scale * oy
         x1, y1 = x0 + w, y0 + h
         for cy in range(max(y0 >> shift, 0), min(((y1 - 1) >> shift) + 1, rows)):
             ey = min(y1, (cy + 1) * block) - max(y0, cy * block)
@@ -147,9 +148,10 @@ def trace(past, src_p, has_p, future, src_f, has_f, use_future, out):  # type: i
 
 
 @nb.njit(cache=True)
-def accumulate(pos, frame, iframe, mv, residual):  # type: ignore[no-untyped-def]
+def accumulate(pos, frame, iframe, mv, residual, halve):  # type: ignore[no-untyped-def]
     """CoViAR outputs of one frame from its I-frame positions ``pos`` (H, W, 2):
-    ``mv`` = p - pos (int16, pixels), ``residual`` = frame - iframe[pos] (int16, RGB)."""
+    ``mv`` = p - pos (int16, pixels), ``residual`` = frame - iframe[pos] (RGB): exact, or with
+    ``halve`` that difference / 2 rounded half to even and clipped to 127 (int8)."""
     height, width = pos.shape[0], pos.shape[1]
     for y in range(height):
         for x in range(width):
@@ -157,4 +159,10 @@ def accumulate(pos, frame, iframe, mv, residual):  # type: ignore[no-untyped-def
             mv[y, x, 0] = x - sx
             mv[y, x, 1] = y - sy
             for c in range(3):
-                residual[y, x, c] = np.int16(frame[y, x, c]) - np.int16(iframe[sy, sx, c])
+                r = np.int64(frame[y, x, c]) - np.int64(iframe[sy, sx, c])
+                if halve:
+                    q = r >> 1
+                    if (r & 1) and (q & 1):
+                        q += 1
+                    r = min(q, 127)
+                residual[y, x, c] = r

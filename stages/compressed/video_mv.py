@@ -11,9 +11,14 @@ block to where it is fetched in the reference frame, and ``source`` < 0 for a pa
   (content moved from ``src`` in the past frame to ``dst`` now) and ``+(motion / scale)`` for
   a future reference (content at ``dst`` now is at ``src`` in the future frame). A square
   moving right gives positive x for P-frames and for both directions of a B-frame.
-- **Magnitude** is per reference distance, as coded: a P-frame two frames after its anchor
-  (``I B P``) shows twice the per-frame motion. FFmpeg does not export which reference frame
-  a vector uses, so no per-frame normalisation is attempted.
+- **Magnitude** (``normalize``): ``"reference"`` (the default) keeps each vector as coded,
+  the motion over its reference distance: a P-frame two frames after its anchor (``I B P``)
+  shows twice the per-frame motion, and so does a B-frame's vector to a reference two frames
+  away. ``"per_frame"`` divides each vector by the distance of its reference in frames
+  (presentation order), so that every frame holds pixels per frame. FFmpeg does not export
+  which frame a vector refers to; the distances follow the rule of :mod:`.video_refs` (exact
+  with one reference frame per direction, B-pyramid included). B-frames are held back until
+  their next reference frame is decoded.
 - **Grid**: cells of ``block`` x ``block`` pixels, ``rows = ceil(H / block)``,
   ``cols = ceil(W / block)``. Each cell is the area-weighted mean of the vectors overlapping it
   (a bi-predicted block contributes both directions); cells no vector covers (intra blocks)
@@ -47,18 +52,21 @@ from datapipe.stages.compressed.video_open import (
     frame_pts,
     pict_letter,
 )
+from datapipe.stages.compressed.video_refs import ReferenceDistances, ReferenceFlags
 
 #: int16 storage unit: quarter pixels (H.264's native precision), range +-8192 px.
 MV_STORAGE_SCALE = 4
 _INITIAL_FRAMES = 1024
 _SHIFTS = {4: 2, 8: 3, 16: 4}
+Normalize = Literal["reference", "per_frame"]
 
 
 @dataclass
 class MotionField:
     """Dense motion of a clip (see the module docstring for the exact meaning)."""
 
-    #: float32 (T, rows, cols, 2): forward motion (x, y) in pixels per cell
+    #: float32 (T, rows, cols, 2): forward motion (x, y) in pixels per cell, over each
+    #: vector's reference distance or per frame (``normalize``)
     mv: np.ndarray
     #: one letter per frame, presentation order: 'I', 'P', 'B' ('?' if unknown)
     frame_types: list[str]
@@ -77,6 +85,7 @@ class MotionField:
     width: int
     height: int
     damage: Damage = field(default_factory=Damage, repr=False)
+    normalize: Normalize = "reference"
 
 
 class GrowingArray:
@@ -117,18 +126,29 @@ class GrowingArray:
 
 
 def rasterize(
-    vecs: np.ndarray, rows: int, cols: int, block: int, out: np.ndarray | None = None
+    vecs: np.ndarray,
+    rows: int,
+    cols: int,
+    block: int,
+    out: np.ndarray | None = None,
+    *,
+    past: float = 1.0,
+    future: float = 1.0,
+    acc: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense forward-motion field (rows, cols, 2) float32 from one frame's exported vectors.
 
     Each vector covers its own ``w`` x ``h`` block around ``dst``; a cell holds the
-    area-weighted mean of the vectors overlapping it (0 where none does).
+    area-weighted mean of the vectors overlapping it (0 where none does). Past-reference
+    vectors are divided by ``past``, future-reference ones by ``future`` (their reference
+    distances, for per-frame motion). ``acc``: (rows, cols, 3) float64 scratch.
     """
     if out is None:
         out = np.empty((rows, cols, 2), np.float32)
-    acc = np.empty((rows, cols, 3))
+    if acc is None:
+        acc = np.empty((rows, cols, 3))
     r8, r16, r32, layout = vector_views(vecs)
-    rasterize_forward(r8, r16, r32, layout, _SHIFTS[block], out, acc)
+    rasterize_forward(r8, r16, r32, layout, _SHIFTS[block], out, acc, past, future)
     return out
 
 
@@ -151,8 +171,14 @@ def _rasterize_frame(frame: object, out: np.ndarray, block: int, acc: np.ndarray
         out[:] = 0
         return False
     r8, r16, r32, layout = vector_views(vecs)
-    rasterize_forward(r8, r16, r32, layout, _SHIFTS[block], out, acc)
+    rasterize_forward(r8, r16, r32, layout, _SHIFTS[block], out, acc, 1.0, 1.0)
     return True
+
+
+def _copy_vectors(frame: object) -> np.ndarray | None:
+    """The frame's vectors, copied out of its side data (they may outlive the frame)."""
+    vecs = frame_vectors(frame)
+    return None if vecs is None else np.array(vecs)
 
 
 def motion_vectors(
@@ -163,6 +189,7 @@ def motion_vectors(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     reconstruct: bool = False,
+    normalize: Normalize = "reference",
 ) -> MotionField:
     """Read a video's motion vectors into a dense field, streaming frame by frame.
 
@@ -176,6 +203,8 @@ def motion_vectors(
     max_pixels : refuse a declared frame size above this (``decode_bomb``).
     reconstruct : also run the loop filter and inverse transform. The vectors are the same;
         by default they are skipped because only the bitstream's vectors are wanted.
+    normalize : ``"reference"``: vectors as coded, motion over their reference distance;
+        ``"per_frame"``: divided by that distance, pixels per frame (module docstring).
 
     Raises
     ------
@@ -190,6 +219,8 @@ def motion_vectors(
     """
     if block not in (4, 8, 16):
         raise ValueError(f"block must be 4, 8 or 16, got {block}")
+    if normalize not in ("reference", "per_frame"):
+        raise ValueError(f"normalize must be 'reference' or 'per_frame', got {normalize!r}")
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.require_motion_vectors()
         reader.configure(export_mvs=True, skip_pixels=not reconstruct)
@@ -203,11 +234,14 @@ def motion_vectors(
         pts: list[int] = []
         types: list[str] = []
         exported: list[bool] = []
-        for frame in reader.frames(max_frames):
-            exported.append(_rasterize_frame(frame, mv.slot(), block, acc))
-            types.append(pict_letter(frame))
-            pts.append(frame_pts(frame))
-            del frame  # decoded frames are freed one by one (see frame_vectors)
+        if normalize == "reference":
+            for frame in reader.frames(max_frames):
+                exported.append(_rasterize_frame(frame, mv.slot(), block, acc))
+                types.append(pict_letter(frame))
+                pts.append(frame_pts(frame))
+                del frame  # decoded frames are freed one by one (see frame_vectors)
+        else:
+            _per_frame(reader, max_frames, block, mv, acc, (types, pts, exported))
         damage = reader.finish(len(types))
     return MotionField(
         mv=mv.array(),
@@ -221,7 +255,53 @@ def motion_vectors(
         width=info.width,
         height=info.height,
         damage=damage,
+        normalize=normalize,
     )
+
+
+def _per_frame(
+    reader: VideoReader,
+    max_frames: int | None,
+    block: int,
+    mv: GrowingArray,
+    acc: np.ndarray,
+    lists: tuple[list[str], list[int], list[bool]],
+) -> None:
+    """The decoding loop of ``normalize="per_frame"``: B-frames wait for their next reference
+    frame, which is read past ``max_frames`` when needed (its vectors are not kept)."""
+    types, pts, exported = lists
+    limit = max_frames if max_frames is not None else 2**62
+    flags = ReferenceFlags(reader.stream)
+    pending: ReferenceDistances[tuple[int, np.ndarray | None]] = ReferenceDistances()
+    t = 0
+    for frame in reader.frames(watch=flags.see):
+        kind, p = pict_letter(frame), frame_pts(frame)
+        vecs = _copy_vectors(frame) if t < limit else None
+        del frame  # decoded frames are freed one by one (see frame_vectors)
+        if t < limit:
+            types.append(kind)
+            pts.append(p)
+            exported.append(vecs is not None)
+            mv.slot()[:] = 0
+        _rasterize_ready(pending.push(t, kind, flags.reference(p, kind), (t, vecs)), mv, block, acc)
+        t += 1
+        if t >= limit and not pending.waiting_before(limit):
+            reader.stopped_early = True
+            break
+    _rasterize_ready(pending.finish(), mv, block, acc)
+
+
+def _rasterize_ready(
+    ready: list[tuple[tuple[int, np.ndarray | None], int, int]],
+    mv: GrowingArray,
+    block: int,
+    acc: np.ndarray,
+) -> None:
+    """Rasterise frames whose reference distances are known into their slots of ``mv``."""
+    for (t, vecs), past, future in ready:
+        if vecs is not None:
+            out = mv.at(t)
+            rasterize(vecs, *out.shape[:2], block, out, past=past, future=future, acc=acc)
 
 
 def encode_mv(mv: np.ndarray) -> np.ndarray:
@@ -251,13 +331,19 @@ class MotionVectorsParams(Params):
     max_frames: int | None = PField(None, ge=1, description="Read at most this many frames.")
     strict: bool = PField(False, description="Damaged video is an error, not a count.")
     max_pixels: int = PField(DEFAULT_MAX_PIXELS, ge=1, description="Refuse larger frames.")
+    normalize: Normalize = PField(
+        "reference",
+        description="'reference': vectors as coded (motion over their reference distance); "
+        "'per_frame': divided by that distance in frames (pixels per frame).",
+    )
 
 
 class MotionVectorsStage(Map):
     """Codec motion vectors as a dense (T, rows, cols, 2) field; see the module docstring.
 
     Fields: ``mv`` (forward motion per ``block`` cell; int16 quarter pixels or float32
-    pixels), ``frame_types`` ('IPB...', one letter per frame), ``pts`` (int64, T),
+    pixels; over each vector's reference distance, or per frame with ``normalize:
+    per_frame``), ``frame_types`` ('IPB...', one letter per frame), ``pts`` (int64, T),
     ``video_damage`` (frames concealed or lost; 0 for a clean file).
     """
 
@@ -270,8 +356,9 @@ class MotionVectorsStage(Map):
 
     def produces(self) -> tuple[Field, ...]:
         unit = "quarter pixels" if self.params.dtype == "int16" else "pixels"
+        per = "per frame" if self.params.normalize == "per_frame" else "per reference distance"
         return (
-            Field("mv", self.params.dtype, "T R C 2", f"forward motion (x, y) in {unit}"),
+            Field("mv", self.params.dtype, "T R C 2", f"forward motion (x, y), {unit} {per}"),
             Field("frame_types", "str", "", "'I'/'P'/'B' per frame, presentation order"),
             Field("pts", "int64", "T", "presentation timestamps (stream time base)"),
             Field("video_damage", "int", "", "frames concealed or lost (0: clean)"),
@@ -285,6 +372,7 @@ class MotionVectorsStage(Map):
             max_frames=p.max_frames,
             strict=p.strict,
             max_pixels=p.max_pixels,
+            normalize=p.normalize,
         )
         mv = encode_mv(result.mv) if p.dtype == "int16" else result.mv
         return {

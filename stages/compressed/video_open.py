@@ -26,7 +26,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -291,12 +291,16 @@ class VideoReader:
             yield packet
 
     def frames(
-        self, max_frames: int | None = None, packets: Iterator[av.Packet] | None = None
+        self,
+        max_frames: int | None = None,
+        packets: Iterator[av.Packet] | None = None,
+        watch: Callable[[av.Packet], None] | None = None,
     ) -> Iterator[av.VideoFrame]:
         """Decoded frames in presentation order; damage is counted, never raised here.
 
         ``packets`` replaces the demuxer (a caller that also looks at every packet); that
-        caller then sets ``packets_read`` itself."""
+        caller then sets ``packets_read`` itself. ``watch`` sees every non-empty packet
+        before it is decoded."""
         decode = self.stream.decode
         count_packets = packets is None
         if packets is None:
@@ -311,8 +315,11 @@ class VideoReader:
                 self.damage.packet_errors += 1
                 self.damage.note(f"demux: {_ffmpeg_reason(exc)}")
                 packet = None  # flush what the decoder holds
-            if count_packets and packet is not None and packet.size:
-                self.packets_read += 1
+            if packet is not None and packet.size:
+                if count_packets:
+                    self.packets_read += 1
+                if watch is not None:
+                    watch(packet)
             try:
                 decoded = decode(packet)
             except av.error.FFmpegError as exc:

@@ -1,9 +1,10 @@
 """Synthetic clips with known motion, for the video tests and benchmarks.
 
 A textured square moves by a fixed integer ``(dx, dy)`` pixels per frame over a static
-textured background, so the true motion of every block is known. Clips are encoded with PyAV
-(libx264, mpeg4, mpeg2video, libx265, libvpx-vp9), optionally with an audio track or with
-irregular timestamps (variable frame rate).
+textured background (:func:`moving_square_clip`), or the whole picture pans by ``(dx, dy)``
+per frame (:func:`panning_clip`), so the true motion of every block is known. Clips are
+encoded with PyAV (libx264, mpeg4, mpeg2video, libx265, libvpx-vp9), optionally with an audio
+track or with irregular timestamps (variable frame rate).
 """
 
 from __future__ import annotations
@@ -138,3 +139,35 @@ def moving_square_clip(
     square = Square(x0=width // 8, y0=height // 8, side=side, dx=motion[0], dy=motion[1])
     write_clip(path, render(width, height, frames, square, seed), codec=codec, **encode)  # type: ignore[arg-type]
     return square
+
+
+def render_pan(
+    width: int, height: int, frames: int, motion: tuple[int, int], seed: int = 0
+) -> np.ndarray:
+    """uint8 (frames, height, width, 3): a window over a large texture whose content moves by
+    ``motion`` = (dx, dy) >= 0 pixels per frame (the window slides the other way)."""
+    dx, dy = motion
+    if dx < 0 or dy < 0:
+        raise ValueError(f"pan motion must be non-negative, got {motion}")
+    big = texture(
+        width + dx * (frames - 1), height + dy * (frames - 1), np.random.default_rng(seed)
+    )
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        x, y = dx * (frames - 1 - t), dy * (frames - 1 - t)
+        out[t] = big[y : y + height, x : x + width]
+    return out
+
+
+def panning_clip(
+    path: str | os.PathLike[str],
+    *,
+    codec: str = "libx264",
+    size: tuple[int, int] = (160, 96),
+    frames: int = 24,
+    motion: tuple[int, int] = (2, 1),
+    seed: int = 0,
+    **encode: object,
+) -> None:
+    """Render and encode a clip whose whole picture moves by ``motion`` pixels per frame."""
+    write_clip(path, render_pan(*size, frames, motion, seed), codec=codec, **encode)  # type: ignore[arg-type]
