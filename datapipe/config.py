@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,11 +56,12 @@ class OutputSpec(_Strict):
         default_factory=lambda: ["path", "mtime_ns"],
         description="Fields never written (default: machine-specific source fields).",
     )
-    compress: bool | list[str] = Field(
-        False,
+    compress: bool | list[str] | Literal["auto"] = Field(
+        "auto",
         description=(
-            "gzip array fields as KEY.FIELD.npy.gz: true for every array, or a list of field "
-            "names. Pays off for sparse arrays such as DCT coefficients (about 3x smaller)."
+            "gzip array fields as KEY.FIELD.npy.gz: true for every array, false for none, a "
+            "list of field names, or 'auto' (default): the fields their stage marks as "
+            "compressible (mostly zeros or repeats, such as CoViAR motion and residuals)."
         ),
     )
 

@@ -32,6 +32,9 @@ class Field:
     dtype: str = "any"
     shape: str = "*"
     doc: str = ""
+    #: stored gzip'd (``.npy.gz``) unless ``output.compress`` says otherwise: for arrays that
+    #: are mostly zeros or repeats, where it saves 10x or more
+    compress: bool = False
 
     def __post_init__(self) -> None:
         if not FIELD_NAME.match(self.name):

@@ -96,6 +96,8 @@ class Pipeline:
             problems += self._check_compress()
         if problems:
             raise ConfigError(problems, source)
+        #: what ``encode_sample`` gzips: True, False or a set of field names
+        self.compress: bool | frozenset[str] = self._resolve_compress()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -277,6 +279,12 @@ class Pipeline:
                 merged[name] = (f, producer)
         return merged
 
+    def _resolve_compress(self) -> bool | frozenset[str]:
+        setting = self.output.compress
+        if setting == "auto":
+            return frozenset(n for n, f in self.written_fields().items() if f.compress)
+        return setting if isinstance(setting, bool) else frozenset(setting)
+
     def _check_compress(self) -> list[Problem]:
         """Every field named in ``output.compress`` is an array some leaf writes."""
         names = self.output.compress
@@ -384,9 +392,9 @@ class Pipeline:
             "exclude": sorted(self.output.exclude),
             "sources": list(source_signatures),
         }
-        compress = self.output.compress
+        compress = self.compress
         if compress:  # how samples are stored (absent: older fingerprints hold)
-            blob["compress"] = True if compress is True else sorted(set(compress))
+            blob["compress"] = True if compress is True else sorted(compress)
         if any(n.stage.epoch_dependent for n in scope):
             blob["epoch"] = epoch
         files = {

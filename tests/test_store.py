@@ -25,7 +25,9 @@ from PIL import Image
 from datapipe.config import OutputSpec
 from datapipe.errors import ItemError, StoreBusyError, StoreError
 from datapipe.executors.local import run_local
+from datapipe.fields import Field
 from datapipe.graph import Pipeline
+from datapipe.stage import Map, Record
 from datapipe.stages.io.files import Files
 from datapipe.stages.io.image_resize import ImageResize
 from datapipe.stages.select.random_subset import key_uniform
@@ -530,3 +532,48 @@ def test_compress_names_written_arrays(data: tuple[Path, list[str]], compress, m
 
     with pytest.raises(ConfigError, match=match):
         Pipeline.from_dict(_resize_spec(data[0], {"compress": compress}))
+
+
+class _Sparse(Map):
+    """A mostly-zero array its stage marks as compressible, and a plain one."""
+
+    name = "test.sparse"
+    description = "Marks one array compressible."
+    CONSUMES = (Field("index", "int", ""),)
+    PRODUCES = (
+        Field("sparse", "int16", "64", compress=True),
+        Field("dense", "int16", "64"),
+    )
+
+    def process(self, record: Record, ctx: Any) -> Record:
+        sparse = np.zeros(64, np.int16)
+        sparse[record["index"]] = 7
+        return {"sparse": sparse, "dense": np.arange(64, dtype=np.int16)}
+
+
+@pytest.mark.parametrize(
+    ("compress", "gzipped"),
+    [("auto", {"sparse"}), (False, set()), (["dense"], {"dense"}), (True, {"sparse", "dense"})],
+)
+def test_fields_a_stage_marks_compressible_are_gzipped_by_default(
+    tmp_path: Path, compress: Any, gzipped: set[str]
+) -> None:
+    from datapipe.graph import Node
+    from fault_stages import Counter
+
+    p = Pipeline(
+        [Node("src", Counter(n=3)), Node("sp", _Sparse(), ("src",))],
+        output=OutputSpec(compress=compress),
+    )
+    run_local(p, tmp_path / "out")
+    (shard,) = (tmp_path / "out" / "shards").glob("*.tar")
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        member = tar.extractfile("item_002.sparse.npy" + (".gz" if "sparse" in gzipped else ""))
+        raw = member.read()
+    got = {n.split(".")[1] for n in names if n.endswith(".npy.gz")}
+    assert got == gzipped
+    data = gzip.decompress(raw) if "sparse" in gzipped else raw
+    expect = np.zeros(64, np.int16)
+    expect[2] = 7
+    np.testing.assert_array_equal(np.load(io.BytesIO(data), allow_pickle=False), expect)

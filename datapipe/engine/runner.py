@@ -366,7 +366,7 @@ class ItemRunner:
         try:
             for sub, rec in records:
                 key = task.key + sub
-                members = encode_sample(key, rec, out.fields, out.exclude, out.compress)
+                members = encode_sample(key, rec, out.fields, out.exclude, p.compress)
                 samples.append((key, members))
         except ItemError as exc:
             return ItemResult.error(

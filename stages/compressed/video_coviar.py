@@ -266,8 +266,14 @@ class CoviarStage(Map):
             Field("coviar_gop_start", "int64", "G", "frame index of each GOP's I-frame"),
             Field("coviar_frame_idx", "int64", "T", "frames kept"),
             Field("coviar_gop", "int64", "T", "GOP of each kept frame"),
-            Field("coviar_mv", "int16", "T H W 2", "motion accumulated to the I-frame, pixels"),
-            Field("coviar_residual", dtype, "T H W 3", residual),
+            Field(
+                "coviar_mv",
+                "int16",
+                "T H W 2",
+                "motion accumulated to the I-frame, pixels",
+                compress=True,
+            ),
+            Field("coviar_residual", dtype, "T H W 3", residual, compress=True),
             Field("frame_types", "str", "", "'I'/'P'/'B' per decoded frame"),
             Field("video_damage", "int", "", "frames concealed or lost (0: clean)"),
         )
