@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import stage_inputs
 from PIL import Image
 
 import fault_stages
@@ -44,3 +47,29 @@ def image_tree(tmp_path: Path) -> Path:
     root = tmp_path / "images"
     make_image_tree(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> stage_inputs.SampleData:
+    """Real JPEG photos, H.264 clips and PLY clouds (and bad files), written once."""
+    return stage_inputs.make_sample_data(tmp_path_factory.mktemp("sample_data"))
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """The address of one LocalCluster (2 single-threaded worker processes) for the session."""
+    from distributed import LocalCluster
+
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
