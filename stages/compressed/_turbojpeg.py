@@ -1,5 +1,6 @@
 """ctypes binding to the system libturbojpeg (TurboJPEG API 2.x): quantized DCT coefficients
-straight from the entropy decoder, with no inverse DCT and no colour conversion.
+straight from the entropy decoder, with no inverse DCT and no colour conversion; and pixels at
+a reduced DCT scale (:func:`decompress`), with libjpeg's warnings.
 
 Route: ``tjTransform`` with no transform and ``TJXOPT_NOOUTPUT`` runs libjpeg's
 ``jpeg_read_coefficients`` into whole-image coefficient arrays and hands each block row to a
@@ -30,6 +31,19 @@ TJXOPT_COPYNONE = 64
 TJFLAG_STOPONWARNING = 8192
 TJFLAG_LIMITSCANS = 32768
 TJERR_WARNING = 0
+TJPF_RGB = 0
+TJPF_GRAY = 6
+#: the beginnings of libjpeg's warnings (JWRN_* in jerror.h). A fatal error after a warning
+#: still reads as TJERR_WARNING in tjGetErrorCode, but its message is the fatal one
+WARNING_TEXTS = (
+    "Corrupt JPEG data",
+    "Premature end of JPEG file",
+    "Inconsistent progression sequence",
+    "Invalid SOS parameters for sequential JPEG",
+    "Warning: unknown JFIF revision",
+    "Unknown Adobe color transform",
+    "Application transferred too many scanlines",
+)
 _NAMES = ("libturbojpeg.so.0", "libturbojpeg.so", "libturbojpeg.0.dylib", "turbojpeg")
 
 
@@ -106,6 +120,20 @@ def load_library() -> ctypes.CDLL:
             ctypes.POINTER(ctypes.c_ulong),
             ctypes.POINTER(_Transform),
             ctypes.c_int,
+        ]
+        lib.tjInitDecompress.restype = ctypes.c_void_p
+        lib.tjInitDecompress.argtypes = []
+        lib.tjDecompress2.restype = ctypes.c_int
+        lib.tjDecompress2.argtypes = [
+            ctypes.c_void_p,  # handle
+            ctypes.c_char_p,  # jpegBuf
+            ctypes.c_ulong,  # jpegSize
+            ctypes.c_void_p,  # dstBuf
+            ctypes.c_int,  # width: the largest scaled width wanted
+            ctypes.c_int,  # pitch
+            ctypes.c_int,  # height
+            ctypes.c_int,  # pixelFormat
+            ctypes.c_int,  # flags
         ]
         lib.tjGetErrorStr2.restype = ctypes.c_char_p
         lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
@@ -262,3 +290,76 @@ def read_coefficients(
     if reader is None:
         reader = readers[native] = _Reader(native)
     return reader.read(data, grids, strict)
+
+
+def is_warning(message: str) -> bool:
+    """Whether ``message`` is one of libjpeg's warnings (the data was decoded around it)."""
+    return message.startswith(WARNING_TEXTS)
+
+
+class _Decompressor:
+    """One TurboJPEG decompression handle; used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self.lib = load_library()
+        self.handle = self.lib.tjInitDecompress()
+        if not self.handle:
+            raise TurboJPEGError("tjInitDecompress failed", warning=False)
+
+    def decode(
+        self, data: bytes, width: int, height: int, scale: int, gray: bool, strict: bool
+    ) -> tuple[np.ndarray, str | None]:
+        w, h = -(-width // scale), -(-height // scale)
+        channels = 1 if gray else 3
+        # tjDecompress2 takes the largest scale whose image fits w x h, and never writes
+        # past h rows of the pitch given, whatever the file says (zeros: no stale memory
+        # shows should libjpeg's image come out smaller)
+        out = np.zeros((h, w, channels), np.uint8)
+        flags = TJFLAG_LIMITSCANS | (TJFLAG_STOPONWARNING if strict else 0)
+        status = self.lib.tjDecompress2(
+            self.handle,
+            data,
+            len(data),
+            _address(out),
+            w,
+            w * channels,
+            h,
+            TJPF_GRAY if gray else TJPF_RGB,
+            flags,
+        )
+        if status == 0:
+            return out, None
+        text = self.lib.tjGetErrorStr2(self.handle) or b"unknown error"
+        message = text.decode("utf-8", "replace").strip()
+        warning = self.lib.tjGetErrorCode(self.handle) == TJERR_WARNING and is_warning(message)
+        if strict or not warning:
+            raise TurboJPEGError(message, warning)
+        return out, message
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.tjDestroy(self.handle)
+            self.handle = None
+
+
+def decompress(
+    data: bytes, width: int, height: int, scale: int, *, gray: bool = False, strict: bool = False
+) -> tuple[np.ndarray, str | None]:
+    """Decode the JPEG in ``data`` (``width`` x ``height``) at 1/``scale`` (1, 2, 4 or 8):
+    uint8 (ceil(height / scale), ceil(width / scale), 3) RGB, or 1 channel with ``gray``.
+
+    The same pixels as libjpeg's own decode at that scale (Pillow's ``draft``): the accurate
+    integer IDCT, scaled, and fancy upsampling. Returns the first libjpeg warning too (corrupt
+    data, decoded around; None when clean). Raises :class:`TurboJPEGError` for a fatal error,
+    or for any warning when ``strict`` (the decode stops there).
+
+    ``width`` and ``height`` must be those of the frame header: tjDecompress2 picks the largest
+    of its scales k/8 whose image fits the output, and that is 1/``scale`` when a side is 8
+    pixels or more (each larger k/8 adds at least a pixel); below, ask for ``scale`` 1.
+    """
+    if scale not in (1, 2, 4, 8) or (scale > 1 and max(width, height) < 8):
+        raise ValueError(f"scale 1/{scale} of a {width}x{height} image")
+    decoder = _local.__dict__.get("decompressor")
+    if decoder is None:
+        decoder = _local.decompressor = _Decompressor()
+    return decoder.decode(data, width, height, scale, gray, strict)

@@ -1,12 +1,21 @@
-"""``image.resize``: decode an image with Pillow and resize it to a fixed size."""
+"""``image.resize``: decode an image and resize it to a fixed size.
+
+JPEGs decode through the system libturbojpeg (:func:`decode_image`): at the DCT scale
+Pillow's ``draft`` would pick, to the same pixels, and with libjpeg's warnings about corrupt
+data, which Pillow drops. Other formats, and the JPEG kinds the header parser leaves out
+(CMYK, RGB-coded, arithmetic-coded, 12-bit), decode with Pillow as before.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -16,8 +25,18 @@ from pydantic import Field as PField
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
+from datapipe.stages.compressed._jpeg_header import parse_header
+from datapipe.stages.compressed._turbojpeg import (
+    TurboJPEGError,
+    TurboJPEGUnavailable,
+    decompress,
+)
 
 ALLOWED_FORMATS = ["JPEG", "PNG", "WEBP", "BMP"]
+#: libjpeg's warning for data that ends before the image does (JWRN_JPEG_EOF)
+_EOF_WARNING = "Premature end of JPEG file"
+logger = logging.getLogger(__name__)
+_fallback_logged = False
 
 
 class ImageResizeParams(Params):
@@ -27,6 +46,7 @@ class ImageResizeParams(Params):
         description="'crop': shorter side to size, then centre crop; 'stretch': resize both.",
     )
     max_pixels: int = PField(50_000_000, ge=1, description="Refuse larger declared images.")
+    strict: bool = PField(False, description="Any libjpeg warning (corrupt data) is an error.")
 
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
@@ -73,42 +93,187 @@ def open_image(source: Source, max_pixels: int) -> Iterator[Image.Image]:
         raise ItemError("corrupt", f"cannot decode image: {exc}") from None
 
 
-def decode_resize(
-    path: str, size: int, mode: str = "crop", max_pixels: int = 50_000_000
-) -> np.ndarray:
-    """Decode ``path`` to RGB uint8 (size, size, 3), refusing bombs and truncated files."""
-    with open_image(path, max_pixels) as img:
-        w, h = img.size
-        if mode == "crop":
-            scale = size / min(w, h)
-            target = (max(size, round(w * scale)), max(size, round(h * scale)))
-        else:
-            target = (size, size)
-        img.draft("RGB", target)  # JPEG: decode at 1/2, 1/4 or 1/8 scale when enough
-        img = img.convert("RGB").resize(target, Image.Resampling.BICUBIC)
-    arr = np.asarray(img)
+@dataclass(frozen=True)
+class Decoded:
+    """An image decoded for resizing.
+
+    ``image`` is loaded: RGB or L from libjpeg-turbo, any Pillow mode otherwise. ``scale`` is
+    source pixels per decoded pixel (2, 4 or 8 for a DCT-scaled JPEG, else 1); ``size`` the
+    source's (width, height); ``warning`` libjpeg's first warning (None when clean)."""
+
+    image: Image.Image
+    scale: int
+    size: tuple[int, int]
+    warning: str | None = None
+
+    @property
+    def damage(self) -> int:
+        """1 when libjpeg decoded around corrupt data, else 0 (the ``image_damage`` field)."""
+        return 0 if self.warning is None else 1
+
+
+#: (width, height) of the source -> the smallest (width, height) a reduced decode must cover
+Cover = Callable[[int, int], tuple[int, int]]
+
+
+def draft_scale(width: int, height: int, cover: tuple[int, int]) -> int:
+    """The DCT scale denominator Pillow's ``draft`` picks: the largest of 8, 4, 2, 1 that
+    still covers ``cover`` (1 for images under 8 pixels a side; see ``decompress``)."""
+    ratio = min(width // max(1, cover[0]), height // max(1, cover[1]))
+    if max(width, height) < 8:
+        return 1
+    return next((s for s in (8, 4, 2) if ratio >= s), 1)
+
+
+def decode_image(
+    source: Source, cover: Cover, *, max_pixels: int = 50_000_000, strict: bool = False
+) -> Decoded:
+    """Decode ``source`` (a path or the encoded bytes) at the smallest DCT scale that still
+    covers ``cover(width, height)`` (JPEG; other formats decode in full).
+
+    A JPEG decodes once, through libturbojpeg, with libjpeg's warnings: damaged data is kept
+    as libjpeg decodes it and reported in ``warning``, or is an ItemError ``corrupt`` with
+    ``strict``. (libjpeg sees damage only where the data stops fitting the image: garbage
+    that decodes as valid codes and ends where the scan ends goes unseen, as in jpeg.dct.)
+    The header is parsed and checked first (``_jpeg_header``): declared sizes over
+    ``max_pixels``, or more than the data of a sequential file can hold, are ``decode_bomb``
+    before anything is allocated; a file without its EOI marker is ``truncated``. Other
+    errors as :func:`open_image`; a missing file propagates.
+    """
+    data = _jpeg_bytes(source)
+    if data is not None:
+        decoded = _decode_jpeg(data, cover, max_pixels, strict)
+        if decoded is not None:
+            return decoded
+        source = data  # a kind of JPEG the header parser leaves to Pillow
+    with open_image(source, max_pixels) as img:
+        width, height = img.size
+        drafted = img.draft("RGB", cover(width, height))  # JPEG: a reduced DCT scale
+        scale = round(width / drafted[1][2]) if drafted is not None else 1
+        img.load()
+    return Decoded(img, scale, (width, height))
+
+
+def _jpeg_bytes(source: Source) -> bytes | None:
+    """The data of ``source`` when it starts as a JPEG does (what Pillow checks), else None."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return data if data[:3] == b"\xff\xd8\xff" else None
+    with open(source, "rb") as fh:
+        head = fh.read(3)
+        if not head:
+            raise ItemError("empty", "zero-byte file")
+        return head + fh.read() if head == b"\xff\xd8\xff" else None
+
+
+def _decode_jpeg(data: bytes, cover: Cover, max_pixels: int, strict: bool) -> Decoded | None:
+    """libturbojpeg's decode, or None for what it leaves to Pillow."""
+    try:
+        header = parse_header(data, max_pixels)
+    except ItemError as exc:
+        if exc.error_class == "unsupported":  # CMYK, RGB-coded, arithmetic, 12-bit, ...
+            return None
+        raise
+    if not header.has_eoi:
+        raise ItemError("truncated", "the JPEG data ends before its EOI marker")
+    if not header.progressive and len(data) * 8 < 2 * sum(r * c for r, c in header.grids):
+        # every block of a sequential file costs at least a DC code and an EOB code
+        raise ItemError(
+            "decode_bomb",
+            f"declared size {header.width}x{header.height} needs more data than the "
+            f"{len(data)} bytes of the file",
+        )
+    size = (header.width, header.height)
+    scale = draft_scale(*size, cover(*size))
+    gray = len(header.components) == 1
+    try:
+        pixels, warning = decompress(data, *size, scale, gray=gray, strict=strict)
+    except TurboJPEGUnavailable:
+        if strict:
+            raise
+        _log_fallback()
+        return None
+    except TurboJPEGError as exc:
+        if _EOF_WARNING in exc.message:
+            raise ItemError("truncated", f"cannot decode the JPEG: {exc.message}") from None
+        if "more than 500 scans" in exc.message:
+            raise ItemError("decode_bomb", f"cannot decode the JPEG: {exc.message}") from None
+        if exc.warning:
+            raise ItemError("corrupt", f"damaged JPEG refused (strict): {exc.message}") from None
+        raise ItemError("corrupt", f"cannot decode the JPEG: {exc.message}") from None
+    if warning is not None and _EOF_WARNING in warning:
+        raise ItemError("truncated", f"cannot decode the JPEG: {warning}")
+    image = Image.fromarray(pixels[..., 0] if gray else pixels)
+    return Decoded(image, scale, size, warning)
+
+
+def _log_fallback() -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        logger.warning("libturbojpeg not found: JPEGs decode with Pillow, damage goes unseen")
+
+
+def resize_decoded(decoded: Decoded, size: int, mode: str = "crop") -> np.ndarray:
+    """``decoded`` as RGB uint8 (size, size, 3): resized (bicubic) so the shorter side is
+    ``size``, then centre-cropped (``crop``), or resized to the square (``stretch``)."""
+    target = _target(*decoded.size, size, mode)
+    img = decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")
+    arr = np.asarray(img.resize(target, Image.Resampling.BICUBIC))
     if mode == "crop":
         top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
         arr = arr[top : top + size, left : left + size]
     return np.ascontiguousarray(arr)
 
 
+def _target(w: int, h: int, size: int, mode: str) -> tuple[int, int]:
+    if mode == "crop":
+        scale = size / min(w, h)
+        return max(size, round(w * scale)), max(size, round(h * scale))
+    return size, size
+
+
+def decode_resize(
+    path: Source,
+    size: int,
+    mode: str = "crop",
+    max_pixels: int = 50_000_000,
+    *,
+    strict: bool = False,
+) -> np.ndarray:
+    """Decode ``path`` to RGB uint8 (size, size, 3), refusing bombs and truncated files (and
+    damaged JPEGs with ``strict``)."""
+    cover = functools.partial(_target, size=size, mode=mode)
+    decoded = decode_image(path, cover, max_pixels=max_pixels, strict=strict)
+    return resize_decoded(decoded, size, mode)
+
+
 class ImageResize(Map):
-    """Decode a JPEG/PNG/WebP/BMP with Pillow and resize to ``size`` x ``size`` RGB uint8."""
+    """Decode a JPEG/PNG/WebP/BMP and resize to ``size`` x ``size`` RGB uint8.
+
+    JPEGs decode at a reduced DCT scale when enough (as Pillow's ``draft``). ``image_damage``
+    is 1 when libjpeg decoded around corrupt data (0 when clean; the engine counts such items
+    as damaged); with ``strict`` such a JPEG is an error row (``corrupt``) instead.
+    """
 
     name = "image.resize"
-    description = "Decode an image (Pillow, JPEG draft scaling) and resize it to a square."
+    description = "Decode an image (JPEG DCT scaling) and resize it to a square."
     Params = ImageResizeParams
     CONSUMES = (Field("path", "str", ""),)
     isolate = True
 
     def produces(self) -> tuple[Field, ...]:
         s = self.params.size
-        return (Field("image", "uint8", f"{s} {s} 3", "RGB pixels"),)
+        return (
+            Field("image", "uint8", f"{s} {s} 3", "RGB pixels"),
+            Field("image_damage", "int", "", "1 when libjpeg met corrupt data (0 when clean)"),
+        )
 
     def process(self, record: Record, ctx: Context) -> Record:
         path = record["path"]
         if record.get("size") == 0:
             raise ItemError("empty", "zero-byte file")
         p = self.params
-        return {"image": decode_resize(path, p.size, p.mode, p.max_pixels)}
+        cover = functools.partial(_target, size=p.size, mode=p.mode)
+        decoded = decode_image(path, cover, max_pixels=p.max_pixels, strict=p.strict)
+        return {"image": resize_decoded(decoded, p.size, p.mode), "image_damage": decoded.damage}

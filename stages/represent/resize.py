@@ -2,17 +2,18 @@
 
 libjpeg scales the inverse DCT: a JPEG decodes at 1/2, 1/4 or 1/8 of its size for a fraction
 of the cost of a full decode (Pillow's ``draft`` mode). :func:`decode_jpeg_reduced` decodes at
-the smallest of those scales that still covers the target, then finishes to the exact size
-with an antialiased Pillow filter. The stage takes its size from a
-:class:`~datapipe.stages.represent.schedule.ResizeSchedule` and the epoch (``ctx.epoch``), so
-``datapipe.stream.from_pipeline(...).set_epoch(e)`` switches sizes between epochs.
+the smallest of those scales that still covers the target (through libturbojpeg, which also
+reports corrupt data), then finishes to the exact size with an antialiased Pillow filter. The
+stage takes its size from a :class:`~datapipe.stages.represent.schedule.ResizeSchedule` and
+the epoch (``ctx.epoch``), so ``datapipe.stream.from_pipeline(...).set_epoch(e)`` switches
+sizes between epochs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field as PField
@@ -21,7 +22,7 @@ from pydantic import model_validator
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.io.image_resize import Source, open_image
+from datapipe.stages.io.image_resize import Source, decode_image
 from datapipe.stages.represent.dct_decode import decode_dct_reduced
 from datapipe.stages.represent.resample import (
     Resample,
@@ -40,13 +41,14 @@ def decode_jpeg_reduced(
     resample: Resample = "bicubic",
     allow_upscale: bool = False,
     max_pixels: int = 50_000_000,
+    strict: bool = False,
 ) -> np.ndarray:
     """Decode an image to exactly ``size``, JPEGs straight at a reduced DCT scale.
 
     A JPEG decodes at the smallest of 1/8, 1/4, 1/2 (or 1) of its size that still covers the
-    target (libjpeg's DCT scaling, Pillow's ``draft``), in YCbCr; the finishing resize to the
-    exact size runs on that small image, then converts to RGB. Other formats (PNG, WebP, BMP)
-    are decoded in full, then resized.
+    target (libjpeg's DCT scaling, through libturbojpeg: the scale and the pixels of Pillow's
+    ``draft``); the finishing resize to the exact size runs on that small image. Other formats
+    (PNG, WebP, BMP) are decoded in full, then resized.
 
     Parameters
     ----------
@@ -57,6 +59,8 @@ def decode_jpeg_reduced(
     resample : the Pillow filter of the finishing resize (antialiased when shrinking).
     allow_upscale : the target may be larger than the source (refused by default).
     max_pixels : refuse images that declare more pixels, before decoding.
+    strict : a JPEG libjpeg reports corrupt data in is an error (by default it is decoded
+        around, as libjpeg does; :func:`decode_reduced` says so).
 
     Returns
     -------
@@ -80,22 +84,44 @@ def decode_jpeg_reduced(
     >>> decode_jpeg_reduced(buf.getvalue(), (56, 112)).shape
     (56, 112, 3)
     """
+    return decode_reduced(
+        source,
+        size,
+        mode=mode,
+        resample=resample,
+        allow_upscale=allow_upscale,
+        max_pixels=max_pixels,
+        strict=strict,
+    )[0]
+
+
+def decode_reduced(
+    source: Source,
+    size: int | Sequence[int],
+    *,
+    mode: Literal["crop", "stretch"] = "crop",
+    resample: Resample = "bicubic",
+    allow_upscale: bool = False,
+    max_pixels: int = 50_000_000,
+    strict: bool = False,
+) -> tuple[np.ndarray, int]:
+    """:func:`decode_jpeg_reduced`, and the damage: 1 when libjpeg decoded around corrupt
+    data, else 0."""
     h, w = check_options(size, mode, resample, "decode_jpeg_reduced")
-    with open_image(source, max_pixels) as img:
-        W, H = img.size
-        box, request = plan_resize(W, H, h, w, mode, allow_upscale)
-        # JPEG: libjpeg scales the IDCT by 1/2, 1/4 or 1/8 while the result still covers
-        # `request`; YCbCr output (unless the file is RGB-coded, Adobe transform 0), so the
-        # colour conversion runs on the final pixels only
-        ycc = img.mode == "RGB" and img.info.get("adobe_transform", 1) != 0
-        drafted = img.draft("YCbCr" if ycc else img.mode, request)
-        scale = W / drafted[1][2] if drafted is not None else 1.0
-        if img.mode not in ("RGB", "YCbCr", "L"):
-            img = img.convert("RGB")  # palette, alpha, CMYK: to RGB before resampling
-        return finish_resize(img, box, scale, h, w, resample)
+
+    def cover(W: int, H: int) -> tuple[int, int]:
+        return plan_resize(W, H, h, w, mode, allow_upscale)[1]
+
+    decoded = decode_image(source, cover, max_pixels=max_pixels, strict=strict)
+    box, _ = plan_resize(*decoded.size, h, w, mode, allow_upscale)
+    img = decoded.image
+    if img.mode not in ("RGB", "YCbCr", "L"):
+        img = img.convert("RGB")  # palette, alpha, CMYK: to RGB before resampling
+    return finish_resize(img, box, float(decoded.scale), h, w, resample), decoded.damage
 
 
 Side = Annotated[int, PField(ge=1, le=MAX_SIDE)]
+DAMAGE = "1 when libjpeg met corrupt data (0 when clean)"
 
 
 class ResizeParams(Params):
@@ -115,6 +141,9 @@ class ResizeParams(Params):
     resample: Resample = PField("bicubic", description="Pillow filter of the finishing resize.")
     allow_upscale: bool = PField(False, description="Allow targets larger than the source.")
     max_pixels: int = PField(50_000_000, ge=1, description="Refuse larger declared images.")
+    strict: bool = PField(
+        False, description="input 'path': any libjpeg warning (corrupt data) is an error."
+    )
     input: Literal["path", "dct"] = PField(
         "path",
         description=(
@@ -140,6 +169,10 @@ class ProgressiveResize(Map):
     With ``schedule`` the size follows the epoch the stage runs in (``ctx.epoch``: the
     streaming loader's ``set_epoch``, or ``datapipe run``'s epoch), so the output shape is
     declared symbolically (``H W 3``); with a fixed ``size`` it is declared exactly.
+
+    With ``input: path``, ``image_damage`` is 1 when libjpeg decoded around corrupt data (0
+    when clean; the engine counts such items as damaged); with ``strict`` such a JPEG is an
+    error row (``corrupt``) instead.
     """
 
     name = "represent.resize"
@@ -176,9 +209,13 @@ class ProgressiveResize(Map):
     def produces(self) -> tuple[Field, ...]:
         p = self.params
         if p.size is None:
-            return (Field("image", "uint8", "H W 3", "RGB pixels, size by epoch"),)
-        h, w = (p.size, p.size) if isinstance(p.size, int) else p.size
-        return (Field("image", "uint8", f"{h} {w} 3", "RGB pixels"),)
+            image = Field("image", "uint8", "H W 3", "RGB pixels, size by epoch")
+        else:
+            h, w = (p.size, p.size) if isinstance(p.size, int) else p.size
+            image = Field("image", "uint8", f"{h} {w} 3", "RGB pixels")
+        if p.input == "dct":  # jpeg.dct upstream reports the damage (jpeg_damage)
+            return (image,)
+        return (image, Field("image_damage", "int", "", DAMAGE))
 
     def size_at(self, epoch: int) -> tuple[int, int]:
         """(height, width) of the images of ``epoch``."""
@@ -190,18 +227,16 @@ class ProgressiveResize(Map):
 
     def process(self, record: Record, ctx: Context) -> Record:
         p = self.params
+        options: dict[str, Any] = {
+            "mode": p.mode,
+            "resample": p.resample,
+            "allow_upscale": p.allow_upscale,
+            "max_pixels": p.max_pixels,
+        }
+        size = self.size_at(ctx.epoch)
         if p.input == "dct":
-            decode, source = decode_dct_reduced, record
-        else:
-            if record.get("size") == 0:
-                raise ItemError("empty", "zero-byte file")
-            decode, source = decode_jpeg_reduced, Path(record["path"])
-        image = decode(
-            source,  # type: ignore[arg-type]
-            self.size_at(ctx.epoch),
-            mode=p.mode,
-            resample=p.resample,
-            allow_upscale=p.allow_upscale,
-            max_pixels=p.max_pixels,
-        )
-        return {"image": image}
+            return {"image": decode_dct_reduced(record, size, **options)}
+        if record.get("size") == 0:
+            raise ItemError("empty", "zero-byte file")
+        image, damage = decode_reduced(Path(record["path"]), size, strict=p.strict, **options)
+        return {"image": image, "image_damage": damage}
