@@ -253,8 +253,12 @@ class Pipeline:
             available[nid] = out
         self._available = available
         leaves = [n for n in self.order if n in self.leaves()]
-        if len(leaves) > 1:  # the written record is the join of every leaf
-            self._meet([available[n] for n in leaves], "output", problems)
+        for source in (n for n in self.order if self.nodes_by_id[n].kind is StageKind.SOURCE):
+            # an item's written record joins the leaves its source reaches (not the others')
+            reached = self.downstream(source)
+            mine = [n for n in leaves if n in reached]
+            if len(mine) > 1:
+                self._meet([available[n] for n in mine], "output", problems)
         return problems
 
     @staticmethod

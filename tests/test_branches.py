@@ -153,3 +153,26 @@ def test_the_run_records_the_fields_samples_carry(tmp_path: Path) -> None:
     ds = from_shards(tmp_path / "out")
     batch = ds.collate([s for s in ds])
     assert "square_mask" not in batch and tuple(batch["square"].shape) == (3, 1)
+
+
+def test_leaves_of_different_sources_never_meet(tmp_path: Path) -> None:
+    # two sources list items of their own: their leaves both carry `index` but never meet
+    p = Pipeline(
+        [
+            Node("a", Counter(n=2)),
+            Node("a_sq", Square(), ("a",)),
+            Node("b", Counter(n=3)),
+            Node("b_sq", Square(), ("b",)),
+        ]
+    )
+    assert sorted(p.leaves()) == ["a_sq", "b_sq"]
+
+
+def test_a_record_missing_a_consumed_field_is_a_named_error() -> None:
+    from datapipe.engine.runner import MapFailure, apply_map
+    from datapipe.stage import Context
+
+    with pytest.raises(MapFailure) as info:
+        apply_map(Square(), [("", {"key": "k", "label": "x"})], Context())
+    assert info.value.error_class == "invalid"
+    assert "test.square needs field(s) 'index', which the record lacks" in info.value.message

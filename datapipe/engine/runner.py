@@ -196,6 +196,15 @@ def apply_map(
     """
     out: list[tuple[str, Record]] = []
     for sub, rec in inputs:
+        missing = [f.name for f in stage.consumes() if f.name not in rec]
+        if missing:
+            raise MapFailure(
+                "error",
+                f"{stage.name} needs field(s) {', '.join(map(repr, missing))}, which the "
+                f"record lacks (it has: {', '.join(sorted(rec)) or 'nothing'})",
+                "invalid",
+                "MissingField",
+            )
         try:
             produced = stage.process(rec, ctx)
         except Filtered as exc:
