@@ -6,6 +6,11 @@ They live in an importable module (not a test file) so that worker processes can
 from __future__ import annotations
 
 import ctypes
+import json
+import os
+import pickle
+import struct
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -14,6 +19,8 @@ import numpy as np
 from pydantic import Field as PField
 
 from datapipe import registry
+from datapipe.engine.runner import ItemResult
+from datapipe.engine.wire import encode_result
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Fit, Map, Params, Record, Sink, Source
@@ -161,7 +168,117 @@ class Collect(Sink):
         return {"n": len(keys), "keys": keys}
 
 
-ALL = [Faulty, FaultyInline, Counter, Square, Split, Size, Root, MeanFit, Center, Collect]
+class LargeParams(Params):
+    nbytes: int = PField(1, ge=0)
+
+
+class Large(Map):
+    """A ``blob`` of ``nbytes`` bytes, each ``index % 251``; sleeps forever for 'hang' keys.
+    With large task records too, both pipes between parent and child fill up."""
+
+    name = "test.large"
+    description = "Returns a large array."
+    Params = LargeParams
+    CONSUMES = (Field("index", "int", ""),)
+    PRODUCES = (Field("blob", "uint8", "N"),)
+    isolate = True
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        if "hang" in record["key"]:
+            time.sleep(10_000)
+        return {"blob": np.full(self.params.nbytes, record["index"] % 251, dtype=np.uint8)}
+
+
+class _Touch:
+    """Unpickling this creates the file ``path``: proof that a pickle ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def _wire(header: dict[str, Any], body: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return b"DPW1" + struct.pack("<I", len(text)) + text + body
+
+
+def hostile_message(kind: str, key: str, marker: str) -> bytes:
+    """What a child taken over by a crafted file might write on its result pipe, by kind."""
+    fields = {"key": key, "status": "ok"}
+    if kind == "garbage":
+        return b"\x00\xffnot a datapipe message" * 3
+    if kind == "pickle":
+        return pickle.dumps(ItemResult(key, "ok", light={"x": _Touch(marker)}))
+    if kind == "liar":  # declares a 1 MB buffer, sends 3 bytes
+        return _wire({"v": 1, "kind": "result", "fields": fields, "buffers": [2**20]}, b"abc")
+    if kind == "objdtype":
+        arr = {"a": 0, "dtype": "|O", "shape": [1]}
+        rec = {"t": [key, {"d": [["x", arr]]}]}
+        body = {"v": 1, "kind": "result", "fields": {**fields, "records": [rec]}, "buffers": [8]}
+        return _wire(body, bytes(8))
+    if kind == "status":
+        return _wire(
+            {"v": 1, "kind": "result", "fields": {**fields, "status": "owned"}, "buffers": []}
+        )
+    if kind == "wrongkey":  # a well-formed result for another item
+        return encode_result(ItemResult(key.replace("wrongkey", "good"), "ok", light={}))
+    if kind == "escape":  # a well-formed result whose sample belongs to another item
+        return encode_result(ItemResult(key, "ok", samples=[("x/good_0@0000", [("a.bin", b"")])]))
+    raise ValueError(kind)
+
+
+class HostileParams(Params):
+    marker: str = ""
+
+
+class Hostile(Map):
+    """Writes crafted bytes straight onto the worker's result pipe, as a decoder taken over by
+    a hostile file could, then sleeps; keys name the attack (see :func:`hostile_message`, plus
+    'huge': a 2 GB length prefix, 'stall': half a message, 'close': closes the pipe). Other
+    keys yield ``value`` as test.faulty does."""
+
+    name = "test.hostile"
+    description = "Breaks the worker protocol on purpose, by file name."
+    Params = HostileParams
+    CONSUMES = (Field("path", "str", ""),)
+    PRODUCES = (Field("value", "int64", "1"),)
+    isolate = True
+
+    def process(self, record: Record, ctx: Context) -> Record:
+        key = record["key"]
+        kind = key.rsplit("/", 1)[-1].split("_", 1)[0]
+        if kind == "good":
+            return {"value": np.array([len(key)], dtype=np.int64)}
+        fd = int(sys.argv[2])  # python -m datapipe.engine.worker TASK_FD RESULT_FD MEMORY_MB
+        if kind == "close":
+            os.close(fd)
+        elif kind == "huge":
+            os.write(fd, struct.pack("!i", 2**31 - 1))
+        elif kind == "stall":
+            os.write(fd, struct.pack("!i", 1000) + b"DPW1")
+        else:
+            data = hostile_message(kind, key, self.params.marker)
+            os.write(fd, struct.pack("!i", len(data)) + data)
+        time.sleep(10_000)
+        raise AssertionError("unreachable")
+
+
+ALL = [
+    Faulty,
+    FaultyInline,
+    Counter,
+    Square,
+    Split,
+    Size,
+    Root,
+    MeanFit,
+    Center,
+    Collect,
+    Large,
+    Hostile,
+]
 
 
 def register_all() -> None:

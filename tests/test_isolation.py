@@ -3,17 +3,25 @@ becomes that item's error row; the child is replaced; every other item is writte
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datapipe.engine.pool import ProcessPool
-from datapipe.engine.runner import ItemTask
+from datapipe.engine.runner import ItemResult, ItemTask
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stages.io.files import Files
+from datapipe.store.codec import decode_value
 from datapipe.store.manifest import Manifest
-from fault_stages import Faulty
+from fault_stages import Counter, Faulty, Large
+
+#: larger than a pipe's buffer, also when the pool grows it (1 MiB on Linux)
+BIG = 3 << 20
+#: generous: only a pool that stopped making progress runs into it
+HUNG_AFTER_S = 90.0
 
 
 def _tree(root: Path, names: list[str]) -> None:
@@ -31,7 +39,12 @@ def test_crash_hang_and_hog_become_error_rows(tmp_path: Path, workers: int) -> N
     good = [f"good_{i}" for i in range(6)]
     _tree(tmp_path / "in", ["segv_1", "hang_1", "hog_1", "boom_1", *good])
     report = run_local(
-        _pipeline(tmp_path / "in"), tmp_path / "out", workers=workers, timeout_s=3, memory_mb=1024
+        # a small cap: 'hog' reaches it (oom) well before its time limit on a loaded machine
+        _pipeline(tmp_path / "in"),
+        tmp_path / "out",
+        workers=workers,
+        timeout_s=3,
+        memory_mb=256,
     )
     m = Manifest(tmp_path / "out" / "manifest.sqlite")
     rows = {r.key: r for r in m.iter_rows()}
@@ -71,3 +84,73 @@ def test_inline_run_of_isolated_stage_still_uses_a_child(tmp_path: Path) -> None
     report = run_local(_pipeline(tmp_path / "in"), tmp_path / "out", workers=0, timeout_s=5)
     assert report.counts["error"] == 1
     assert report.errors_by_class == {"crash": 1}
+
+
+def _drain(pool: ProcessPool, tasks: list[ItemTask]) -> dict[str, ItemResult]:
+    """Every result of ``pool``, by key; fails (rather than hangs) when the pool deadlocks."""
+    results: dict[str, ItemResult] = {}
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            for res in pool.imap_unordered(tasks):
+                results[res.key] = res
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(HUNG_AFTER_S)
+    if thread.is_alive():
+        for child in pool.children:  # frees a parent blocked on a pipe
+            child.proc.kill()
+        thread.join(10)
+        pytest.fail(f"the pool hung with {len(results)} of {len(tasks)} results")
+    if raised:
+        raise raised[0]
+    return results
+
+
+def _big_tasks(names: list[str], encode: bool) -> list[ItemTask]:
+    """Tasks whose records alone are larger than a pipe's buffer."""
+    return [
+        ItemTask(name, "test_counter", {"key": name, "index": i, "pad": "p" * BIG}, encode=encode)
+        for i, name in enumerate(names)
+    ]
+
+
+@pytest.mark.parametrize("encode", [True, False])
+def test_large_tasks_and_results_do_not_deadlock(encode: bool) -> None:
+    """The parent writes the prefetched task while the child writes a large result: neither
+    may wait for the other (both records are larger than any pipe buffer)."""
+    names = [f"item_{i}" for i in range(5)]
+    p = Pipeline.chain(Counter(n=0), Large(nbytes=BIG))
+    with ProcessPool(p, workers=1, timeout_s=60, memory_mb=0) as pool:
+        assert pool.prefetch >= 2
+        results = _drain(pool, _big_tasks(names, encode))
+    assert sorted(results) == names
+    for i, name in enumerate(names):
+        res = results[name]
+        assert res.status == "ok", res.message
+        if encode:
+            (key, members) = res.samples[0]
+            blob = decode_value("npy", dict(members)[f"{name}.blob.npy"])
+            assert key == name and dict(members)[f"{name}.pad.json"] == b'"' + b"p" * BIG + b'"'
+        else:
+            blob = res.records[0][1]["blob"]
+            assert res.records[0][1]["pad"] == "p" * BIG
+        assert blob.shape == (BIG,) and blob.dtype == np.uint8
+        assert int(blob.min()) == int(blob.max()) == i
+
+
+def test_child_hung_with_a_large_task_waiting_still_times_out() -> None:
+    """A child that hangs leaves the next (large) task unread in its pipe: the parent must
+    not block writing it, or the time limit would never fire."""
+    names = ["hang_0", "good_1", "good_2"]
+    p = Pipeline.chain(Counter(n=0), Large(nbytes=16))
+    with ProcessPool(p, workers=1, timeout_s=2, memory_mb=0) as pool:
+        results = _drain(pool, _big_tasks(names, encode=False))
+        assert pool.replaced == 1
+    assert results["hang_0"].error_class == "timeout"
+    assert results["good_1"].status == results["good_2"].status == "ok"
+    assert int(results["good_2"].records[0][1]["blob"][0]) == 2

@@ -2,15 +2,19 @@
 
 :class:`ProcessPool` isolates untrusted decoding: each task runs in a child process with a
 per-item time limit and a memory cap. A hang, an out-of-memory or a native crash (SIGSEGV)
-becomes that item's error row (``timeout``, ``oom``, ``crash``, with the signal); the child
-is replaced and the run goes on. Children are plain subprocesses (not multiprocessing), so
+becomes that item's error row (``timeout``, ``oom``, ``crash``, with the signal); so does a
+child that breaks the result protocol (``crash``, ``WorkerProtocolError``): results cross as
+data only (:mod:`datapipe.engine.wire`), never as pickles. The child is replaced and the run
+goes on. Children are plain subprocesses (not multiprocessing), so
 the pool also works inside daemonic processes such as Dask workers.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -18,17 +22,23 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from datapipe.engine.channel import PIPE_BYTES, Inbox, Outbox, frame, grow_pipe
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
+from datapipe.engine.wire import Ready, WireError, decode
 from datapipe.graph import Pipeline
+from datapipe.store.codec import item_key_of
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE = ("timeout", "crash", "oom")
 _START_TIMEOUT_S = 120.0
 _MAX_START_FAILURES = 3
+#: how long a child whose result pipe closed may take to exit before it is killed
+_EXIT_GRACE_S = 5.0
+#: result bytes read from one child per poll, so one cannot starve the others' deadlines
+_READ_BUDGET = 16 << 20
 
 
 class InlinePool:
@@ -56,8 +66,10 @@ class InlinePool:
 @dataclass
 class _Child:
     proc: subprocess.Popen[bytes]
-    tasks: Connection
-    results: Connection
+    #: tasks for the child, written as its pipe drains
+    outbox: Outbox
+    #: the child's messages, read as they come
+    inbox: Inbox
     #: tasks sent and not answered yet; the child works on the first, the next waits in its pipe
     inflight: deque[ItemTask] = field(default_factory=deque)
     deadline: float = 0.0
@@ -80,6 +92,11 @@ class ProcessPool:
 
     Each child gets its next task before it finishes the current one (``prefetch``), so it
     never waits on the parent; the time limit of a task starts when the child starts it.
+    The parent never blocks on a pipe: tasks are written and results read without blocking
+    (a child sending a large result while the parent sends it a large task cannot deadlock;
+    a child that stalls mid-message runs into its time limit). Results cross as data only
+    (:mod:`datapipe.engine.wire`, never unpickled); a malformed one is a ``crash`` row and
+    the child is replaced.
     """
 
     prefetch = 2
@@ -103,11 +120,17 @@ class ProcessPool:
         self.children: list[_Child] = []
         self.replaced = 0
         self._start_failures = 0
+        self._payload_frame: list[memoryview] | None = None
+        # a child builds each message in memory under its cap, so none can be larger
+        self._max_message = (memory_mb + 16) * 2**20 if memory_mb > 0 else None
+        self._scratch = bytearray(PIPE_BYTES)
 
     # -- children ---------------------------------------------------------------------------
     def _spawn(self) -> _Child:
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
+        grow_pipe(task_w)
+        grow_pipe(res_r)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -127,25 +150,30 @@ class ProcessPool:
         )
         os.close(task_r)
         os.close(res_w)
-        child = _Child(proc, Connection(task_w, readable=False), Connection(res_r, writable=False))
-        child.tasks.send(self.payload)
+        os.set_blocking(task_w, False)  # the child's ends stay blocking
+        os.set_blocking(res_r, False)
+        child = _Child(proc, Outbox(task_w), Inbox(res_r, self._scratch, self._max_message))
+        if self._payload_frame is None:
+            self._payload_frame = frame(self.payload)
+        child.outbox.put(self._payload_frame)
         child.deadline = time.monotonic() + _START_TIMEOUT_S
         return child
 
     def _retire(self, child: _Child, kill: bool) -> None:
         if kill and child.proc.poll() is None:
             child.proc.kill()
-        for conn in (child.tasks, child.results):
-            conn.close()
+        for fd in (child.outbox.fd, child.inbox.fd):
+            os.close(fd)
         child.proc.wait()
 
     def close(self) -> None:
+        """Stop idle children (kill busy ones: their work is abandoned)."""
         for child in self.children:
-            try:
-                child.tasks.send(None)
-            except OSError:
-                pass
+            if not child.inflight and not child.outbox:
+                child.outbox.put(frame(None))
         for child in self.children:
+            if child.inflight or child.outbox:
+                child.proc.kill()
             try:
                 child.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -159,73 +187,131 @@ class ProcessPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- pipes --------------------------------------------------------------------------------
+    def _poll(self, busy: list[_Child], timeout: float | None) -> None:
+        poller = select.poll()
+        readers = {c.inbox.fd: c for c in busy}
+        writers = {c.outbox.fd: c for c in busy if c.outbox}
+        for fd in readers:
+            poller.register(fd, select.POLLIN)
+        for fd in writers:
+            poller.register(fd, select.POLLOUT)
+        ms = None if timeout is None else math.ceil(timeout * 1000)
+        for fd, _events in poller.poll(ms):
+            if fd in writers:
+                writers[fd].outbox.flush()
+            if fd in readers:
+                readers[fd].inbox.read(_READ_BUDGET)
+
+    def _check(self, child: _Child, msg: Ready | ItemResult) -> Ready | ItemResult:
+        """A message that fits where the child is: one ready, then answers to its tasks."""
+        if isinstance(msg, Ready):
+            if child.ready:
+                raise WireError("a second ready message")
+            return msg
+        task = child.task
+        if task is None:
+            raise WireError(f"a result for {msg.key!r} with no task sent")
+        if msg.key != task.key:
+            raise WireError(f"a result for {msg.key!r} while working on {task.key!r}")
+        for sample_key in [k for k, _ in msg.samples] + [k for k, _ in msg.records]:
+            if item_key_of(sample_key) != task.key:
+                raise WireError(f"sample {sample_key!r} is not one of item {task.key!r}")
+        return msg
+
     # -- scheduling -------------------------------------------------------------------------
     def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
         """Yield one result per task, in completion order."""
         pending = iter(tasks)
         retry: deque[ItemTask] = deque()
         exhausted = False
-        if not self.children:
-            self.children = [self._spawn() for _ in range(self.n)]
-        while True:
-            for child in self.children:  # hand out work
-                while child.ready and len(child.inflight) < self.prefetch:
-                    task = retry.popleft() if retry else None
-                    if task is None and not exhausted:
-                        task = next(pending, None)
-                        exhausted = task is None
-                    if task is None:
-                        break
-                    if not child.inflight:
-                        child.deadline = time.monotonic() + self.timeout_s
-                    child.inflight.append(task)
-                    child.tasks.send(task)
-            busy = [c for c in self.children if c.inflight or not c.ready]
-            if exhausted and not retry and not any(c.inflight for c in self.children):
-                return
-            timeout = max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
-            readable = wait([c.results for c in busy], timeout=timeout)
-            now = time.monotonic()
-            for i, child in enumerate(list(self.children)):
-                if child.results in readable:
+        while len(self.children) < self.n:
+            self.children.append(self._spawn())
+        try:
+            while True:
+                for child in self.children:  # hand out work
+                    while child.ready and len(child.inflight) < self.prefetch:
+                        task = retry.popleft() if retry else None
+                        if task is None and not exhausted:
+                            task = next(pending, None)
+                            exhausted = task is None
+                        if task is None:
+                            break
+                        if not child.inflight:
+                            child.deadline = time.monotonic() + self.timeout_s
+                        child.inflight.append(task)
+                        child.outbox.put(frame(task))
+                busy = [c for c in self.children if c.inflight or not c.ready]
+                if exhausted and not retry and not any(c.inflight for c in self.children):
+                    return
+                timeout = (
+                    max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
+                )
+                self._poll(busy, timeout)
+                now = time.monotonic()
+                for i, child in enumerate(list(self.children)):
                     try:
-                        msg = child.results.recv()
-                    except (EOFError, OSError):
-                        result = self._died(child)
-                    else:
-                        if isinstance(msg, tuple) and msg and msg[0] == "ready":
-                            child.ready = True
-                        else:
+                        while child.inbox.messages:
+                            msg = self._check(child, decode(child.inbox.messages.popleft()))
+                            if isinstance(msg, Ready):
+                                child.ready = True
+                                continue
                             child.inflight.popleft()
                             child.deadline = now + self.timeout_s  # it starts the next one
                             yield msg
+                        if child.inbox.error:
+                            raise WireError(child.inbox.error)
+                    except WireError as exc:
+                        result = self._malformed(child, exc)
+                    else:
+                        if child.inbox.eof:
+                            result = self._died(child)
+                        elif now >= child.deadline and (child.inflight or not child.ready):
+                            result = self._timed_out(child)
+                        else:
+                            continue
+                    # the child is gone: replace it, report or retry its task, requeue the rest
+                    task = child.task
+                    waiting = list(child.inflight)[1:]
+                    self._retire(child, kill=True)
+                    self.children[i] = self._spawn()
+                    self.replaced += 1
+                    retry.extendleft(reversed(waiting))
+                    if task is None:  # it died or hung before it was ready
+                        self._start_failures += 1
+                        if self._start_failures >= _MAX_START_FAILURES:
+                            raise RuntimeError(f"datapipe workers fail to start: {result.message}")
                         continue
-                elif now >= child.deadline and (child.inflight or not child.ready):
-                    result = self._timed_out(child)
-                else:
-                    continue
-                # the child is gone: replace it, report or retry its task, requeue the rest
-                task = child.task
-                waiting = list(child.inflight)[1:]
+                    if result.error_class in RETRYABLE and task.attempt <= self.retries:
+                        task.attempt += 1
+                        retry.append(task)
+                        continue
+                    result.key, result.attempt = task.key, task.attempt
+                    yield result
+        finally:  # abandoned mid-run: children still busy would answer the next run
+            for child in [c for c in self.children if c.inflight or c.outbox]:
                 self._retire(child, kill=True)
-                self.children[i] = self._spawn()
-                self.replaced += 1
-                retry.extendleft(reversed(waiting))
-                if task is None:  # it died or hung before it was ready
-                    self._start_failures += 1
-                    if self._start_failures >= _MAX_START_FAILURES:
-                        raise RuntimeError(f"datapipe workers fail to start: {result.message}")
-                    continue
-                if result.error_class in RETRYABLE and task.attempt <= self.retries:
-                    task.attempt += 1
-                    retry.append(task)
-                    continue
-                result.key, result.attempt = task.key, task.attempt
-                yield result
+                self.children.remove(child)
+
+    def _malformed(self, child: _Child, exc: WireError) -> ItemResult:
+        key = child.task.key if child.task else ""
+        logger.warning("worker %s broke the result protocol: %s", child.proc.pid, exc)
+        return ItemResult.error(
+            key,
+            None,
+            "crash",
+            f"worker sent a malformed message ({exc}); worker killed",
+            "WorkerProtocolError",
+        )
 
     def _died(self, child: _Child) -> ItemResult:
-        rc = child.proc.wait()
         key = child.task.key if child.task else ""
+        try:
+            rc = child.proc.wait(timeout=_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:  # it closed its result pipe and lives on
+            return ItemResult.error(
+                key, None, "crash", "worker closed its result pipe; worker killed", "WorkerExited"
+            )
         if rc < 0:
             sig = _signal_name(rc)
             if -rc == signal.SIGKILL:

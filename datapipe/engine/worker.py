@@ -2,6 +2,8 @@
 then answers tasks until its input pipe closes. Started by :mod:`datapipe.engine.pool`.
 
 The protocol runs over two inherited pipe fds (never stdout, which stage code may print to).
+Tasks arrive pickled (the parent is trusted); results go back as :mod:`datapipe.engine.wire`
+messages, data only, so a child taken over by a crafted file cannot run code in the parent.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ import os
 import resource
 import sys
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datapipe.engine.runner import ItemResult, ItemTask
 
 
 def _cap_memory(memory_mb: int) -> None:
@@ -24,17 +30,42 @@ def _cap_memory(memory_mb: int) -> None:
         resource.setrlimit(which, (min(limit, new_hard), new_hard))
 
 
+def _message(result: ItemResult, task: ItemTask) -> bytes:
+    """``result`` on the wire; an error row for the item when it cannot be sent."""
+    from datapipe.engine.runner import ItemResult
+    from datapipe.engine.wire import WireError, encode_result
+
+    try:
+        return encode_result(result)
+    except WireError as exc:
+        error = ("invalid", f"the result cannot be sent to the parent: {exc}", "WireError")
+    except MemoryError:
+        error = ("oom", "ran out of memory sending the result", "MemoryError")
+    return encode_result(
+        ItemResult.error(
+            task.key,
+            None,
+            *error,
+            hash=result.hash,
+            elapsed_s=result.elapsed_s,
+            attempt=result.attempt,
+            stage_s=result.stage_s,
+        )
+    )
+
+
 def main(argv: list[str]) -> int:
     fd_in, fd_out, memory_mb = int(argv[0]), int(argv[1]), int(argv[2])
     os.dup2(2, 1)  # anything printed by stage code goes to stderr
     tasks = Connection(fd_in, readable=True, writable=False)
     results = Connection(fd_out, readable=False, writable=True)
     from datapipe.engine.runner import ItemRunner
+    from datapipe.engine.wire import encode_ready
 
     pipeline, fitted, epoch = tasks.recv()
     runner = ItemRunner(pipeline, fitted, epoch)
     _cap_memory(memory_mb)
-    results.send(("ready", os.getpid()))
+    results.send_bytes(encode_ready(os.getpid()))
     while True:
         try:
             task = tasks.recv()
@@ -42,7 +73,7 @@ def main(argv: list[str]) -> int:
             return 0
         if task is None:
             return 0
-        results.send(runner.run(task))
+        results.send_bytes(_message(runner.run(task), task))
 
 
 if __name__ == "__main__":
