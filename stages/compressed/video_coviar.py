@@ -38,17 +38,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from av.video.reformatter import VideoReformatter
 from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_kernels import (
-    accumulate,
-    pixel_sources,
-    trace,
-    vector_views,
-)
 from datapipe.stages.compressed.video_mv import GrowingArray, frame_vectors
 from datapipe.stages.compressed.video_open import (
     DEFAULT_MAX_PIXELS,
@@ -121,6 +114,8 @@ class _Accumulator:
         self._none = np.zeros((height, width), dtype=bool)
 
     def sources(self, vecs: np.ndarray | None, direction: int) -> tuple[np.ndarray, np.ndarray]:
+        from datapipe.stages.compressed.video_kernels import pixel_sources, vector_views
+
         src = np.empty((self.h, self.w, 2), np.int32)
         has = np.zeros((self.h, self.w), dtype=bool)
         if vecs is not None and len(vecs):
@@ -129,6 +124,8 @@ class _Accumulator:
         return src, has
 
     def add(self, t: int, kind: str, rgb: np.ndarray, vecs: np.ndarray | None) -> None:
+        from datapipe.stages.compressed.video_kernels import trace
+
         if kind == "I" or self.anchor is None:
             self.flush(None)
             self.iframes.slot()[:] = rgb
@@ -150,6 +147,8 @@ class _Accumulator:
     def flush(self, next_anchor: np.ndarray | None) -> None:
         """Finish the waiting B-frames, given the next anchor's positions (None: none in
         this GOP)."""
+        from datapipe.stages.compressed.video_kernels import trace
+
         for b in self.pending:
             pos = np.empty_like(self.identity)
             future = self.anchor if next_anchor is None else next_anchor
@@ -167,6 +166,8 @@ class _Accumulator:
         self.pending = []
 
     def emit(self, t: int, pos: np.ndarray, rgb: np.ndarray) -> None:
+        from datapipe.stages.compressed.video_kernels import accumulate
+
         if t % self.stride:
             return
         k = t // self.stride
@@ -201,6 +202,8 @@ def coviar(
         raise ValueError(f"stride must be >= 1, got {stride}")
     if residual_dtype not in RESIDUAL_SCALE:
         raise ValueError(f"residual_dtype must be 'int8' or 'int16', got {residual_dtype!r}")
+    from av.video.reformatter import VideoReformatter
+
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.require_motion_vectors()
         reader.configure(export_mvs=True)

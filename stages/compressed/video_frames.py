@@ -18,9 +18,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 from pydantic import Field as PField
 
 from datapipe.fields import Field
@@ -104,6 +102,9 @@ def read_iframes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrames:
     """Decode only the key frames of a video to RGB; see :func:`iframes`."""
+    import av
+    from av.video.reformatter import VideoReformatter
+
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.configure(keyframes_only=True)
         info = reader.info

@@ -39,12 +39,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from av.sidedata.sidedata import SideDataContainer
 from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_kernels import rasterize_forward, vector_views
 from datapipe.stages.compressed.video_open import (
     DEFAULT_MAX_PIXELS,
     Damage,
@@ -143,6 +141,8 @@ def rasterize(
     vectors are divided by ``past``, future-reference ones by ``future`` (their reference
     distances, for per-frame motion). ``acc``: (rows, cols, 3) float64 scratch.
     """
+    from datapipe.stages.compressed.video_kernels import rasterize_forward, vector_views
+
     if out is None:
         out = np.empty((rows, cols, 2), np.float32)
     if acc is None:
@@ -159,6 +159,8 @@ def frame_vectors(frame: object) -> np.ndarray | None:
     caches its container on the frame, a reference cycle that leaves every decoded frame (and
     its picture buffers) to the cycle collector, about a hundred frames at a time.
     """
+    from av.sidedata.sidedata import SideDataContainer
+
     sd = SideDataContainer(frame).get("MOTION_VECTORS")
     return None if sd is None else sd.to_ndarray()
 
@@ -166,6 +168,8 @@ def frame_vectors(frame: object) -> np.ndarray | None:
 def _rasterize_frame(frame: object, out: np.ndarray, block: int, acc: np.ndarray) -> bool:
     """Rasterise a frame's vectors into ``out``; False (and zeros) when it exported none.
     Kept in a function so that no view of the frame's side data outlives the call."""
+    from datapipe.stages.compressed.video_kernels import rasterize_forward, vector_views
+
     vecs = frame_vectors(frame)
     if vecs is None:
         out[:] = 0

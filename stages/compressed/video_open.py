@@ -29,12 +29,12 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
-
-import av
-import av.logging
+from typing import TYPE_CHECKING, Any
 
 from datapipe.errors import ItemError
+
+if TYPE_CHECKING:  # PyAV is imported where a video is opened, not with the stage
+    import av
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,9 @@ class VideoReader:
         self.close()
 
     def _open(self) -> None:
+        import av
+        import av.logging
+
         self._fh, size = _open_regular(self.path)
         if size == 0:
             raise ItemError("empty", "zero-byte video file")
@@ -236,6 +239,8 @@ class VideoReader:
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
+            import av.logging
+
             av.logging.set_level(self._log_level)
         if self._fh is not None:
             self._fh.close()
@@ -278,6 +283,8 @@ class VideoReader:
     def demux(self) -> Iterator[av.Packet]:
         """The stream's packets, in decode order; a demux error is recorded as damage and
         ends the stream (what was read before it stays usable)."""
+        import av
+
         packets = self.container.demux(self.stream)
         while True:
             try:
@@ -301,6 +308,8 @@ class VideoReader:
         ``packets`` replaces the demuxer (a caller that also looks at every packet); that
         caller then sets ``packets_read`` itself. ``watch`` sees every non-empty packet
         before it is decoded."""
+        import av
+
         decode = self.stream.decode
         count_packets = packets is None
         if packets is None:
@@ -370,6 +379,8 @@ class VideoReader:
         return d
 
     def _collect_logs(self) -> None:
+        import av.logging
+
         for level, name, message in self._logs[self._logs_seen :]:
             if level <= av.logging.ERROR:
                 self.damage.error_logs += 1

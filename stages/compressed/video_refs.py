@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import av
+if TYPE_CHECKING:
+    import av
 
 T = TypeVar("T")
 _SLICE_NAL_TYPES = (1, 5)  # coded slice of a non-IDR / IDR picture

@@ -18,7 +18,6 @@ from pydantic import model_validator
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.represent.rank_pool import RankPooler
 from datapipe.stages.represent.rank_weights import Psi
 
 Rescale = Literal["none", "minmax"]
@@ -95,6 +94,8 @@ def dynamic_image(
     >>> dynamic_image(iter(clip), rescale="minmax").dtype
     dtype('uint8')
     """
+    from datapipe.stages.represent.rank_pool import RankPooler  # numba, on first use
+
     if rescale not in ("none", "minmax"):
         raise ValueError(
             f"The 'rescale' parameter of dynamic_image must be 'none' or 'minmax'. Got {rescale!r}."

@@ -22,10 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from datapipe.errors import ItemError
 from datapipe.stages.compressed.video_open import (
@@ -35,6 +34,10 @@ from datapipe.stages.compressed.video_open import (
     VideoReader,
     frame_pts,
 )
+
+if TYPE_CHECKING:  # PyAV is imported where a video is decoded
+    import av
+    from av.video.reformatter import VideoReformatter
 
 
 @dataclass
@@ -212,6 +215,8 @@ def _decode_pass(
 ) -> None:
     """One decoding pass: ``plan`` (GOP skipping, concealed frames refused) or every packet
     (``plan`` None; matched by pts, else by rank; the damage policy applied)."""
+    from av.video.reformatter import VideoReformatter
+
     want = {int(i) for i in wanted} - set(got)
     index_of = {int(p): i for i, p in enumerate(table.pts)} if table.timestamps else None
     last = int(np.flatnonzero(plan)[-1]) if plan is not None and plan.any() else -1

@@ -24,10 +24,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from datapipe.stages.compressed.video_mv import frame_vectors, rasterize
 from datapipe.stages.compressed.video_open import (
@@ -39,6 +38,10 @@ from datapipe.stages.compressed.video_open import (
     pict_letter,
 )
 from datapipe.stages.select import keyframes_decode
+
+if TYPE_CHECKING:  # PyAV is imported where a video is decoded
+    import av
+    from av.video.reformatter import VideoReformatter
 
 #: pixel formats whose first plane is 8-bit luma, read in place
 _Y8_FORMATS = frozenset(
@@ -131,6 +134,8 @@ def scan_scenes(
     (:func:`~datapipe.stages.select.keyframes_index.scene_cuts`). With ``decode`` the first
     frame of each scene is converted to RGB as it is found; no other frame is.
     """
+    from av.video.reformatter import VideoReformatter
+
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.configure()
         reformatter = VideoReformatter()
@@ -229,6 +234,8 @@ def frame_cues(
     >>> cues.values.shape  # doctest: +SKIP
     (24, 7)
     """
+    from av.video.reformatter import VideoReformatter
+
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         info = reader.info
         vectors = info.codec in MV_CODECS
