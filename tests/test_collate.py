@@ -181,7 +181,16 @@ def test_from_shards_learns_the_specs(points: Pipeline, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run_local(points, out).counts["error"] == 0
     sizes = {f"item_{i:03d}": i % 3 + 1 for i in range(9)}
-    plain = from_shards(out)  # the run recorded nothing: every array counts as "*"
+    recorded = from_shards(out)  # the run recorded its fields in index.json
+    assert recorded.collate.fields == {"cloud": "N 3", "index": "", "label": "", "pair": "2"}
+    batch = next(iter(DataLoader(recorded, batch_size=3, collate_fn=recorded.collate)))
+    assert batch["cloud_mask"].shape == (3, 3) and "pair_mask" not in batch
+    bare = tmp_path / "bare"  # an output whose index.json names no fields
+    shutil.copytree(out, bare)
+    index = json.loads((bare / "index.json").read_text())
+    del index["fields"]
+    (bare / "index.json").write_text(json.dumps(index))
+    plain = from_shards(bare)  # nothing recorded: every array counts as "*"
     assert plain.collate.fields == {}
     batch = next(iter(DataLoader(plain, batch_size=3, collate_fn=plain.collate)))
     assert batch["cloud_mask"].shape == (3, 3, 3) and batch["pair_mask"].shape == (3, 2)
@@ -196,7 +205,7 @@ def test_from_shards_learns_the_specs(points: Pipeline, tmp_path: Path) -> None:
     finally:
         registry.unregister(Points.name)
     given = from_shards(out, specs={"cloud": "N C", "pair": Field("pair", "int64", "P")})
-    assert given.collate.fields == {"cloud": "N C", "pair": "P"}
+    assert given.collate.fields == {"cloud": "N C", "pair": "P", "index": "", "label": ""}
     # stages declare what they produce; an explicit mapping has the last word
     staged = from_shards(out, specs=points, stages=[Square()])
     assert staged.collate.fields["square"] == "1" and staged.collate.fields["cloud"] == "N 3"
