@@ -56,6 +56,41 @@ def test_a_changed_fit_state_redoes_every_item_after_it(tmp_path: Path) -> None:
     assert got == {"c/a": 10.0, "c/b": -10.0, "c/d": 0.0}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_first_run_decodes_each_input_once_through_a_fit(tmp_path: Path, workers: int) -> None:
+    _tree(tmp_path / "in", {"c/a.jpg": 10, "c/b.jpg": 20, "c/d.jpg": 30})
+    log = tmp_path / "calls.log"
+    run_local(_fit_pipeline(tmp_path / "in", log), tmp_path / "out", workers=workers)
+    assert sorted(log.read_text().split()) == ["c/a", "c/b", "c/d"]
+    got = {k: float(s["centered"][0]) for k, s in _samples(tmp_path / "out").items()}
+    assert got == {"c/a": -10.0, "c/b": 0.0, "c/d": 10.0}
+
+
+def test_a_malformed_stash_is_recomputed_not_trusted(tmp_path: Path) -> None:
+    from datapipe.engine import stash
+    from datapipe.engine.runner import ItemRunner, ItemTask
+
+    _tree(tmp_path / "in", {"a.jpg": 4})
+    log = tmp_path / "calls.log"
+    p = _fit_pipeline(tmp_path / "in", log)
+    ((source, rec),) = [
+        ("files", r) for r in p.nodes_by_id["files"].stage.list_items(p.context("files"))
+    ]
+    path = str(tmp_path / "a.stash")
+    runner = ItemRunner(p, {"fit": {"mean": 1.0}})
+    light = runner.run(ItemTask("a", source, rec, light_for="fit", stash=path))
+    assert light.light == {"nbytes": [4]}
+    assert stash.load(path)["read"][0][1]["nbytes"].tolist() == [4]
+    main = runner.run(ItemTask("a", source, rec, stash=path, encode=False))
+    assert main.records[0][1]["centered"].tolist() == [3.0] and log.read_text().split() == ["a"]
+    open(path, "wb").write(b"\x80\x04garbage")  # not the framing: ignored, recomputed
+    main = runner.run(ItemTask("a", source, rec, stash=path, encode=False))
+    assert main.records[0][1]["centered"].tolist() == [3.0] and log.read_text().split() == [
+        "a",
+        "a",
+    ]
+
+
 def test_an_unchanged_fit_state_redoes_only_the_changed_item(tmp_path: Path) -> None:
     _tree(tmp_path / "in", {"c/a.jpg": 10, "c/b.jpg": 20, "c/d.jpg": 30})
     first = run_local(_fit_pipeline(tmp_path / "in"), tmp_path / "out")
@@ -152,8 +187,9 @@ def test_failures_before_a_barrier_are_decoded_once(tmp_path: Path, workers: int
         ]
     )
     first = run_local(p, tmp_path / "out", workers=workers)
-    calls = log.read_text().split()
-    assert sorted(k for k in calls if "bad" in k) == ["bad_1", "bad_2"]
+    calls = log.read_text().split()  # the light pass kept what the main pass needs
+    assert sorted(calls) == ["a", "b", "bad_1", "bad_2", "c"]
+    assert not (tmp_path / "out" / ".stash").exists()
     assert first.counts["error"] == 2
     rows = _rows(tmp_path / "out")
     assert rows["bad_1"].error_class == "corrupt" and rows["bad_1"].stage == "read"

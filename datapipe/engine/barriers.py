@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from datapipe.digest import state_digest
 from datapipe.engine.runner import ItemResult, ItemTask
+from datapipe.engine.stash import stash_path
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
@@ -73,10 +74,12 @@ def evaluate_barriers(
     signatures: tuple[str, ...] = (),
     hooks: RunHooks | None = None,
     retry_stopped: bool = False,
+    stash_dir: str | None = None,
 ) -> BarrierOutcome:
     """Evaluate every Select/Fit node of ``p`` in order over ``records`` (key -> (source,
     record)). ``recompute`` forces fresh light values for those keys even when cached;
-    ``retry_stopped`` does so for keys cached as failed or filtered."""
+    ``retry_stopped`` does so for keys cached as failed or filtered. With ``stash_dir``, what
+    the light pass computes for a key is kept there for the main pass."""
     hooks = hooks or RunHooks()
     out = BarrierOutcome()
     reach = {s.id: p.downstream(s.id) for s in p.of_kind(StageKind.SOURCE)}  # once, not per key
@@ -95,7 +98,16 @@ def evaluate_barriers(
         need = [k for k in keys if k not in cached or (recompute is not None and k in recompute)]
         fresh: dict[str, Any] = {}
         if need:
-            tasks = (ItemTask(k, records[k][0], records[k][1], light_for=node.id) for k in need)
+            tasks = (
+                ItemTask(
+                    k,
+                    records[k][0],
+                    records[k][1],
+                    light_for=node.id,
+                    stash=stash_path(stash_dir, k) if stash_dir else None,
+                )
+                for k in need
+            )
             pool = make_pool(out.fitted)
             hooks.on_phase(f"{node.id} (light view)", len(need))
             try:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
+from datapipe.engine.stash import stash_path
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
@@ -94,6 +95,9 @@ class RunReport:
     #: over workers); the light pass before Select/Fit barriers and items that crashed or
     #: timed out are not included
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: what the sources passed over, by category (``hidden``, ``symlink``, ``unknown_ext``),
+    #: summed over sources; also kept with the run in the manifest (``runs.counts.skipped``)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def elapsed_s(self) -> float:
@@ -133,14 +137,18 @@ class RunDriver:
         sources = p.of_kind(StageKind.SOURCE)
         listing: list[tuple[str, Record]] = []
         signatures = []
+        skipped: dict[str, int] = {}
         for s in sources:
-            records = list(s.stage.list_items(p.context(s.id)))
+            found = s.stage.listing(p.context(s.id))  # type: ignore[attr-defined]
+            records = found.records
+            for why, n in found.skipped.items():
+                skipped[why] = skipped.get(why, 0) + n
             signatures.append(s.stage.signature(p.context(s.id), records))
             listing.extend((s.id, rec) for rec in records)
         fp = p.fingerprint(signatures, epoch=self.opts.epoch)
         run_id = self.m.begin_run(p.name, fp, package_versions())
         self.report = RunReport(
-            p.name, fp, str(self.store.root), run_id, versions=package_versions()
+            p.name, fp, str(self.store.root), run_id, versions=package_versions(), skipped=skipped
         )
         self.run_id, self.fp, self.signatures = run_id, fp, signatures
         self._scores: dict[str, float] = {}
@@ -162,6 +170,7 @@ class RunDriver:
             self.store.compact()
             # a worker killed mid-write (Dask) leaves a temporary shard; every task is done now
             remove_temporaries(self.store.shard_dir)
+            self.store.clear_stash()
             self._sinks()
             counts.update(
                 listed=plan.listed,
@@ -210,6 +219,7 @@ class RunDriver:
             signatures=tuple(self.signatures),
             hooks=self.hooks,
             retry_stopped=self.opts.retry_errors,
+            stash_dir=str(self.store.stash_dir()),
         )
         self.report.selections.update(outcome.selections)
         self._scores.update(outcome.scores)
@@ -236,11 +246,19 @@ class RunDriver:
             elif not decision and row.status == "filtered" and row.stage in self._barrier_ids():
                 todo_keys.add(key)  # a barrier now keeps it: produce it
         stopped = [barriers.stopped[k] for k in sorted(todo_keys) if k in barriers.stopped]
+        stash_dir = str(self.store.stash_dir()) if self._barrier_ids() else None
         tasks = []
         for key in sorted(todo_keys - barriers.stopped.keys()):
             source, rec = plan.records[key]
             tasks.append(
-                ItemTask(key, source, rec, filtered_by=filtered_by.get(key, {}), need_hash=True)
+                ItemTask(
+                    key,
+                    source,
+                    rec,
+                    filtered_by=filtered_by.get(key, {}),
+                    need_hash=True,
+                    stash=stash_path(stash_dir, key) if stash_dir else None,
+                )
             )
         return tasks, refiltered, stopped
 
@@ -377,7 +395,7 @@ class RunDriver:
             r.errors_by_class[f["error_class"]] = r.errors_by_class.get(f["error_class"], 0) + 1
         shards = self.m.shards()
         r.shards, r.samples = len(shards), sum(n for n, _ in shards.values())
-        self.m.finish_run(self.run_id, status, counts)
+        self.m.finish_run(self.run_id, status, {**counts, "skipped": r.skipped})
         changed = any(
             counts.get(k)
             for k in ("processed", "vanished", "newly_filtered", "rejected", "touched")

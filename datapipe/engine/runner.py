@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from datapipe.engine import stash
 from datapipe.errors import Filtered, ItemError, classify_exception
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Map, Record, StageKind, to_jsonable
@@ -38,6 +39,9 @@ class ItemTask:
     attempt: int = 1
     #: False: return the final records as arrays (streaming) instead of encoded tar members
     encode: bool = True
+    #: a file where the light pass keeps what it computed, and the main pass starts from
+    #: (:mod:`datapipe.engine.stash`), so a first run decodes no input twice
+    stash: str | None = None
 
 
 @dataclass
@@ -288,6 +292,9 @@ class ItemRunner:
         if task.light_for is not None:
             wanted = wanted & p.upstream(task.light_for)
         values: dict[str, list[tuple[str, Record]]] = {task.source: [("", dict(task.record))]}
+        if task.stash:
+            kept = stash.load(task.stash) or {}
+            values.update((n, v) for n, v in kept.items() if n in wanted and n != task.source)
         for nid in p.order:
             if nid not in wanted or nid in values:
                 continue
@@ -300,6 +307,10 @@ class ItemRunner:
                 return ItemResult.error(task.key, nid, "invalid", str(exc), "JoinError")
             if node.kind in (StageKind.SELECT, StageKind.FIT):
                 if nid == task.light_for:
+                    if task.stash:
+                        stash.save(
+                            task.stash, {n: v for n, v in values.items() if n != task.source}
+                        )
                     return self._light(task, node.stage.consumes(), inputs, digest)
                 if nid in task.filtered_by:
                     return ItemResult(

@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.sqlite"
 SHARD_DIR = "shards"
+#: records the light pass of a run keeps for its main pass (removed when the run ends)
+STASH_DIR = ".stash"
 LOCK = ".datapipe.lock"
 
 
@@ -94,8 +97,19 @@ class OutputStore:
         self._lock_fh = fh
 
     # -- recovery -------------------------------------------------------------------------
+    def stash_dir(self) -> Path:
+        """Where records computed before a barrier wait for the main pass (one run only)."""
+        path = self.root / STASH_DIR
+        path.mkdir(exist_ok=True)
+        return path
+
+    def clear_stash(self) -> None:
+        shutil.rmtree(self.root / STASH_DIR, ignore_errors=True)
+
     def recover(self) -> dict[str, int]:
-        """Undo what a killed run left half done: temporary files and uncommitted shards."""
+        """Undo what a killed run left half done: temporary files, uncommitted shards and the
+        records it kept for its main pass."""
+        self.clear_stash()
         m = self._m
         temps = remove_temporaries(self.shard_dir) + remove_temporaries(self.root)
         known = set(m.shards())
