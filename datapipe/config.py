@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,8 +98,53 @@ class PipelineSpec(_Strict):
         return v
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that notes every mapping key given twice (plain YAML keeps the last
+    one silently) in :attr:`problems`, with its key path and line numbers."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.problems: list[Problem] = []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self.problems += _duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> list[Problem]:
+    """Keys given twice in one mapping, anywhere under ``node`` (each node walked once, so
+    aliases cost nothing)."""
+    if id(node) in seen:
+        return []
+    seen.add(id(node))
+    found: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            here = path
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                here = f"{path}.{key.value}" if path else str(key.value)
+                line = key.start_mark.line + 1
+                ident = (key.tag, key.value)
+                if ident in first:
+                    found.append(
+                        Problem(
+                            here,
+                            f"duplicate key on line {line} (first on line {first[ident]}); "
+                            "YAML would keep only the last one",
+                        )
+                    )
+                first.setdefault(ident, line)
+            found += _duplicate_keys(value, here, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{path}[{i}]", seen)
+    return found
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a pipeline file with ``yaml.safe_load``; a parse error names the line."""
+    """Read a pipeline file safely (``yaml.SafeLoader`` rules); a parse error names the line,
+    a key given twice in one mapping is an error too (both lines named)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,13 +152,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"pipeline file not found: {path}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read pipeline file {path}: {exc}"]) from None
+    loader = UniqueKeyLoader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([Problem("", f"malformed YAML at {where}{problem}")], str(path)) from None
+    finally:
+        loader.dispose()
+    if loader.problems:
+        raise ConfigError(loader.problems, str(path))
     if not isinstance(data, dict):
         raise ConfigError(
             [Problem("", "a pipeline file must be a mapping with 'nodes'")], str(path)
@@ -120,8 +171,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def substitute_vars(data: Any, variables: dict[str, str], source: str | None = None) -> Any:
-    """Replace ``${name}`` in every string from ``variables``, then the environment."""
+def substitute_vars(
+    data: Any,
+    variables: dict[str, str],
+    source: str | None = None,
+    problems: list[Problem] | None = None,
+) -> Any:
+    """Replace ``${name}`` in every string from ``variables``, then the environment. An
+    undefined name is a :class:`ConfigError`, or is appended to ``problems`` when given (the
+    ``${name}`` is then left as it is)."""
     missing: list[Problem] = []
 
     def sub(value: Any, path: str) -> Any:
@@ -144,8 +202,10 @@ def substitute_vars(data: Any, variables: dict[str, str], source: str | None = N
         return value
 
     out = sub(data, "")
-    if missing:
+    if missing and problems is None:
         raise ConfigError(missing, source)
+    if problems is not None:
+        problems += missing
     return out
 
 
@@ -153,20 +213,84 @@ def parse_spec(
     data: dict[str, Any], source: str | None = None, variables: dict[str, str] | None = None
 ) -> PipelineSpec:
     """Validate raw pipeline data into a :class:`PipelineSpec`, all problems at once."""
+    draft = draft_spec(data, variables)
+    if draft.problems or draft.spec is None:
+        raise ConfigError(draft.problems, source)
+    return draft.spec
+
+
+@dataclass(frozen=True)
+class SpecDraft:
+    """Every problem of a pipeline file's top level, with the best spec that can be made
+    without the parts at fault, so the stages and the graph can still be checked."""
+
+    #: None when no spec can be made at all (``nodes`` missing or not a mapping)
+    spec: PipelineSpec | None
+    problems: list[Problem]
+    #: nodes left out of ``spec`` because their own entry is wrong (their names exist)
+    broken: frozenset[str] = frozenset()
+    #: key paths holding an undefined ``${var}``: their value is not checked any further
+    unresolved: frozenset[str] = frozenset()
+
+
+def draft_spec(data: dict[str, Any], variables: dict[str, str] | None = None) -> SpecDraft:
+    """Validate raw pipeline data, reporting every problem; a key at fault is dropped (its
+    default applies) and a node at fault left out, then the rest is validated again."""
     declared = data.get("vars") if isinstance(data.get("vars"), dict) else {}
     merged = {**{str(k): str(v) for k, v in declared.items()}, **(variables or {})}
+    problems: list[Problem] = []
     body = {k: v for k, v in data.items() if k != "vars"}
-    body = substitute_vars(body, merged, source)
-    try:
-        return PipelineSpec(**body, vars=merged)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            got = "" if err["type"] == "missing" else f"; got {err.get('input')!r}"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(Problem(loc, f"{msg}{got}"))
-        raise ConfigError(problems, source) from None
+    body = substitute_vars(body, merged, problems=problems)
+    unresolved = frozenset(p.path for p in problems)
+    broken: set[str] = set()
+    for _ in range(4):  # each pass drops what the last one found; a few always suffice
+        try:
+            spec = PipelineSpec.model_validate({**body, "vars": merged})
+            return SpecDraft(spec, problems, frozenset(broken), unresolved)
+        except ValidationError as exc:
+            errors = exc.errors()
+        for err in errors:
+            problem = _spec_problem(err)
+            if problem not in problems and problem.path not in unresolved:
+                problems.append(problem)
+        if not _drop_faults(body, [tuple(e["loc"]) for e in errors], broken):
+            break
+    return SpecDraft(None, problems, frozenset(broken), unresolved)
+
+
+def _spec_problem(err: Any) -> Problem:
+    loc = ".".join(str(p) for p in err["loc"])
+    got = "" if err["type"] == "missing" else f"; got {err.get('input')!r}"
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return Problem(loc, f"{msg}{got}")
+
+
+def _drop_faults(body: dict[str, Any], locs: list[tuple[Any, ...]], broken: set[str]) -> bool:
+    """Remove from ``body`` what each error location points at (a node entry as a whole);
+    False when nothing could be removed (no spec can be made)."""
+    changed = False
+    for loc in locs:
+        if not loc or loc[0] not in body:
+            continue
+        top, section = loc[0], body[loc[0]]
+        if top == "nodes":
+            if not isinstance(section, dict):
+                continue
+            if len(loc) == 1:  # the node names: leave out the ill-named ones
+                bad = [n for n in section if not re.match(NODE_ID, str(n))]
+            else:
+                bad = [loc[1]] if loc[1] in section else []
+            for name in bad:
+                del section[name]
+                broken.add(str(name))
+                changed = True
+        elif len(loc) > 1 and isinstance(section, dict) and loc[1] in section:
+            del section[loc[1]]
+            changed = True
+        else:
+            del body[top]
+            changed = True
+    return changed
 
 
 def pipeline_json_schema() -> dict[str, Any]:

@@ -16,10 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from datapipe import registry
-from datapipe.config import OutputSpec, PipelineSpec, RunSpec, load_yaml, parse_spec
+from datapipe.config import (
+    OutputSpec,
+    PipelineSpec,
+    RunSpec,
+    SpecDraft,
+    draft_spec,
+    load_yaml,
+)
 from datapipe.digest import file_digest
 from datapipe.errors import ConfigError, ParamError, Problem
-from datapipe.fields import FIELD_NAME, Field
+from datapipe.fields import Field
+from datapipe.graph_checks import (
+    check_declarations,
+    check_inputs_of,
+    check_node_refs,
+    check_rename,
+    in_file_order,
+)
 from datapipe.stage import Context, Stage, StageKind
 
 
@@ -75,6 +89,23 @@ class Pipeline:
         base_dir: str | Path | None = None,
         source: str | None = None,
     ) -> None:
+        self._setup(nodes, name, seed, output, run, base_dir, source)
+        problems = self._validate()
+        if problems:
+            raise ConfigError(problems, source)
+        #: what ``encode_sample`` gzips: True, False or a set of field names
+        self.compress: bool | frozenset[str] = self._resolve_compress()
+
+    def _setup(
+        self,
+        nodes: Iterable[Node],
+        name: str,
+        seed: int,
+        output: OutputSpec | None,
+        run: RunSpec | None,
+        base_dir: str | Path | None,
+        source: str | None,
+    ) -> None:
         self.nodes_by_id: dict[str, Node] = {}
         self.name = name
         self.seed = seed
@@ -82,22 +113,32 @@ class Pipeline:
         self.run = run or RunSpec()
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.source = source
-        problems: list[Problem] = []
+        self._duplicates: list[Problem] = []
+        self._undeclared: set[str] = set()
         for node in nodes:
             if node.id in self.nodes_by_id:
-                problems.append(Problem(f"nodes.{node.id}", "duplicate node name"))
+                self._duplicates.append(Problem(f"nodes.{node.id}", "duplicate node name"))
             self.nodes_by_id[node.id] = node
-        problems += self._check_structure()
-        if not problems:
-            self.order = self._toposort(problems)
-        if not problems:
-            problems += self._check_fields()
-        if not problems:
-            problems += self._check_compress()
-        if problems:
-            raise ConfigError(problems, source)
-        #: what ``encode_sample`` gzips: True, False or a set of field names
-        self.compress: bool | frozenset[str] = self._resolve_compress()
+
+    def _validate(self, broken: frozenset[str] = frozenset()) -> list[Problem]:
+        """Every problem of the graph. ``broken``: nodes that exist but could not be built
+        (an unknown stage, bad params), so naming them is no problem of its own; the checks
+        that need the whole graph (cycles, fields) wait until nothing is broken."""
+        problems = list(self._duplicates)
+        declared, self._undeclared = check_declarations(self.nodes_by_id)
+        problems += declared
+        problems += self._check_structure(broken)
+        wired = not problems and not broken
+        problems += check_node_refs(self.nodes_by_id, broken, self.upstream if wired else None)
+        if not wired:
+            return problems
+        found: list[Problem] = []
+        self.order = self._toposort(found)
+        if not found:
+            found += self._check_fields()
+        if not found:
+            found += self._check_compress()
+        return problems + found
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -130,14 +171,33 @@ class Pipeline:
         base_dir: str | Path | None = None,
         variables: Mapping[str, str] | None = None,
     ) -> Pipeline:
-        spec = parse_spec(data, source, dict(variables or {}))
-        return cls.from_spec(spec, source=source, base_dir=base_dir)
+        """Build from the data of a pipeline file; the top-level sections, the stages, their
+        params and the graph are all checked before anything is raised."""
+        draft = draft_spec(data, dict(variables or {}))
+        if draft.spec is None:
+            raise ConfigError(draft.problems, source)
+        return cls._build(draft.spec, source, base_dir, draft)
 
     @classmethod
     def from_spec(
         cls, spec: PipelineSpec, *, source: str | None = None, base_dir: str | Path | None = None
     ) -> Pipeline:
+        return cls._build(spec, source, base_dir)
+
+    @classmethod
+    def _build(
+        cls,
+        spec: PipelineSpec,
+        source: str | None,
+        base_dir: str | Path | None,
+        draft: SpecDraft | None = None,
+    ) -> Pipeline:
+        """Build the stages and check the graph; with the ``draft`` of a file, its problems
+        come too, its broken nodes count as present, and a value holding an undefined
+        ``${var}`` has that one problem only."""
+        broken = draft.broken if draft else frozenset()
         problems: list[Problem] = []
+        unbuilt = set(broken)
         nodes: list[Node] = []
         known = registry.all_stages()
         for nid, ns in spec.nodes.items():
@@ -146,6 +206,7 @@ class Pipeline:
                 problems.append(
                     Problem(f"{where}.stage", registry.unknown_stage_message(ns.stage, known))
                 )
+                unbuilt.add(nid)
                 continue
             stage_cls = known[ns.stage]
             try:
@@ -153,45 +214,41 @@ class Pipeline:
                 stage.params = stage_cls.build_params(ns.params, where=f"{where}.params")
             except ParamError as exc:
                 problems += exc.problems
+                unbuilt.add(nid)
                 continue
             nodes.append(Node(nid, stage, tuple(ns.inputs), tuple(ns.rename.items())))
-        if problems:  # report dangling inputs too, so one pass shows everything
-            names = list(spec.nodes)
-            for nid, ns in spec.nodes.items():
-                for i, up in enumerate(ns.inputs):
-                    if up not in spec.nodes:
-                        hint = get_close_matches(up, names, n=1)
-                        sug = f"; did you mean {hint[0]!r}?" if hint else ""
-                        problems.append(
-                            Problem(f"nodes.{nid}.inputs[{i}]", f"no node named {up!r}{sug}")
-                        )
-            raise ConfigError(problems, source)
-        return cls(
-            nodes,
-            name=spec.name,
-            seed=spec.seed,
-            output=spec.output,
-            run=spec.run,
-            base_dir=base_dir,
-            source=source,
+        problems += check_inputs_of(
+            {n: spec.nodes[n].inputs for n in unbuilt & spec.nodes.keys()}, [*spec.nodes, *broken]
         )
+        p = cls.__new__(cls)
+        p._setup(nodes, spec.name, spec.seed, spec.output, spec.run, base_dir, source)
+        problems += p._validate(frozenset(unbuilt))
+        if draft is not None:
+            problems = [*draft.problems, *(q for q in problems if q.path not in draft.unresolved)]
+        if problems:  # in the order of the file's sections: nodes, output, run
+            raise ConfigError(in_file_order(problems, list(PipelineSpec.model_fields)), source)
+        p.compress = p._resolve_compress()
+        return p
 
     # -- validation -----------------------------------------------------------------------
-    def _check_structure(self) -> list[Problem]:
+    def _check_structure(self, broken: frozenset[str] = frozenset()) -> list[Problem]:
         problems = []
         ids = list(self.nodes_by_id)
         for node in self.nodes_by_id.values():
             where = f"nodes.{node.id}"
             for i, up in enumerate(node.inputs):
+                if up in broken:
+                    continue
                 if up not in self.nodes_by_id:
-                    hint = get_close_matches(up, ids, n=1)
+                    hint = get_close_matches(up, [*ids, *broken], n=1)
                     sug = f"; did you mean {hint[0]!r}?" if hint else f" (nodes: {', '.join(ids)})"
                     problems.append(Problem(f"{where}.inputs[{i}]", f"no node named {up!r}{sug}"))
                 elif self.nodes_by_id[up].kind is StageKind.SINK:
                     problems.append(
                         Problem(f"{where}.inputs[{i}]", f"{up!r} is a sink and has no output")
                     )
-            problems += _check_rename(node)
+            if node.id not in self._undeclared:
+                problems += check_rename(node)
             if node.kind is StageKind.SOURCE and node.inputs:
                 problems.append(
                     Problem(f"{where}.inputs", f"{node.stage.name} is a source and takes no inputs")
@@ -200,7 +257,7 @@ class Pipeline:
                 problems.append(
                     Problem(f"{where}.inputs", f"{node.stage.name} needs at least one input node")
                 )
-        if not any(n.kind is StageKind.SOURCE for n in self.nodes_by_id.values()):
+        if not broken and not any(n.kind is StageKind.SOURCE for n in self.nodes_by_id.values()):
             problems.append(Problem("nodes", "the pipeline has no source stage"))
         return problems
 
@@ -412,32 +469,3 @@ class Pipeline:
         if states:
             blob["fitted"] = states
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _check_rename(node: Node) -> list[Problem]:
-    """Renamed fields exist, get valid, distinct names, and damage counts stay counted."""
-    problems = []
-    declared = {f.name for f in node.stage.produces()}
-    new_names = [new for _, new in node.rename]
-    for old, new in node.rename:
-        where = f"nodes.{node.id}.rename.{old}"
-        if old not in declared:
-            known = ", ".join(sorted(declared)) or "nothing"
-            problems.append(
-                Problem(
-                    where, f"{node.stage.name} produces no field {old!r} (it produces: {known})"
-                )
-            )
-        elif not FIELD_NAME.match(new):
-            problems.append(Problem(where, f"{new!r} is not a field name ({FIELD_NAME.pattern})"))
-        elif old.endswith("_damage") and not new.endswith("_damage"):
-            problems.append(
-                Problem(
-                    where,
-                    f"{new!r} must end in '_damage' like {old!r}, so the "
-                    "run report still counts damaged items",
-                )
-            )
-        elif new_names.count(new) > 1 or (new in declared and new not in dict(node.rename)):
-            problems.append(Problem(where, f"{new!r} would name two fields of {node.id!r}"))
-    return problems

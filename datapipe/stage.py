@@ -56,6 +56,35 @@ class StageKind(str, enum.Enum):
     SINK = "sink"
 
 
+@dataclass(frozen=True)
+class NodeRef:
+    """Marker of a param that names another node of the pipeline, which must be of ``kind``
+    (and, when ``stages`` is not empty, run one of those stages) and come before the node that
+    names it. ``datapipe validate`` checks it, so a stage needs no wiring code of its own::
+
+        fit_node: Annotated[str, NodeRef(StageKind.FIT, ("points.learned_fit",))] = "sampler"
+    """
+
+    kind: StageKind
+    stages: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        of = f" of {' or '.join(self.stages)}" if self.stages else ""
+        return f"NodeRef({self.kind.value}{of})"
+
+
+def _node_ref(annotation: Any, metadata: Sequence[Any] = ()) -> NodeRef | None:
+    for m in (*metadata, *getattr(annotation, "__metadata__", ())):
+        if isinstance(m, NodeRef):
+            return m
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = _node_ref(arg)
+            if found is not None:
+                return found
+    return None
+
+
 class Params(BaseModel):
     """Base of every stage's parameter model: strict about unknown names."""
 
@@ -69,6 +98,16 @@ class Params(BaseModel):
             for name, info in cls.model_fields.items()
             if _names_file(info.annotation) or any(isinstance(m, _NamesFile) for m in info.metadata)
         )
+
+    @classmethod
+    def node_params(cls) -> dict[str, NodeRef]:
+        """The params that name another node (declared with a :class:`NodeRef`)."""
+        out = {}
+        for name, info in cls.model_fields.items():
+            ref = _node_ref(info.annotation, info.metadata)
+            if ref is not None:
+                out[name] = ref
+        return out
 
 
 @dataclass
@@ -138,6 +177,15 @@ class Stage:
                 out[name] = str(value)
         return out
 
+    def node_refs(self) -> dict[str, tuple[str, NodeRef]]:
+        """The params naming other nodes that are set: param -> (node name, what it must be)."""
+        out = {}
+        for name, ref in self.params.node_params().items():
+            value = getattr(self.params, name)
+            if value is not None:
+                out[name] = (str(value), ref)
+        return out
+
     def consumes(self) -> tuple[Field, ...]:
         """Fields this stage reads from its input record (may depend on params)."""
         return self.CONSUMES
@@ -165,13 +213,31 @@ class Stage:
         return hash((type(self).__name__, self.token()))
 
 
+@dataclass
+class SourceListing:
+    """What a Source listed: the ``records``, and how many entries it passed over and why
+    (``skipped``: category -> count, e.g. ``{"hidden": 2, "symlink": 0, "unknown_ext": 5}``),
+    so that nothing is left out without a word."""
+
+    records: list[Record]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
 class Source(Stage):
-    """Lists inputs as light records: ``key``, ``path``, ``label``, ``size``, ``mtime_ns``."""
+    """Lists inputs as light records: ``key``, ``path``, ``label``, ``size``, ``mtime_ns``.
+
+    Implement :meth:`list_items`; a source that passes over some entries (hidden files, links,
+    unknown types) also overrides :meth:`listing` to say how many, and why."""
 
     kind = StageKind.SOURCE
 
     def list_items(self, ctx: Context) -> Iterator[Record]:
         raise NotImplementedError
+
+    def listing(self, ctx: Context) -> SourceListing:
+        """Every record, with the counts of what was skipped (none by default). The engine
+        calls this; it returns a new object each time, so the stage itself keeps no state."""
+        return SourceListing(list(self.list_items(ctx)))
 
     def preflight(self, ctx: Context) -> None:
         """Raise ConfigError for problems found before any work (e.g. a missing root)."""

@@ -5,33 +5,87 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections import Counter
+import re
+import stat
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field as PField
+from pydantic import ValidationInfo, field_validator
 
 from datapipe.errors import ConfigError, Problem
 from datapipe.fields import Field
-from datapipe.stage import SOURCE_ERROR, Context, Params, Record, Source
+from datapipe.stage import SOURCE_ERROR, Context, Params, Record, Source, SourceListing
 from datapipe.store.codec import sanitize_key
 
+#: the extensions listed per kind (lowercase compare); videos: the containers and raw streams
+#: PyAV (FFmpeg) opens. Nothing is opened to list a file: decoding happens in the workers.
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".bmp"),
-    "video": (".mp4", ".mkv", ".avi", ".mov", ".webm", ".h264", ".264"),
+    "video": (
+        *(".mp4", ".m4v", ".mov", ".3gp", ".3g2", ".mkv", ".webm", ".avi", ".wmv", ".asf"),
+        *(".flv", ".f4v", ".mpg", ".mpeg", ".m1v", ".m2v", ".vob", ".ts", ".m2ts", ".mts"),
+        *(".ogv", ".mxf", ".dv", ".nut", ".ivf", ".y4m", ".h264", ".264", ".hevc", ".h265"),
+        ".265",
+    ),
     "pointcloud": (".ply", ".pcd", ".xyz", ".xyzn", ".pts"),
 }
 Kind = Literal["image", "video", "pointcloud"]
+#: what ``files`` passes over, always reported (``special``: FIFOs, sockets, devices, only
+#: when there are some)
+SKIPPED = ("hidden", "symlink", "unknown_ext")
+_EXT = re.compile(r"^\.[a-z0-9][a-z0-9_+-]*$")
 
 
 class FilesParams(Params):
     root: str = PField(description="Directory to list (relative to the pipeline file).")
     kinds: list[Kind] = PField(default_factory=lambda: ["image", "video", "pointcloud"])
+    extensions: dict[Kind, list[str]] | None = PField(
+        None,
+        description=(
+            "The extensions listed for a kind, instead of its defaults, e.g. {video: [.mp4, "
+            ".ts]}; kinds not named keep theirs. Compared lowercase."
+        ),
+    )
+    follow_symlinks: bool = PField(
+        False,
+        description=(
+            "List what links point at, when it is inside the root (other links are skipped "
+            "and counted); default: skip and count every link."
+        ),
+    )
     labels: Literal["folder", "none"] | str = PField(
         "folder", description="'folder' (parent folder name), 'none', or a CSV file path,label."
     )
     classes: list[str] | None = PField(None, description="Fixed class order for label_id.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _extensions(
+        cls, v: dict[str, list[str]] | None, info: ValidationInfo
+    ) -> dict[str, list[str]] | None:
+        if v is None:
+            return v
+        kinds = info.data.get("kinds")  # None when kinds itself is wrong: said there
+        seen: dict[str, str] = {}
+        out = {}
+        for kind, exts in v.items():
+            if kinds is not None and kind not in kinds:
+                raise ValueError(f"{kind!r} is not one of the kinds listed ({', '.join(kinds)})")
+            if not exts:
+                raise ValueError(f"no extension for {kind!r}; leave it out of kinds instead")
+            out[kind] = []
+            for ext in exts:
+                low = ext.lower()
+                if not _EXT.match(low):
+                    raise ValueError(f"{ext!r} is not an extension like '.ts' (a dot, then a name)")
+                if low in seen:
+                    raise ValueError(f"{ext!r} is listed for both {seen[low]!r} and {kind!r}")
+                seen[low] = kind
+                out[kind].append(low)
+        return out
 
 
 class Files(Source):
@@ -39,8 +93,12 @@ class Files(Source):
 
     Keys are the relative path without its suffix (stable across runs and machines). Only
     when two files of one folder share a stem (``cloud.ply`` and ``cloud.xyz``) do their keys
-    name the extension too (``cloud_ply``, ``cloud_xyz``), so both are written. Only regular
-    files are listed: symlinks and hidden files are skipped.
+    name the extension too (``cloud_ply``, ``cloud_xyz``), so both are written.
+
+    Only regular files with an extension of the listed kinds are listed. What is passed over
+    is counted in :meth:`listing` (``hidden``: names starting with '.', files or folders;
+    ``symlink``: links, or with ``follow_symlinks`` the links that point outside the root, are
+    broken or lead to a folder already walked; ``unknown_ext``: other extensions).
     """
 
     name = "files"
@@ -75,28 +133,76 @@ class Files(Source):
         if self.params.labels not in ("folder", "none"):
             self._csv_rows(ctx, self._root(ctx))
 
-    def _kind_of(self, name: str) -> str | None:
-        ext = os.path.splitext(name)[1].lower()
-        for kind in self.params.kinds:
-            if ext in EXTENSIONS[kind]:
-                return kind
-        return None
+    def _extensions(self) -> dict[str, str]:
+        """Lowercase extension -> kind, for the listed kinds."""
+        chosen = self.params.extensions or {}
+        return {
+            ext: kind for kind in self.params.kinds for ext in chosen.get(kind, EXTENSIONS[kind])
+        }
 
-    def _walk(self, root: Path) -> Iterator[tuple[str, os.stat_result]]:
-        """(relative POSIX path, stat) of every listed file; one pass, sorted by name."""
-        prefix = len(str(root)) + 1
-        stack = [str(root)]
-        while stack:
-            directory = stack.pop()
+    @staticmethod
+    def _kind_of(name: str, table: dict[str, str]) -> str | None:
+        """The kind of a file by its extension (``table``: from :meth:`_extensions`)."""
+        return table.get(os.path.splitext(name)[1].lower())
+
+    def _walk(self, root: Path, skipped: Counter[str]) -> Iterator[tuple[str, os.stat_result, str]]:
+        """(relative POSIX path, stat, path to open) of every listed file, counting in
+        ``skipped`` what is passed over. Folders are walked once each (by their real identity),
+        so link cycles end; real folders come before folders reached through links."""
+        table = self._extensions()
+        follow = self.params.follow_symlinks
+        real_root = root.resolve()
+        walked = {_identity(os.stat(root))}
+        stack: list[tuple[str, str]] = [(str(root), "")]  # (folder to scan, relative prefix)
+        links: deque[tuple[str, str]] = deque()  # (link path, relative path), followed last
+        while stack or links:
+            if not stack:
+                link, rel = links.popleft()
+                target, st = _inside(link, real_root)
+                if st is None or (stat.S_ISDIR(st.st_mode) and _identity(st) in walked):
+                    skipped["symlink"] += 1
+                elif stat.S_ISDIR(st.st_mode):
+                    walked.add(_identity(st))
+                    stack.append((target, rel + "/"))
+                elif self._regular(rel, st, table, skipped):
+                    yield rel, st, target
+                continue
+            directory, prefix = stack.pop()
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
             for entry in entries:
+                rel = prefix + entry.name
                 if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and self._kind_of(entry.name):
-                    yield entry.path[prefix:], entry.stat(follow_symlinks=False)
+                    skipped["hidden"] += 1
+                elif entry.is_symlink():
+                    if follow:
+                        links.append((entry.path, rel))
+                    else:
+                        skipped["symlink"] += 1
+                elif entry.is_dir(follow_symlinks=False):
+                    if follow:
+                        walked.add(_identity(entry.stat(follow_symlinks=False)))
+                    stack.append((entry.path, rel + "/"))
+                elif self._kind_of(entry.name, table) is None:
+                    skipped[
+                        "unknown_ext" if entry.is_file(follow_symlinks=False) else "special"
+                    ] += 1
+                elif entry.is_file(follow_symlinks=False):
+                    yield rel, entry.stat(follow_symlinks=False), entry.path
+                else:
+                    skipped["special"] += 1
+
+    def _regular(
+        self, rel: str, st: os.stat_result, table: dict[str, str], skipped: Counter[str]
+    ) -> bool:
+        """Whether a file a link leads to is listed; counts it in ``skipped`` when not."""
+        if not stat.S_ISREG(st.st_mode):
+            skipped["special"] += 1
+        elif self._kind_of(rel, table) is None:
+            skipped["unknown_ext"] += 1
+        else:
+            return True
+        return False
 
     def _csv_rows(self, ctx: Context, root: Path) -> list[tuple[str, str]]:
         """(path, label) rows of the labels CSV; a path listed twice is a config error."""
@@ -138,12 +244,25 @@ class Files(Source):
         return hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16]
 
     def list_items(self, ctx: Context) -> Iterator[Record]:
+        yield from self.listing(ctx).records
+
+    def listing(self, ctx: Context) -> SourceListing:
+        """The records, and what was skipped: ``{"hidden": N, "symlink": N, "unknown_ext":
+        N}`` (plus ``special`` when FIFOs, sockets or devices were found). A labels CSV lists
+        its files itself: nothing is skipped then."""
         root = self._root(ctx)
         mode = self.params.labels
+        skipped: Counter[str] = Counter({k: 0 for k in SKIPPED})
+        records: list[Record] = []
         if mode in ("folder", "none"):
             found = [
-                (rel, st, rel.rpartition("/")[0].rpartition("/")[2] if mode == "folder" else "")
-                for rel, st in self._walk(root)
+                (
+                    rel,
+                    st,
+                    path,
+                    rel.rpartition("/")[0].rpartition("/")[2] if mode == "folder" else "",
+                )
+                for rel, st, path in self._walk(root, skipped)
             ]
         else:
             found = []
@@ -151,35 +270,53 @@ class Files(Source):
                 full = (root / rel).resolve()
                 if not full.is_relative_to(root.resolve()):
                     # an unsafe key: the engine turns it into a 'security' error row
-                    yield {"key": rel, "path": str(full), "relpath": rel, "label": label}
+                    records.append({"key": rel, "path": str(full), "relpath": rel, "label": label})
                     continue
                 try:
                     st = os.stat(full, follow_symlinks=False)
                 except OSError:
                     st = None
-                found.append((rel, st, label))
-        index = {c: i for i, c in enumerate(self._classes(label for _, _, label in found))}
-        keys = unique_keys([rel for rel, _, _ in found])
-        for (rel, st, label), key in zip(found, keys, strict=True):
-            rec = self._record(root, rel, st, label, index)
+                found.append((rel, st, f"{root}/{rel}", label))
+        index = {c: i for i, c in enumerate(self._classes(label for *_, label in found))}
+        keys = unique_keys([rel for rel, *_ in found])
+        table = self._extensions()
+        for (rel, st, path, label), key in zip(found, keys, strict=True):
+            rec = _record(path, rel, self._kind_of(rel, table) or "", st, label, index)
             rec["key"] = key
             if st is None:
                 rec[SOURCE_ERROR] = f"{rel!r} is listed in the labels CSV but does not exist"
-            yield rec
+            records.append(rec)
+        return SourceListing(records, dict(skipped))
 
-    def _record(
-        self, root: Path, rel: str, st: os.stat_result | None, label: str, index: dict[str, int]
-    ) -> Record:
-        return {
-            "key": sanitize_key(rel),
-            "path": f"{root}/{rel}",
-            "relpath": rel,
-            "kind": self._kind_of(rel) or "",
-            "label": label,
-            "label_id": index.get(label, -1),
-            "size": st.st_size if st else -1,
-            "mtime_ns": st.st_mtime_ns if st else -1,
-        }
+
+def _record(
+    path: str, rel: str, kind: str, st: os.stat_result | None, label: str, index: dict[str, int]
+) -> Record:
+    return {
+        "key": sanitize_key(rel),
+        "path": path,
+        "relpath": rel,
+        "kind": kind,
+        "label": label,
+        "label_id": index.get(label, -1),
+        "size": st.st_size if st else -1,
+        "mtime_ns": st.st_mtime_ns if st else -1,
+    }
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _inside(link: str, real_root: Path) -> tuple[str, os.stat_result | None]:
+    """The real path a link leads to and its stat; no stat when the link is broken, loops or
+    leads outside ``real_root``."""
+    try:
+        target = Path(link).resolve(strict=True)
+        st = os.stat(target)
+    except (OSError, RuntimeError):
+        return link, None
+    return str(target), (st if target.is_relative_to(real_root) else None)
 
 
 def unique_keys(relpaths: Sequence[str]) -> list[str]:

@@ -27,14 +27,14 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
-from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
+from datapipe.stage import Context, FilePath, Fit, Map, NodeRef, Params, Record, StageKind
 from datapipe.stages.select import keyframes_index as kix
 from datapipe.stages.select.keyframes_decode import decode_selected, scan_frames
 from datapipe.stages.select.keyframes_signals import (
@@ -306,8 +306,12 @@ class LearnedFit(Fit):
         return used, positives
 
 
+#: a param naming the keyframes.learned_fit node whose state this stage reads (checked by validate)
+ScorerNode = Annotated[str, NodeRef(StageKind.FIT, ("keyframes.learned_fit",))]
+
+
 class LearnedParams(KeyFrameParams):
-    fit_node: str = PField("scorer", description="The keyframes.learned_fit node to use.")
+    fit_node: ScorerNode = PField("scorer", description="The keyframes.learned_fit node to use.")
     k: int = PField(3, ge=1, description="Frames to keep: the k best-scored.")
     min_gap: int = PField(5, ge=1, description="Frames between two kept frames, at least.")
     too_few: Literal["error", "clamp"] = PField(

@@ -9,14 +9,14 @@ weights on. Pass ``weights:`` to load a saved sampler instead (``torch.load`` wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
-from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
+from datapipe.stage import Context, FilePath, Fit, Map, NodeRef, Params, Record, StageKind
 from datapipe.stages.select.points_sampling import check_cloud
 
 
@@ -79,8 +79,12 @@ class LearnedSamplerFit(Fit):
         return {"m": p.m, "weights": weights}
 
 
+#: a param naming the points.learned_fit node whose state this stage reads (checked by validate)
+SamplerNode = Annotated[str, NodeRef(StageKind.FIT, ("points.learned_fit",))]
+
+
 class LearnedParams(Params):
-    fit_node: str = PField("sampler", description="The points.learned_fit node to use.")
+    fit_node: SamplerNode = PField("sampler", description="The points.learned_fit node to use.")
     field: str = PField("points", description="The (N, 3) field to sample.")
 
 
