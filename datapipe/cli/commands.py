@@ -107,6 +107,9 @@ def summary_text(report: Any) -> str:
             f"({c.get('unchanged', 0)} unchanged): ok {c.get('ok', 0)}, "
             f"error {c.get('error', 0)}, filtered {c.get('filtered', 0)}"
         )
+    from datapipe.cli.render import skipped_lines
+
+    lines += skipped_lines(getattr(report, "skipped", None))
     for node, s in report.selections.items():
         lines.append(f"  {node}: kept {s['kept']} of {s['seen']}")
     if report.errors_by_class:
@@ -207,6 +210,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 f"  {len(runs)} runs; last: #{last['id']} {last['status']}, {took:.1f} s, "
                 f"fingerprint {last['fingerprint']}"
             )
+            from datapipe.cli.render import skipped_lines
+
+            for line in skipped_lines(last["counts"].get("skipped")):
+                print(line)
         damaged = m.damaged()
         if damaged:
             print(
