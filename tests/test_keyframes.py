@@ -9,6 +9,7 @@ whose speed peaks at known frames (``datapipe.stages.compressed.video_synth``).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed.video_synth import texture, write_clip
+from datapipe.stages.compressed.video_synth import panning_clip, texture, write_clip
 from datapipe.stages.select import keyframes_decode
 from datapipe.stages.select.keyframes import (
     keyframes_iframes,
@@ -32,6 +33,7 @@ from datapipe.stages.select.keyframes import (
     keyframes_scene,
     keyframes_tsn,
     keyframes_uniform,
+    motion_signal,
 )
 from datapipe.stages.select.keyframes_decode import gop_plan, scan_frames
 from datapipe.stages.select.keyframes_index import (
@@ -386,6 +388,58 @@ def test_gradual_change_is_not_a_cut_and_min_scene_len_holds(
     write_clip(path, render(30, cuts=(10, 13), seed=11), fps=FPS)
     assert keyframes_scene(path, min_scene_len=5).cuts.tolist() == [10]
     assert keyframes_scene(path, min_scene_len=3).cuts.tolist() == [10, 13]
+
+
+#: the whole picture pans by PAN px/frame: every block's true motion is PAN_SPEED px/frame
+PAN = (2, 1)
+PAN_SPEED = math.hypot(*PAN)
+PYRAMID = {"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:ref=1:scenecut=0:keyint=12"}
+#: name -> (file name, panning_clip keyword arguments); as in test_video.py
+PANS: dict[str, tuple[str, dict[str, Any]]] = {
+    "h264_b2": ("pan_b2.mp4", {"bframes": 2}),
+    "h264_pyramid": ("pan_pyramid.mp4", {"options": PYRAMID}),
+    "h264_pyramid_ts": ("pan_pyramid.ts", {"options": PYRAMID, "container": "mpegts"}),
+    "mpeg2_b2": ("pan_mpeg2.mp4", {"codec": "mpeg2video", "bframes": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(PANS))
+def test_motion_energy_is_the_pan_speed_in_every_frame(name: str, tmp_path: Path) -> None:
+    """A vector spans its reference distance (2 or 3 frames for the P-frames and the outer
+    B-frames here, 1 or 2 with B-pyramid): the energy of keyframes.motion and the motion cue
+    of keyframes.cues must be per frame, the same in every frame of a steady pan."""
+    filename, options = PANS[name]
+    if options.get("codec", "libx264") not in av.codecs_available:
+        pytest.skip("this PyAV build lacks the encoder")
+    path = tmp_path / filename
+    panning_clip(path, motion=PAN, **options)
+    energy, field = motion_signal(path)
+    types = "".join(field.frame_types)
+    assert types.startswith("IBBBP" if "pyramid" in name else "IBBP")
+    cue = np.expm1(frame_cues(path).values[:, CUE_NAMES.index("motion")].astype(np.float64))
+    # cells that carry a vector; the others (intra blocks) count as 0 in the energy
+    covered = (field.mv != 0).any(axis=-1).mean(axis=(1, 2))
+    tol = 0.2  # px/frame; dividing by the wrong distance is off by 0.3 to 1.1 here
+    for t, kind in enumerate(types):
+        if kind not in "PB" or not field.has_vectors[t]:
+            continue
+        if name.startswith("mpeg2") and kind == "P":
+            # MPEG-2 vectors cannot point outside the picture: the content entering at the
+            # top and left edges since the previous anchor is coded intra
+            assert covered[t] >= 0.7, (t, kind)
+        else:
+            assert covered[t] == 1.0, (t, kind)
+        expected = PAN_SPEED * covered[t]
+        assert abs(energy[t] - expected) <= tol, (t, kind, energy[t])
+        assert abs(cue[t] - expected) <= tol, (t, kind, cue[t])
+    # I-frames take the value interpolated from their neighbours
+    for t in np.flatnonzero(~field.has_vectors):
+        if 0 < t < len(types) - 1 and field.has_vectors[t - 1] and field.has_vectors[t + 1]:
+            assert energy[t] == pytest.approx((energy[t - 1] + energy[t + 1]) / 2)
+    np.testing.assert_allclose(cue, energy, atol=1e-3)
+    sel = keyframes_motion(path, 2, min_gap=3)  # its scores are this energy
+    assert sel.scores is not None
+    np.testing.assert_allclose(sel.scores, energy[sel.indices], rtol=1e-6)
 
 
 # -- learned scorer ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from datapipe.stages.select.keyframes_signals import (
     motion_energy,
     scan_scenes,
 )
+
+if TYPE_CHECKING:
+    from datapipe.stages.compressed.video_mv import MotionField
 
 
 @dataclass
@@ -165,6 +168,31 @@ def smooth_signal(signal: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
+def motion_signal(
+    path: str | os.PathLike[str],
+    *,
+    block: Literal[4, 8, 16] = 16,
+    strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, MotionField]:
+    """float64 (T) motion energy of every frame, in pixels per frame, and the motion field
+    it comes from: the mean magnitude over the block grid of the codec's vectors, each
+    divided by its reference distance (``motion_vectors(..., normalize="per_frame")``), I-frames
+    interpolated (:func:`~datapipe.stages.select.keyframes_signals.motion_energy`).
+
+    >>> energy, field = motion_signal("pan.mp4")  # 2 px/frame right, 1 down # doctest: +SKIP
+    >>> energy.round(2).tolist()[:4]  # doctest: +SKIP
+    [2.24, 2.24, 2.24, 2.24]
+    """
+    from datapipe.stages.compressed.video_mv import motion_vectors
+
+    field = motion_vectors(
+        path, block=block, strict=strict, max_pixels=max_pixels, normalize="per_frame"
+    )
+    energy = motion_energy(mean_magnitude(field.mv), field.frame_types, field.has_vectors)
+    return energy, field
+
+
 def keyframes_motion(
     path: str | os.PathLike[str],
     k: int | None = None,
@@ -180,8 +208,8 @@ def keyframes_motion(
 ) -> KeyFrameSelection:
     """Peaks of motion-vector energy, at least ``min_gap`` frames apart.
 
-    The energy is the mean forward-motion magnitude (pixels per frame) over the block grid
-    (:func:`~datapipe.stages.select.keyframes_signals.motion_energy`), read in the
+    The energy is the mean forward-motion magnitude (pixels per frame: each vector divided by
+    its reference distance) over the block grid (:func:`motion_signal`), read in the
     compressed domain, optionally smoothed over ``smooth`` frames; its local maxima
     (:func:`~datapipe.stages.select.keyframes_index.motion_peaks`) at or above
     ``threshold`` are kept, the ``k`` highest when ``k`` is given. Fewer than ``k`` peaks
@@ -191,12 +219,9 @@ def keyframes_motion(
     >>> keyframes_motion("clip.mp4", 2, min_gap=6).indices.tolist()  # doctest: +SKIP
     [8, 20]
     """
-    from datapipe.stages.compressed.video_mv import motion_vectors
-
     if k is None and threshold is None:
         raise ValueError("give k, threshold or both")
-    field = motion_vectors(path, block=block, strict=strict, max_pixels=max_pixels)
-    energy = motion_energy(mean_magnitude(field.mv), field.frame_types, field.has_vectors)
+    energy, field = motion_signal(path, block=block, strict=strict, max_pixels=max_pixels)
     energy = smooth_signal(energy, smooth)
     peaks = kix.motion_peaks(energy, threshold=threshold, min_gap=min_gap)
     if k is not None:

@@ -10,10 +10,13 @@
   shots whose every cell has the same brightness distribution (two views of one fine
   texture), and very fast camera motion raises the change of every frame: lower
   ``threshold`` or change ``grid`` for such footage.
-- **Motion energy** (motion peaks): the mean forward-motion magnitude in pixels over the
-  block grid of :func:`~datapipe.stages.compressed.video_mv.motion_vectors`. A P-frame's
-  vectors span the distance to its reference anchor, so its energy is divided by that
-  distance; frames without vectors (I-frames) take the value interpolated from their
+- **Motion energy** (motion peaks): the mean forward-motion magnitude in pixels per frame
+  over the block grid of :func:`~datapipe.stages.compressed.video_mv.motion_vectors` with
+  ``normalize="per_frame"``: each vector is divided by its own reference distance in frames
+  (:mod:`~datapipe.stages.compressed.video_refs`: P-frames back to the previous I/P-frame,
+  B-frames to the nearest reference frame on each side, H.264 B-pyramid included), so a
+  steady pan reads the same in I/P/B positions. Cells no vector covers (intra blocks) count
+  as 0. Frames without vectors (I-frames) take the value interpolated from their
   neighbours, so a GOP boundary is not a dip that makes false peaks.
 - **Cues** (the learned scorer): both of the above plus packet size and picture type, from
   one decoding pass (:func:`frame_cues`).
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datapipe.stages.compressed.video_mv import frame_vectors, rasterize
+from datapipe.stages.compressed.video_mv import _copy_vectors, rasterize
 from datapipe.stages.compressed.video_open import (
     DEFAULT_MAX_PIXELS,
     MV_CODECS,
@@ -37,6 +40,7 @@ from datapipe.stages.compressed.video_open import (
     frame_pts,
     pict_letter,
 )
+from datapipe.stages.compressed.video_refs import ReferenceDistances, ReferenceFlags
 from datapipe.stages.select import keyframes_decode
 
 if TYPE_CHECKING:  # PyAV is imported where a video is decoded
@@ -173,23 +177,16 @@ def motion_energy(
 ) -> np.ndarray:
     """float64 (T) per-frame motion energy from the mean vector magnitude of each frame.
 
-    Vectors span the distance to their reference, so a P-frame's magnitude is divided by
-    the distance to the previous anchor (I or P frame) and a B-frame's by half the distance
-    between the anchors around it (its vectors point both ways). Frames without vectors
-    (I-frames) are interpolated from their neighbours; all zero when no frame has vectors.
+    ``magnitude`` must come from per-frame vectors (each divided by its reference distance,
+    ``motion_vectors(..., normalize="per_frame")``); it is not rescaled here. Frames without
+    vectors (I-frames) are interpolated from their neighbours; all zero when no frame has
+    vectors.
+
+    >>> motion_energy(np.array([0.0, 2.0, 2.0, 0.0, 4.0]), "IBPIP", np.array([0, 1, 1, 0, 1]))
+    array([2., 2., 2., 3., 4.])
     """
     e = np.asarray(magnitude, dtype=np.float64).copy()
     n = len(e)
-    anchors = np.array([i for i, k in enumerate(frame_types) if k in ("I", "P")], dtype=np.int64)
-    for t, kind in enumerate(frame_types):
-        if not len(anchors) or kind not in ("P", "B"):
-            continue
-        j = int(np.searchsorted(anchors, t))  # first anchor at or after t
-        before = int(anchors[j - 1]) if j > 0 else -1
-        if kind == "P" and before >= 0:
-            e[t] /= t - before
-        elif kind == "B" and before >= 0 and j < len(anchors):
-            e[t] /= max(1.0, (int(anchors[j]) - before) / 2)
     valid = np.asarray(has_vectors, dtype=bool) & np.array([k != "I" for k in frame_types])
     if not valid.any():
         return np.zeros(n)
@@ -225,7 +222,9 @@ def frame_cues(
 
     - ``log_size``: log of the frame's packet size over the clip's median packet size;
     - ``intra``, ``bidir``: 1 for I-frames, for B-frames;
-    - ``motion``: log(1 + motion energy) (0 for codecs that export no vectors);
+    - ``motion``: log(1 + motion energy), the energy in pixels per frame as in
+      :func:`motion_energy` (vectors divided by their reference distances; 0 for codecs
+      that export no vectors);
     - ``motion_rel``: log((energy + 0.05) / (median energy + 0.05));
     - ``change``: histogram change against the previous frame (8 x 8 cells, 8 bins);
     - ``change_rel``: change minus the clip's median change.
@@ -253,6 +252,10 @@ def frame_cues(
 
         rows, cols = -(-info.height // 16), -(-info.width // 16)
         cell = np.empty((rows, cols, 2), np.float32)
+        acc = np.empty((rows, cols, 3))
+        flags = ReferenceFlags(reader.stream)
+        # B-frames wait for their next reference frame, which gives their future distance
+        pending: ReferenceDistances[tuple[int, np.ndarray | None]] = ReferenceDistances()
         reformatter = VideoReformatter()
         types: list[str] = []
         pts: list[int] = []
@@ -261,17 +264,22 @@ def frame_cues(
         change: list[float] = []
         size: list[int] = []
         prev: np.ndarray | None = None
-        for frame in reader.frames(packets=source()):
-            types.append(pict_letter(frame))
+        for t, frame in enumerate(reader.frames(packets=source(), watch=flags.see)):
+            kind = pict_letter(frame)
+            types.append(kind)
             p = frame_pts(frame)
             pts.append(p)
             size.append(size_by_pts.get(p, 0) if p != PTS_UNKNOWN else 0)
-            m, ok = _frame_motion(frame, rows, cols, cell) if vectors else (0.0, False)
-            magnitude.append(m)
-            has.append(ok)
+            vecs = _copy_vectors(frame) if vectors else None
+            magnitude.append(0.0)
+            has.append(vecs is not None)
+            if vectors:
+                ready = pending.push(t, kind, flags.reference(p, kind), (t, vecs))
+                _mean_motion(ready, magnitude, cell, acc)
             hist = grid_histogram(luma(frame, reformatter))
             change.append(histogram_change(prev, hist))
             prev = hist
+        _mean_motion(pending.finish(), magnitude, cell, acc)
         reader.packets_read = len(sizes)
         damage = reader.finish(len(types))
     if any(s == 0 for s in size) and len(sizes) == len(size):  # no timestamps: decode order
@@ -300,11 +308,16 @@ def frame_cues(
     )
 
 
-def _frame_motion(frame: object, rows: int, cols: int, out: np.ndarray) -> tuple[float, bool]:
-    """Mean vector magnitude of one frame on the 16-pixel grid; no side-data view outlives
-    the call (see :func:`~datapipe.stages.compressed.video_mv.frame_vectors`)."""
-    vecs = frame_vectors(frame)
-    if vecs is None:
-        return 0.0, False
-    rasterize(vecs, rows, cols, 16, out)
-    return float(np.sqrt(out[..., 0] ** 2 + out[..., 1] ** 2).mean()), True
+def _mean_motion(
+    ready: list[tuple[tuple[int, np.ndarray | None], int, int]],
+    magnitude: list[float],
+    cell: np.ndarray,
+    acc: np.ndarray,
+) -> None:
+    """``magnitude[t]``: mean per-frame motion on the 16-pixel grid of each frame whose
+    reference distances (past, future) are now known."""
+    for (t, vecs), past, future in ready:
+        if vecs is not None:
+            rows, cols = cell.shape[:2]
+            rasterize(vecs, rows, cols, 16, cell, past=past, future=future, acc=acc)
+            magnitude[t] = float(np.sqrt(cell[..., 0] ** 2 + cell[..., 1] ** 2).mean())
