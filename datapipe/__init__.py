@@ -1,14 +1,21 @@
 """datapipe: a DAG of stages that turns raw images, videos and point clouds into compact
 training data.
 
+The front door is :func:`run` and :func:`validate` (both take a YAML path or a
+:class:`Pipeline`); the CLI and the demo call them too.
+
 >>> import datapipe
 >>> sorted(datapipe.StageKind.__members__)
 ['FIT', 'MAP', 'SELECT', 'SINK', 'SOURCE']
+>>> datapipe.validate("missing.yaml")[0].message
+'pipeline file not found: missing.yaml'
 """
 
 from __future__ import annotations
 
-from datapipe.errors import ConfigError, DatapipeError, Filtered, ItemError
+from datapipe.api import load as load_pipeline
+from datapipe.api import run, validate
+from datapipe.errors import ConfigError, DatapipeError, Filtered, ItemError, Problem
 from datapipe.fields import Field
 from datapipe.graph import Node, Pipeline
 from datapipe.stage import (
@@ -27,13 +34,6 @@ from datapipe.stage import (
 __version__ = "0.1.0"
 
 
-def run(pipeline: Pipeline, out: str, **settings: object) -> object:
-    """Run a pipeline with the local executor; see :func:`datapipe.executors.local.run_local`."""
-    from datapipe.executors.local import run_local
-
-    return run_local(pipeline, out, **settings)  # type: ignore[arg-type]
-
-
 __all__ = [
     "ConfigError",
     "Context",
@@ -46,6 +46,7 @@ __all__ = [
     "Node",
     "Params",
     "Pipeline",
+    "Problem",
     "Select",
     "Selection",
     "Sink",
@@ -53,5 +54,7 @@ __all__ = [
     "Stage",
     "StageKind",
     "__version__",
+    "load_pipeline",
     "run",
+    "validate",
 ]

@@ -9,18 +9,23 @@ EXTRAS=""
 if [[ "${1:-}" == "--dev" ]]; then EXTRAS="[dev]"; fi
 PYTHON="${PYTHON:-python3}"
 
-# System libraries: Open3D's wheel links libusb-1.0 and libgomp; jpeg.dct reads DCT
-# coefficients through the system libturbojpeg.
+# System libraries: Open3D's wheel links libusb-1.0 and libgomp; jpeg.dct and the JPEG
+# decoders read JPEGs through the system libturbojpeg. Installed with apt-get (through sudo
+# when not root), only those missing.
+SYSTEM_PACKAGES=(libturbojpeg0 libgomp1 libusb-1.0-0)
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
-    for pkg in libusb-1.0-0 libgomp1 libturbojpeg0; do
+    for pkg in "${SYSTEM_PACKAGES[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
         SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+        echo "installing system packages: ${missing[*]} (${SUDO:+sudo }apt-get)"
         $SUDO apt-get update -qq
         $SUDO apt-get install -y -qq "${missing[@]}"
     fi
+else
+    echo "no apt-get: make sure these libraries are installed: ${SYSTEM_PACKAGES[*]}" >&2
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

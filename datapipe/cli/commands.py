@@ -1,16 +1,62 @@
-"""Sub-commands of the ``datapipe`` CLI; each returns an exit code."""
+"""Sub-commands of the ``datapipe`` CLI; each returns an exit code. They go through the public
+front door (:func:`datapipe.run`, :func:`datapipe.validate`), as any Python caller would."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from datapipe.errors import ConfigError, Problem
+import datapipe
+from datapipe.api import check_settings
+from datapipe.errors import ConfigError, DatapipeError, Problem
 
-EXIT_OK, EXIT_ITEMS = 0, 3
+EXIT_OK, EXIT_USAGE, EXIT_ITEMS = 0, 2, 3
+
+
+class UsageError(DatapipeError):
+    """A command-line mistake outside any pipeline file (exit code 2, one line)."""
+
+
+# -- argument types ----------------------------------------------------------------------------
+def setting_type(name: str, conv: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse ``type`` for a run setting, with the limits of the pipeline schema."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = conv(text)
+        except ValueError:
+            noun = "an integer" if conv is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}; got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+        _, problems = check_settings(**{name: value})
+        if problems:
+            raise argparse.ArgumentTypeError(problems[0].message.split(";")[0] + f"; got {text}")
+        return value
+
+    parse.__name__ = conv.__name__
+    return parse
+
+
+def count_type(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}; got {text}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
 
 
 def _vars(pairs: list[str] | None) -> dict[str, str]:
@@ -23,129 +69,64 @@ def _vars(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from datapipe.graph import Pipeline
-
-    return Pipeline.from_yaml(args.pipeline, _vars(args.var))
-
-
-def _add_pipeline_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pipeline", help="pipeline YAML file")
-    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="set ${NAME} in the file")
-
-
-def _add_exec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", default="local", choices=["local", "dask"], help="where to run")
-    p.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="Dask scheduler (tcp://HOST:PORT; default $DASK_SCHEDULER_ADDRESS, else a "
-        "LocalCluster of --workers processes)",
-    )
-    p.add_argument("--workers", type=int, help="worker processes (default: the file's run.workers)")
-    p.add_argument("--timeout", type=float, dest="timeout_s", help="time limit per item, seconds")
-    p.add_argument("--memory-mb", type=int, help="memory cap per worker process, MiB")
-    p.add_argument("--retries", type=int, help="extra attempts for timeouts and crashes")
-    p.add_argument("--retry-errors", action="store_true", help="process items that failed before")
-    p.add_argument(
-        "--epoch",
-        type=int,
-        help="the epoch stages see (ctx.epoch), e.g. for a resize "
-        "schedule; part of the fingerprint of epoch-dependent pipelines",
-    )
-    p.add_argument("--report", type=Path, help="write the JSON run report here")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    pipeline = _load(args)
-    report = _execute(pipeline, args.out, args)
-    return EXIT_ITEMS if report.counts.get("error") else EXIT_OK
-
-
-def _execute(pipeline: Any, out: Path, args: argparse.Namespace) -> Any:
-    from datapipe.executors import get_executor
-    from datapipe.hooks import ProgressHooks, RunHooks
-    from datapipe.store.files import atomic_write
-
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError([Problem("--workers", f"must be >= 0; got {args.workers}")])
-    if args.report and not args.report.parent.resolve().is_dir():
-        raise ConfigError([Problem("--report", f"folder {args.report.parent} does not exist")])
-    hooks = RunHooks() if args.quiet else ProgressHooks()
-    run = get_executor(args.executor)
-    extra = {"scheduler": args.scheduler} if args.executor == "dask" else {}
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`datapipe.run` given on the command line."""
     if args.scheduler and args.executor != "dask":
-        raise ConfigError([Problem("--scheduler", "needs --executor dask")])
-    report = run(
-        pipeline,
-        out,
-        **extra,
-        hooks=hooks,
-        retry_errors=args.retry_errors,
-        workers=args.workers,
-        timeout_s=args.timeout_s,
-        memory_mb=args.memory_mb,
-        retries=args.retries,
-        epoch=args.epoch,
-    )
+        raise UsageError("--scheduler needs --executor dask")
+    return {
+        "executor": args.executor,
+        "scheduler": args.scheduler,
+        "progress": not args.quiet,
+        "retry_errors": args.retry_errors,
+        "workers": args.workers,
+        "timeout_s": args.timeout_s,
+        "memory_mb": args.memory_mb,
+        "retries": args.retries,
+        "epoch": args.epoch,
+    }
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from datapipe.store.files import atomic_write
+    from datapipe.summary import earlier_failures, summary_text
+
+    options = _run_options(args)
+    if args.report and not args.report.parent.resolve().is_dir():
+        raise UsageError(f"--report: folder {args.report.parent} does not exist")
+    report = datapipe.run(args.pipeline, args.out, vars=_vars(args.var), **options)
     if args.report:
         atomic_write(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True))
     if not args.quiet:
-        print(summary_text(report))
-    return report
+        print(summary_text(report, earlier_failures(report)))
+    return EXIT_ITEMS if report.counts.get("error") else EXIT_OK
 
 
-def summary_text(report: Any) -> str:
-    c = report.counts
-    lines = [f"{report.pipeline}: {report.status} in {report.elapsed_s:.1f} s -> {report.output}"]
-    if c.get("processed", 0) == 0 and not c.get("newly_filtered"):
-        lines.append(f"  nothing to do: {c.get('listed', 0)} inputs, all unchanged")
-    else:
-        lines.append(
-            f"  processed {c.get('processed', 0)} of {c.get('listed', 0)} inputs "
-            f"({c.get('unchanged', 0)} unchanged): ok {c.get('ok', 0)}, "
-            f"error {c.get('error', 0)}, filtered {c.get('filtered', 0)}"
-        )
-    from datapipe.cli.render import skipped_lines
+def summary_text(report: Any, earlier_failed: int = 0) -> str:
+    """See :func:`datapipe.summary.summary_text` (kept here for existing callers)."""
+    from datapipe.summary import summary_text as text
 
-    lines += skipped_lines(getattr(report, "skipped", None))
-    for node, s in report.selections.items():
-        lines.append(f"  {node}: kept {s['kept']} of {s['seen']}")
-    if report.errors_by_class:
-        by = ", ".join(f"{k} {v}" for k, v in sorted(report.errors_by_class.items()))
-        lines.append(f"  errors by class: {by}")
-    if c.get("damaged"):
-        lines.append(
-            f"  {c['damaged']} items written with tolerated damage (see datapipe manifest)"
-        )
-    if report.stages:
-        per = ", ".join(
-            f"{node} {1e3 * s['seconds'] / max(1, s['items']):.2f}"
-            for node, s in report.stages.items()
-        )
-        lines.append(f"  ms per item: {per}")
-    lines.append(f"  output: {report.samples} samples in {report.shards} shards")
-    return "\n".join(lines)
+    return text(report, earlier_failed)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    pipeline = _load(args)
-    print(f"{args.pipeline}: ok ({len(pipeline.nodes)} nodes: {' -> '.join(pipeline.order)})")
+    variables = _vars(args.var)
+    problems = datapipe.validate(args.pipeline, variables)
+    if problems:
+        raise ConfigError(problems, str(args.pipeline))
+    if not args.quiet:
+        pipeline = datapipe.load_pipeline(args.pipeline, variables)
+        print(f"{args.pipeline}: ok ({len(pipeline.nodes)} nodes: {' -> '.join(pipeline.order)})")
     return EXIT_OK
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from datapipe.cli.render import render_file, render_text
 
-    pipeline = _load(args)
+    pipeline = datapipe.load_pipeline(args.pipeline, _vars(args.var))
     if args.out and args.out.suffix.lower() not in (".png", ".svg", ".dot", ".gv"):
-        raise ConfigError(
-            [
-                Problem(
-                    "--out", f"unknown picture format {args.out.suffix!r}; use .png, .svg or .dot"
-                )
-            ]
+        raise UsageError(
+            f"--out: unknown picture format {args.out.suffix!r}; use .png, .svg or .dot"
         )
     if args.json:
         print(json.dumps(pipeline.describe(), indent=2))
@@ -159,25 +140,30 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_stages(args: argparse.Namespace) -> int:
     from datapipe import registry
+    from datapipe.cli.stagedoc import describe_stage, stage_json
 
-    stages = registry.all_stages()
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    n: {
-                        "kind": c.kind.value,
-                        "description": c.description,
-                        "params": c.Params.model_json_schema(),
-                    }
-                    for n, c in stages.items()
-                },
-                indent=2,
-            )
-        )
+    if args.name:
+        if args.name not in registry.all_stages():
+            raise UsageError(registry.unknown_stage_message(args.name))
+        cls = registry.get(args.name)
+        if args.json:
+            print(json.dumps({args.name: stage_json(cls)}, indent=2))
+        else:
+            print(describe_stage(cls))
         return EXIT_OK
-    width = max((len(n) for n in stages), default=0)
-    for name, cls in stages.items():
+    loaded, broken = {}, {}
+    for name in registry.names():
+        try:
+            loaded[name] = registry.get(name)
+        except registry.StageLoadError as exc:  # a broken plugin hides no other stage
+            broken[name] = str(exc)
+    for message in broken.values():
+        print(f"datapipe: warning: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({n: stage_json(c) for n, c in loaded.items()}, indent=2))
+        return EXIT_OK
+    width = max((len(n) for n in loaded), default=0)
+    for name, cls in loaded.items():
         print(f"{name:<{width}}  {cls.kind.value:<6}  {cls.description}")
     return EXIT_OK
 
@@ -210,7 +196,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 f"  {len(runs)} runs; last: #{last['id']} {last['status']}, {took:.1f} s, "
                 f"fingerprint {last['fingerprint']}"
             )
-            from datapipe.cli.render import skipped_lines
+            from datapipe.summary import skipped_lines
 
             for line in skipped_lines(last["counts"].get("skipped")):
                 print(line)
@@ -224,7 +210,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 print(f"    {r.key} {r.notes}")
         classes = m.error_classes()
         if classes:
-            print("  failed items by error class:")
+            print("  failed items by error class (they stay failed; run --retry-errors):")
             for cls, n in classes.items():
                 print(f"    {cls}: {n}")
                 shown = [r for r in m.iter_rows("error") if r.error_class == cls][: args.limit]
@@ -237,9 +223,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from datapipe.engine.driver import iter_samples
-    from datapipe.store.output import SHARD_DIR
+    from datapipe.store.output import MANIFEST, SHARD_DIR
 
-    paths = sorted((Path(args.dir) / SHARD_DIR).glob("*.tar"))
+    root = Path(args.dir)
+    if not (root / MANIFEST).is_file():
+        what = "does not exist" if not root.exists() else f"holds no datapipe output ({MANIFEST})"
+        raise UsageError(f"{args.dir} {what}")
+    paths = sorted((root / SHARD_DIR).glob("*.tar"))
     shown = 0
     for rec in iter_samples(paths):
         if args.key and rec["key"] != args.key:
@@ -258,52 +248,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         if shown >= args.limit:
             break
     if args.key and not shown:
-        print(f"no sample {args.key!r} in {args.dir}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no sample {args.key!r} in {args.dir}")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from datapipe.demo.runner import run_demo
 
-    return run_demo(args)
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a pipeline into a sharded output directory")
-    _add_pipeline_arg(p)
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    _add_exec_args(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("validate", help="check a pipeline file without reading any data")
-    _add_pipeline_arg(p)
-    p.set_defaults(func=cmd_validate)
-
-    p = sub.add_parser("describe", help="print the DAG; --out dag.png|svg|dot draws it")
-    _add_pipeline_arg(p)
-    p.add_argument("--out", type=Path, help="picture of the DAG (.png, .svg or .dot)")
-    p.add_argument("--json", action="store_true", help="machine-readable description")
-    p.set_defaults(func=cmd_describe)
-
-    p = sub.add_parser("stages", help="list every registered stage")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_stages)
-
-    p = sub.add_parser("manifest", help="summarise a run's output and list failed items")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--limit", type=int, default=5, help="failed items shown per error class")
-    p.add_argument("--export", type=Path, help="write every row as JSON lines")
-    p.set_defaults(func=cmd_manifest)
-
-    p = sub.add_parser("show", help="print the fields of samples in an output directory")
-    p.add_argument("dir", type=Path)
-    p.add_argument("key", nargs="?")
-    p.add_argument("--limit", type=int, default=3)
-    p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("demo", help="generate the built-in sample data and run the demo pipelines")
-    p.add_argument("--out", type=Path, default=Path("datapipe-demo"), help="demo output folder")
-    p.add_argument("--seed", type=int, default=0)
-    _add_exec_args(p)
-    p.set_defaults(func=cmd_demo)
+    return run_demo(args.out, seed=args.seed, quiet=args.quiet, **_run_options(args))

@@ -7,6 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datapipe.summary import skipped_lines  # noqa: F401  (lives there: the demo prints it too)
+
 if TYPE_CHECKING:
     from datapipe.graph import Pipeline
 
@@ -142,28 +144,3 @@ def render_file(p: Pipeline, path: Path) -> None:
         raise ConfigError(
             [Problem("--out", f"unknown picture format {suffix!r}; use .png, .svg or .dot")]
         )
-
-
-_SKIPPED = {
-    "hidden": ("hidden entry", "hidden entries", "names starting with '.'"),
-    "symlink": ("symlink", "symlinks", "follow_symlinks: true follows links inside the root"),
-    "unknown_ext": (
-        "file with an unlisted extension",
-        "files with an unlisted extension",
-        "the kinds and extensions params list more",
-    ),
-    "special": ("special file", "special files", "FIFOs, sockets, devices"),
-}
-
-
-def skipped_lines(skipped: dict[str, int] | None, indent: str = "  ") -> list[str]:
-    """One line per category of inputs the sources passed over (none when nothing was):
-    ``skipped 2 hidden entries (names starting with '.')``."""
-    lines = []
-    for category, n in (skipped or {}).items():
-        if not n:
-            continue
-        one, many, why = _SKIPPED.get(category, (category, category, ""))
-        note = f" ({why})" if why else ""
-        lines.append(f"{indent}skipped {n} {one if n == 1 else many}{note}")
-    return lines

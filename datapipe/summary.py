@@ -1,0 +1,81 @@
+"""The few lines printed after a run (``datapipe run``, ``datapipe demo``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+RETRY_HINT = "failed items stay failed on re-runs; --retry-errors tries them again"
+_SKIPPED = {
+    "hidden": ("hidden entry", "hidden entries", "names starting with '.'"),
+    "symlink": ("symlink", "symlinks", "follow_symlinks: true follows links inside the root"),
+    "unknown_ext": (
+        "file with an unlisted extension",
+        "files with an unlisted extension",
+        "the kinds and extensions params list more",
+    ),
+    "special": ("special file", "special files", "FIFOs, sockets, devices"),
+}
+
+
+def skipped_lines(skipped: dict[str, int] | None, indent: str = "  ") -> list[str]:
+    """One line per category of inputs the sources passed over (none when nothing was):
+    ``skipped 2 hidden entries (names starting with '.')``."""
+    lines = []
+    for category, n in (skipped or {}).items():
+        if not n:
+            continue
+        one, many, why = _SKIPPED.get(category, (category, category, ""))
+        note = f" ({why})" if why else ""
+        lines.append(f"{indent}skipped {n} {one if n == 1 else many}{note}")
+    return lines
+
+
+def earlier_failures(report: Any) -> int:
+    """Items of the output that failed in an earlier run and were not tried again."""
+    from datapipe.store.output import MANIFEST, open_manifest_readonly
+
+    if not (Path(report.output) / MANIFEST).exists():
+        return 0
+    manifest = open_manifest_readonly(report.output)
+    try:
+        stored = manifest.counts().get("error", 0)
+    finally:
+        manifest.close()
+    return max(0, stored - report.counts.get("error", 0))
+
+
+def summary_text(report: Any, earlier_failed: int = 0) -> str:
+    """What a run did, in a few lines; ``earlier_failed``: see :func:`earlier_failures`."""
+    c = report.counts
+    lines = [f"{report.pipeline}: {report.status} in {report.elapsed_s:.1f} s -> {report.output}"]
+    if c.get("processed", 0) == 0 and not c.get("newly_filtered"):
+        lines.append(f"  nothing to do: {c.get('listed', 0)} inputs, all unchanged")
+    else:
+        lines.append(
+            f"  processed {c.get('processed', 0)} of {c.get('listed', 0)} inputs "
+            f"({c.get('unchanged', 0)} unchanged): ok {c.get('ok', 0)}, "
+            f"error {c.get('error', 0)}, filtered {c.get('filtered', 0)}"
+        )
+    lines += skipped_lines(getattr(report, "skipped", None))
+    for node, s in report.selections.items():
+        lines.append(f"  {node}: kept {s['kept']} of {s['seen']}")
+    if report.errors_by_class:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(report.errors_by_class.items()))
+        lines.append(f"  errors by class: {by} (datapipe manifest {report.output} lists them)")
+    if earlier_failed:
+        lines.append(f"  {earlier_failed} inputs failed in an earlier run and were not retried")
+    if report.errors_by_class or earlier_failed:
+        lines.append(f"  {RETRY_HINT}")
+    if c.get("damaged"):
+        lines.append(
+            f"  {c['damaged']} items written with tolerated damage (see datapipe manifest)"
+        )
+    if report.stages:
+        per = ", ".join(
+            f"{node} {1e3 * s['seconds'] / max(1, s['items']):.2f}"
+            for node, s in report.stages.items()
+        )
+        lines.append(f"  ms per item: {per}")
+    lines.append(f"  output: {report.samples} samples in {report.shards} shards")
+    return "\n".join(lines)
