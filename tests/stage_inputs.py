@@ -322,9 +322,18 @@ class Records(Source):
 
 def bad_input_pipeline(stage: Stage, root: Path) -> Pipeline:
     """``src -> map``: a source declaring what ``stage`` consumes (the records come with the
-    tasks), feeding a node of ``stage``."""
-    source = Records(fields=[f.name for f in stage.consumes()])
-    return Pipeline([Node("src", source), Node("map", stage, ("src",))], base_dir=root)
+    tasks), feeding a node of ``stage``; a Fit node it names (``fit_node``) sits between them,
+    its state handed to the pool."""
+    from datapipe import registry
+
+    fits = []
+    for node, ref in stage.node_refs().values():
+        fit_cls = registry.get(ref.stages[0])
+        fits.append(Node(node, fit_cls(**fit_cls.EXAMPLE_PARAMS), ("src",)))
+    wanted = {f.name for s in (stage, *(n.stage for n in fits)) for f in s.consumes()}
+    nodes = [Node("src", Records(fields=sorted(wanted))), *fits]
+    nodes.append(Node("map", stage, (fits[-1].id,) if fits else ("src",)))
+    return Pipeline(nodes, base_dir=root)
 
 
 def read_ply(path: Path) -> np.ndarray:
