@@ -84,7 +84,7 @@ def test_show_on_a_missing_or_foreign_folder_is_a_usage_error(tmp_path: Path) ->
     assert_usage_error(missing, "nope", "does not exist")
     (tmp_path / "plain").mkdir()
     foreign = cli("show", "plain", cwd=tmp_path)
-    assert_usage_error(foreign, "plain", "holds no datapipe output")
+    assert_usage_error(foreign, "plain is no datapipe output (no manifest.sqlite)")
 
 
 def _closed_stdout(*args: str | Path, cwd: Path) -> tuple[int, str]:

@@ -227,7 +227,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     root = Path(args.dir)
     if not (root / MANIFEST).is_file():
-        what = "does not exist" if not root.exists() else f"holds no datapipe output ({MANIFEST})"
+        what = "does not exist" if not root.exists() else f"is no datapipe output (no {MANIFEST})"
         raise UsageError(f"{args.dir} {what}")
     paths = sorted((root / SHARD_DIR).glob("*.tar"))
     shown = 0
