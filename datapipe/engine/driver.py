@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
+from datapipe.digest import state_digest
 from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
@@ -151,6 +152,7 @@ class RunDriver:
             p.name, fp, str(self.store.root), run_id, versions=package_versions(), skipped=skipped
         )
         self.run_id, self.fp, self.signatures = run_id, fp, signatures
+        self._pools = _SharedPool(lambda fitted: self.pool_factory(self.p, fitted, run_id))
         self._scores: dict[str, float] = {}
         try:
             rows = self.m.all_items()
@@ -186,6 +188,8 @@ class RunDriver:
             self.report.finished = time.time()
             self.m.finish_run(run_id, "aborted", self.report.counts)
             raise
+        finally:
+            self._pools.close()
         return self.report
 
     def _apply_plan_bookkeeping(self, plan: Plan) -> None:
@@ -212,7 +216,7 @@ class RunDriver:
         outcome = evaluate_barriers(
             self.p,
             changed.records,
-            lambda fitted: self.pool_factory(self.p, fitted, self.run_id),
+            self._pools.get,
             epoch=self.opts.epoch,
             recompute={rec["key"] for _, rec in changed.todo},
             cache=self.m,
@@ -290,7 +294,7 @@ class RunDriver:
         writer: ShardWriter | None = None
         in_shard: list[ItemRow] = []
         loose: list[ItemRow] = []
-        pool = self.pool_factory(self.p, fitted, self.run_id)
+        pool = self._pools.get(fitted)
         self.hooks.on_phase("process", len(tasks))
         try:
             for res in pool.imap_unordered(tasks):
@@ -406,6 +410,40 @@ class RunDriver:
             fields=[f.to_dict() for f in self.p.written_fields().values()],
         )
         self.hooks.on_run_end(r.to_dict())
+
+
+class _SharedPool:
+    """One pool for every phase of a run (each barrier's light pass, the main pass) while the
+    Fit states it was built with stay the same: workers start once, not once per phase.
+    Phases close what they borrow; the pool really closes at the end of the run."""
+
+    def __init__(self, factory: Callable[[dict[str, Any]], Pool]) -> None:
+        self.factory = factory
+        self.pool: Pool | None = None
+        self.state = ""
+
+    def get(self, fitted: dict[str, Any]) -> Pool:
+        state = state_digest(fitted)
+        if self.pool is None or state != self.state:
+            self.close()
+            self.pool, self.state = self.factory(fitted), state
+        return _Borrowed(self.pool)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+class _Borrowed:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult | WrittenShard]:
+        return self.pool.imap_unordered(tasks)
+
+    def close(self) -> None:
+        """The run closes the shared pool."""
 
 
 def iter_samples(shard_paths: Iterable[Path]) -> Iterator[Record]:
