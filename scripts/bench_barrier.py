@@ -44,7 +44,7 @@ def make_photos(root: Path, n: int) -> None:
 
 
 def make_clips(root: Path, n: int) -> None:
-    from datapipe.stages.compressed.video_synth import panning_clip
+    from datapipe.stages.common.video_synth import panning_clip
 
     for i in range(n):
         folder = root / f"c{i % 2}"

@@ -38,7 +38,7 @@ from PIL import Image, features
 from sklearn.datasets import load_sample_images
 
 from datapipe.stage import Context
-from datapipe.stages.compressed import _turbojpeg
+from datapipe.stages.common import libturbojpeg
 from datapipe.stages.compressed.jpeg_dct import JpegDCTStage, read_jpeg_dct
 
 SIZES = ((224, 224), (1024, 768))
@@ -90,17 +90,17 @@ def methods(files: list[bytes], paths: list[str]) -> dict[str, Callable[[], obje
 
     def ours(native: int | None) -> Callable[[], object]:
         def run() -> object:
-            saved, _turbojpeg.NATIVE_FILTER = _turbojpeg.NATIVE_FILTER, native
+            saved, libturbojpeg.NATIVE_FILTER = libturbojpeg.NATIVE_FILTER, native
             try:
                 return [read_jpeg_dct(b) for b in files]
             finally:
-                _turbojpeg.NATIVE_FILTER = saved
+                libturbojpeg.NATIVE_FILTER = saved
 
         return run
 
     found = {}
-    if _turbojpeg.NATIVE_FILTER is not None:
-        found["ours: read_jpeg_dct (bytes), C filter"] = ours(_turbojpeg.NATIVE_FILTER)
+    if libturbojpeg.NATIVE_FILTER is not None:
+        found["ours: read_jpeg_dct (bytes), C filter"] = ours(libturbojpeg.NATIVE_FILTER)
     return {
         **found,
         "ours: read_jpeg_dct (bytes), Python filter": ours(None),
@@ -145,8 +145,8 @@ def main() -> None:
         f"{Image.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')}), simplejpeg "
         f"{simplejpeg.__version__}, jpeglib {jpeglib.__version__} ({jpeglib.version.get()}); "
         f"{args.images} images per cell, {args.rounds} rounds, median ms per image; C row "
-        f"filter {'built' if _turbojpeg.NATIVE_FILTER else 'NOT built'}; stage row uses the "
-        f"{'C' if _turbojpeg.NATIVE_FILTER else 'Python'} filter"
+        f"filter {'built' if libturbojpeg.NATIVE_FILTER else 'NOT built'}; stage row uses the "
+        f"{'C' if libturbojpeg.NATIVE_FILTER else 'Python'} filter"
     )
     results: dict[str, dict[str, float]] = {}
     columns = []

@@ -26,8 +26,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from datapipe.stages.common.video_synth import Square, render, write_clip
 from datapipe.stages.compressed.video_frames import read_iframes
-from datapipe.stages.compressed.video_synth import Square, render, write_clip
 from datapipe.stages.select.keyframes import (
     keyframes_iframes,
     keyframes_motion,

@@ -45,11 +45,12 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from datapipe.stages.common.motion_vectors import motion_vectors
+from datapipe.stages.common.video_synth import texture, write_clip
 from datapipe.stages.compressed.video_coviar import coviar
 from datapipe.stages.compressed.video_frames import frame_types, iframes
-from datapipe.stages.compressed.video_mv import encode_mv, motion_vectors
+from datapipe.stages.compressed.video_mv import encode_mv
 from datapipe.stages.compressed.video_packets import packets
-from datapipe.stages.compressed.video_synth import texture, write_clip
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
 CLIPS = {
@@ -168,7 +169,7 @@ def ratio(fps: dict[str, list[float]], a: str, b: str) -> float:
 
 _MEMORY_CHILD = """
 import json, sys, tracemalloc
-from datapipe.stages.compressed.video_mv import motion_vectors
+from datapipe.stages.common.motion_vectors import motion_vectors
 
 def status(key):  # kB, from this process's own memory map (fresh after exec)
     for line in open("/proc/self/status"):

@@ -21,8 +21,8 @@ from datapipe.errors import ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed import _turbojpeg
-from datapipe.stages.compressed._jpeg_header import parse_header
+from datapipe.stages.common import libturbojpeg
+from datapipe.stages.common.jpeg_header import parse_header
 from datapipe.stages.compressed.jpeg_dct import (
     JpegDCTStage,
     align_chroma,
@@ -42,10 +42,10 @@ if "jpeg.dct" not in registry.all_stages():
 @pytest.fixture(params=["C", "python"])
 def row_filter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the C row filter (the _jpeg_filter extension) and the ctypes fallback."""
-    if request.param == "C" and _turbojpeg.NATIVE_FILTER is None:
+    if request.param == "C" and libturbojpeg.NATIVE_FILTER is None:
         pytest.skip("the C filter is not built (pip install -e . builds _jpeg_filter)")
     if request.param == "python":
-        monkeypatch.setattr(_turbojpeg, "NATIVE_FILTER", None)
+        monkeypatch.setattr(libturbojpeg, "NATIVE_FILTER", None)
     return request.param
 
 
@@ -397,11 +397,11 @@ import io, json, sys
 import numpy as np
 from PIL import Image
 from datapipe.errors import ItemError
-from datapipe.stages.compressed import _turbojpeg
-from datapipe.stages.compressed._jpeg_header import parse_header
+from datapipe.stages.common import libturbojpeg
+from datapipe.stages.common.jpeg_header import parse_header
 from datapipe.stages.compressed.jpeg_dct import read_jpeg_dct
 if sys.argv[1] == "python":
-    _turbojpeg.NATIVE_FILTER = None
+    libturbojpeg.NATIVE_FILTER = None
 rng = np.random.default_rng(0)
 img = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
 seeds = []
@@ -452,11 +452,11 @@ def test_missing_library_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) 
     def no_library(name: str) -> None:
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(_turbojpeg, "_lib", None)
-    monkeypatch.setattr(_turbojpeg.ctypes, "CDLL", no_library)
-    monkeypatch.setattr(_turbojpeg.ctypes.util, "find_library", lambda name: None)
-    with pytest.raises(_turbojpeg.TurboJPEGUnavailable, match="apt-get install libturbojpeg0"):
-        _turbojpeg.load_library()
+    monkeypatch.setattr(libturbojpeg, "_lib", None)
+    monkeypatch.setattr(libturbojpeg.ctypes, "CDLL", no_library)
+    monkeypatch.setattr(libturbojpeg.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(libturbojpeg.TurboJPEGUnavailable, match="apt-get install libturbojpeg0"):
+        libturbojpeg.load_library()
 
 
 # -- through the engine ----------------------------------------------------------------------

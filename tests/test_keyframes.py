@@ -3,7 +3,7 @@ scorer, decoding only the selected frames, and bad input through the engine.
 
 Every clip is generated here with PyAV: textured scenes (hard cuts planted at known frames,
 or a gradual pan and brightness ramp that must not count as a cut) and a textured square
-whose speed peaks at known frames (``datapipe.stages.compressed.video_synth``).
+whose speed peaks at known frames (``datapipe.stages.common.video_synth``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed.video_synth import panning_clip, texture, write_clip
+from datapipe.stages.common.video_synth import panning_clip, texture, write_clip
 from datapipe.stages.select import keyframes_decode
 from datapipe.stages.select.keyframes import (
     keyframes_iframes,

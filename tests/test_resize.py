@@ -22,8 +22,8 @@ from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed._turbojpeg import TurboJPEGUnavailable
-from datapipe.stages.io import image_resize
+from datapipe.stages.common import images
+from datapipe.stages.common.libturbojpeg import TurboJPEGUnavailable
 from datapipe.stages.io.image_resize import ImageResize, decode_resize
 from datapipe.stages.represent.resize import ProgressiveResize, decode_jpeg_reduced
 from datapipe.stages.represent.schedule import ResizeSchedule
@@ -126,7 +126,7 @@ def dct_scales(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     libturbojpeg or Pillow's draft."""
     scales: list[int] = []
     draft = JpegImagePlugin.JpegImageFile.draft
-    decompress = getattr(image_resize, "decompress", None)
+    decompress = getattr(images, "decompress", None)
 
     def spy_draft(self: Any, mode: Any, size: Any) -> Any:
         out = draft(self, mode, size)
@@ -139,7 +139,7 @@ def dct_scales(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return decompress(data, width, height, scale, **kw)
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy_draft)
-    monkeypatch.setattr(image_resize, "decompress", spy_decompress, raising=False)
+    monkeypatch.setattr(images, "decompress", spy_decompress, raising=False)
     return scales
 
 
@@ -298,7 +298,7 @@ def test_without_libturbojpeg_jpegs_decode_with_pillow(monkeypatch: pytest.Monke
     def missing(*args: Any, **kw: Any) -> Any:
         raise TurboJPEGUnavailable("libturbojpeg not found")
 
-    monkeypatch.setattr(image_resize, "decompress", missing)
+    monkeypatch.setattr(images, "decompress", missing)
     data = CASES["china crop 620x420"]()
     assert np.array_equal(decode_resize(data, 56), draft_resize(data, 56))
     assert np.array_equal(decode_jpeg_reduced(data, 56), draft_reduced(data, 56, 56, BICUBIC))

@@ -3,7 +3,7 @@ test_video_coviar.py).
 
 Every clip is generated here with PyAV: a textured square moving by a known (dx, dy) per frame
 over a static textured background, or a whole picture panning at a known speed
-(``datapipe.stages.compressed.video_synth``).
+(``datapipe.stages.common.video_synth``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ from datapipe.errors import ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
+from datapipe.stages.common.motion_vectors import GrowingArray, motion_vectors, rasterize
+from datapipe.stages.common.video_synth import (
+    Square,
+    moving_square_clip,
+    panning_clip,
+    render,
+    write_clip,
+)
 from datapipe.stages.compressed.video_coviar import CoviarStage, coviar
 from datapipe.stages.compressed.video_frames import (
     FrameTypesStage,
@@ -34,22 +42,8 @@ from datapipe.stages.compressed.video_frames import (
     iframes,
     read_iframes,
 )
-from datapipe.stages.compressed.video_mv import (
-    GrowingArray,
-    MotionVectorsStage,
-    decode_mv,
-    encode_mv,
-    motion_vectors,
-    rasterize,
-)
+from datapipe.stages.compressed.video_mv import MotionVectorsStage, decode_mv, encode_mv
 from datapipe.stages.compressed.video_packets import PacketsStage, packets
-from datapipe.stages.compressed.video_synth import (
-    Square,
-    moving_square_clip,
-    panning_clip,
-    render,
-    write_clip,
-)
 from datapipe.store.manifest import Manifest
 
 STAGES = (MotionVectorsStage, FrameTypesStage, IFramesStage, PacketsStage, CoviarStage)

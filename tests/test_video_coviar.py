@@ -14,8 +14,8 @@ from test_video import MOTION, _need_encoder, _raw_decode
 from datapipe.engine.driver import iter_samples
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
+from datapipe.stages.common.video_synth import moving_square_clip
 from datapipe.stages.compressed.video_coviar import coviar, decode_residual
-from datapipe.stages.compressed.video_synth import moving_square_clip
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "zigzag_channels": "datapipe.stages.compressed.jpeg_dct:zigzag_channels",
     "dequantize_dct": "datapipe.stages.compressed.jpeg_dct:dequantize",
     "align_chroma": "datapipe.stages.compressed.jpeg_dct:align_chroma",
-    "motion_vectors": "datapipe.stages.compressed.video_mv:motion_vectors",
+    "motion_vectors": "datapipe.stages.common.motion_vectors:motion_vectors",
     "encode_mv": "datapipe.stages.compressed.video_mv:encode_mv",
     "decode_mv": "datapipe.stages.compressed.video_mv:decode_mv",
     "frame_types": "datapipe.stages.compressed.video_frames:frame_types",

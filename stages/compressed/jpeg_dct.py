@@ -7,17 +7,19 @@ grid, Cb and Cr on their own (subsampled) grid or replicated onto the luma grid;
 dequantized and cut to the first K zigzag frequencies ("Learning in the Frequency Domain",
 Xu et al., CVPR 2020).
 
-The reader is a ctypes binding to the system libturbojpeg (see ``_turbojpeg``), with an
-optional C row filter (``_jpeg_filter.c``, built at install time when a compiler is there);
-the markers are parsed and checked in Python first (see ``_jpeg_header``), so absurd
-declared sizes and unsupported kinds of JPEG are refused before anything is allocated.
+The reader is a ctypes binding to the system libturbojpeg (see
+:mod:`~datapipe.stages.common.libturbojpeg`), with an optional C row filter
+(``stages/common/_jpeg_filter.c``, built at install time when a compiler is there); the
+markers are parsed and checked in Python first (see
+:mod:`~datapipe.stages.common.jpeg_header`), so absurd declared sizes and unsupported kinds of
+JPEG are refused before anything is allocated. The coefficients come back as a
+:class:`~datapipe.stages.common.jpeg_coefficients.JpegDCT`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,78 +29,13 @@ from pydantic import Field as PField
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed._jpeg_header import ZIGZAG, parse_header
-from datapipe.stages.compressed._turbojpeg import TurboJPEGError, read_coefficients
+from datapipe.stages.common.jpeg_coefficients import JpegDCT
+from datapipe.stages.common.jpeg_header import ZIGZAG, parse_header
+from datapipe.stages.common.libturbojpeg import TurboJPEGError, read_coefficients
 
 DEFAULT_MAX_PIXELS = 50_000_000
 #: libjpeg's warning for data that ends before the image does (JWRN_JPEG_EOF)
 _EOF_WARNING = "Premature end of JPEG file"
-_SUBSAMPLING = {(1, 1): "4:4:4", (1, 2): "4:2:2", (2, 2): "4:2:0", (2, 1): "4:4:0", (1, 4): "4:1:1"}
-
-
-@dataclass(frozen=True, eq=False)
-class JpegDCT:
-    """Quantized DCT coefficients of one JPEG.
-
-    Attributes
-    ----------
-    y, cb, cr : int16 arrays (block_rows, block_cols, 8, 8), each block in natural row-major
-        order (``[u, v]``: vertical frequency u, horizontal v; ``[0, 0]`` is DC). ``cb`` and
-        ``cr`` are None for a grayscale JPEG. Each component has its own block grid:
-        ``ceil(ceil(height * v / v_max) / 8)`` rows, likewise for columns.
-    qt : uint16 (C, 8, 8), the quantization table of each component, natural order.
-    sampling : (h, v) sampling factors of each component.
-    width, height : image size in pixels.
-    progressive : whether the file is progressive.
-    warnings : libjpeg's warnings (corrupt entropy data); libjpeg reports the first.
-    damaged_blocks : 0 for a clean decode; after a warning, the number of blocks left
-        all-zero (libjpeg zero-fills the blocks it skips), at least 1. An estimate: libjpeg
-        does not say which blocks it lost; blocks decoded from garbage, or from the zero bits
-        it pads a cut-short segment with, go unnoticed, and a genuinely all-zero block counts.
-    """
-
-    y: np.ndarray
-    cb: np.ndarray | None
-    cr: np.ndarray | None
-    qt: np.ndarray
-    sampling: tuple[tuple[int, int], ...]
-    width: int
-    height: int
-    progressive: bool
-    warnings: tuple[str, ...] = ()
-    damaged_blocks: int = 0
-
-    @property
-    def grayscale(self) -> bool:
-        return self.cb is None
-
-    @property
-    def components(self) -> list[np.ndarray]:
-        """[y] or [y, cb, cr]."""
-        return [self.y] if self.cb is None else [self.y, self.cb, self.cr]  # type: ignore[list-item]
-
-    @property
-    def chroma_ratio(self) -> tuple[int, int]:
-        """Luma blocks per chroma block along (rows, cols): (2, 2) for 4:2:0, (1, 2) for 4:2:2,
-        (1, 1) for 4:4:4. Raises ItemError when chroma does not tile the luma grid."""
-        if self.grayscale:
-            return (1, 1)
-        (yh, yv), (bh, bv), (rh, rv) = self.sampling
-        if (bh, bv) != (rh, rv) or yh % bh or yv % bv:
-            raise ItemError(
-                "unsupported", f"sampling {self.sampling} does not map chroma onto the luma grid"
-            )
-        return (yv // bv, yh // bh)
-
-    @property
-    def subsampling(self) -> str:
-        """'gray', '4:4:4', '4:2:2', '4:2:0', '4:4:0', '4:1:1', or the sampling factors."""
-        if self.grayscale:
-            return "gray"
-        try:
-            return _SUBSAMPLING.get(self.chroma_ratio, str(self.sampling))
-        except ItemError:
-            return str(self.sampling)
 
 
 def read_jpeg_dct(

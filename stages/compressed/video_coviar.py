@@ -42,10 +42,10 @@ from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_mv import GrowingArray, frame_vectors
-from datapipe.stages.compressed.video_open import (
+from datapipe.stages.common.motion_vectors import GrowingArray, frame_vectors
+from datapipe.stages.common.video_damage import Damage
+from datapipe.stages.common.video_open import (
     DEFAULT_MAX_PIXELS,
-    Damage,
     VideoReader,
     pict_letter,
 )
@@ -114,7 +114,7 @@ class _Accumulator:
         self._none = np.zeros((height, width), dtype=bool)
 
     def sources(self, vecs: np.ndarray | None, direction: int) -> tuple[np.ndarray, np.ndarray]:
-        from datapipe.stages.compressed.video_kernels import pixel_sources, vector_views
+        from datapipe.stages.common.video_kernels import pixel_sources, vector_views
 
         src = np.empty((self.h, self.w, 2), np.int32)
         has = np.zeros((self.h, self.w), dtype=bool)
@@ -124,7 +124,7 @@ class _Accumulator:
         return src, has
 
     def add(self, t: int, kind: str, rgb: np.ndarray, vecs: np.ndarray | None) -> None:
-        from datapipe.stages.compressed.video_kernels import trace
+        from datapipe.stages.common.video_kernels import trace
 
         if kind == "I" or self.anchor is None:
             self.flush(None)
@@ -147,7 +147,7 @@ class _Accumulator:
     def flush(self, next_anchor: np.ndarray | None) -> None:
         """Finish the waiting B-frames, given the next anchor's positions (None: none in
         this GOP)."""
-        from datapipe.stages.compressed.video_kernels import trace
+        from datapipe.stages.common.video_kernels import trace
 
         for b in self.pending:
             pos = np.empty_like(self.identity)
@@ -166,7 +166,7 @@ class _Accumulator:
         self.pending = []
 
     def emit(self, t: int, pos: np.ndarray, rgb: np.ndarray) -> None:
-        from datapipe.stages.compressed.video_kernels import accumulate
+        from datapipe.stages.common.video_kernels import accumulate
 
         if t % self.stride:
             return
@@ -191,7 +191,8 @@ def coviar(
     Parameters
     ----------
     stride : keep the outputs of every ``stride``-th frame (all frames are still traced).
-    max_frames, strict, max_pixels : as in :func:`~.video_mv.motion_vectors`.
+    max_frames, strict, max_pixels : as in
+        :func:`~datapipe.stages.common.motion_vectors.motion_vectors`.
     residual_dtype : ``"int16"`` exact residuals, ``"int8"`` halved (see the module docstring).
 
     >>> rep = coviar("clip.mp4")  # doctest: +SKIP

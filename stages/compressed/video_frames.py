@@ -23,10 +23,10 @@ from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_open import (
+from datapipe.stages.common.video_damage import Damage
+from datapipe.stages.common.video_open import (
     DEFAULT_MAX_PIXELS,
     PTS_UNKNOWN,
-    Damage,
     VideoReader,
     frame_pts,
     pict_letter,

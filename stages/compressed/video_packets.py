@@ -24,7 +24,7 @@ from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_open import (
+from datapipe.stages.common.video_open import (
     DEFAULT_MAX_PIXELS,
     PTS_UNKNOWN,
     VideoInfo,

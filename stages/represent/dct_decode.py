@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from datapipe.errors import ItemError
-from datapipe.stages.compressed._jpeg_header import ZIGZAG
-from datapipe.stages.compressed.jpeg_dct import JpegDCT
+from datapipe.stages.common.jpeg_coefficients import JpegDCT
+from datapipe.stages.common.jpeg_header import ZIGZAG
 from datapipe.stages.represent.resample import Resample, check_options, finish_resize, plan_resize
 
 #: natural (u, v) -> its position in zigzag order

@@ -22,7 +22,7 @@ from pydantic import model_validator
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.io.image_resize import Source, decode_image
+from datapipe.stages.common.images import Source, decode_image
 from datapipe.stages.represent.dct_decode import decode_dct_reduced
 from datapipe.stages.represent.resample import (
     Resample,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from datapipe.stages.compressed.video_open import DEFAULT_MAX_PIXELS
+from datapipe.stages.common.video_open import DEFAULT_MAX_PIXELS
 from datapipe.stages.select import keyframes_index as kix
 from datapipe.stages.select import keyframes_signals as sig
 from datapipe.stages.select.keyframes_decode import (
@@ -46,7 +46,7 @@ from datapipe.stages.select.keyframes_signals import (
 )
 
 if TYPE_CHECKING:
-    from datapipe.stages.compressed.video_mv import MotionField
+    from datapipe.stages.common.motion_vectors import MotionField
 
 
 @dataclass
@@ -184,7 +184,7 @@ def motion_signal(
     >>> energy.round(2).tolist()[:4]  # doctest: +SKIP
     [2.24, 2.24, 2.24, 2.24]
     """
-    from datapipe.stages.compressed.video_mv import motion_vectors
+    from datapipe.stages.common.motion_vectors import motion_vectors
 
     field = motion_vectors(
         path, block=block, strict=strict, max_pixels=max_pixels, normalize="per_frame"

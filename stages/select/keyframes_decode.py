@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datapipe.errors import ItemError
-from datapipe.stages.compressed.video_open import (
+from datapipe.stages.common.video_open import (
     DEFAULT_MAX_PIXELS,
     PTS_UNKNOWN,
     VideoInfo,

@@ -11,9 +11,9 @@
   texture), and very fast camera motion raises the change of every frame: lower
   ``threshold`` or change ``grid`` for such footage.
 - **Motion energy** (motion peaks): the mean forward-motion magnitude in pixels per frame
-  over the block grid of :func:`~datapipe.stages.compressed.video_mv.motion_vectors` with
+  over the block grid of :func:`~datapipe.stages.common.motion_vectors.motion_vectors` with
   ``normalize="per_frame"``: each vector is divided by its own reference distance in frames
-  (:mod:`~datapipe.stages.compressed.video_refs`: P-frames back to the previous I/P-frame,
+  (:mod:`~datapipe.stages.common.video_refs`: P-frames back to the previous I/P-frame,
   B-frames to the nearest reference frame on each side, H.264 B-pyramid included), so a
   steady pan reads the same in I/P/B positions. Cells no vector covers (intra blocks) count
   as 0. Frames without vectors (I-frames) take the value interpolated from their
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datapipe.stages.compressed.video_mv import _copy_vectors, rasterize
-from datapipe.stages.compressed.video_open import (
+from datapipe.stages.common.motion_vectors import copy_vectors, rasterize
+from datapipe.stages.common.video_open import (
     DEFAULT_MAX_PIXELS,
     MV_CODECS,
     PTS_UNKNOWN,
@@ -40,7 +40,7 @@ from datapipe.stages.compressed.video_open import (
     frame_pts,
     pict_letter,
 )
-from datapipe.stages.compressed.video_refs import ReferenceDistances, ReferenceFlags
+from datapipe.stages.common.video_refs import ReferenceDistances, ReferenceFlags
 from datapipe.stages.select import keyframes_decode
 
 if TYPE_CHECKING:  # PyAV is imported where a video is decoded
@@ -270,7 +270,7 @@ def frame_cues(
             p = frame_pts(frame)
             pts.append(p)
             size.append(size_by_pts.get(p, 0) if p != PTS_UNKNOWN else 0)
-            vecs = _copy_vectors(frame) if vectors else None
+            vecs = copy_vectors(frame) if vectors else None
             magnitude.append(0.0)
             has.append(vecs is not None)
             if vectors:

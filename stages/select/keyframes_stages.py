@@ -16,7 +16,7 @@ from pydantic import model_validator
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed.video_open import DEFAULT_MAX_PIXELS
+from datapipe.stages.common.video_open import DEFAULT_MAX_PIXELS
 from datapipe.stages.select import keyframes as kf
 from datapipe.stages.select import keyframes_signals as sig
 

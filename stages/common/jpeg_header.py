@@ -1,5 +1,6 @@
 """JPEG marker parsing in Python: everything ``jpeg.dct`` must know or refuse before libjpeg
-allocates a coefficient buffer.
+allocates a coefficient buffer (``image.resize`` and ``represent.resize`` check JPEGs with it
+too, before they decode one).
 
 The parser walks the markers up to the first scan (further only when a component first appears
 in a later scan), reads the frame header (SOF), the quantization tables each component latches

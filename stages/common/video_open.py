@@ -1,10 +1,12 @@
-"""Safe opening and decoding of untrusted video files with PyAV, shared by the ``video.*`` stages.
+"""Safe opening and decoding of untrusted video files with PyAV, shared by the ``video.*`` and
+``keyframes.*`` stages.
 
 What :class:`VideoReader` guarantees before a single frame is decoded:
 
 - only a local regular file is read, through a Python file object: FFmpeg opens no URL or
   protocol, demuxers are limited to :data:`ALLOWED_FORMATS` (an HLS playlist or a
-  ``concat:`` list named ``.mp4`` is refused) and any nested open a demuxer asks for fails;
+  ``concat:`` list named ``.mp4`` is refused) and any nested open a demuxer asks for fails
+  (:mod:`~datapipe.stages.common.video_files`);
 - a zero-byte file is ``empty``; a file with no video stream is ``unsupported``;
 - the declared frame size is checked (``decode_bomb`` above ``max_pixels`` or a side above
   :data:`MAX_SIDE`; ``corrupt`` when none is declared) and the declared frame count against
@@ -13,7 +15,8 @@ What :class:`VideoReader` guarantees before a single frame is decoded:
   H.264 motion vectors differ from run to run, and one thread per item is what the engine's
   process pool expects.
 
-While decoding, damage is counted instead of hidden (:class:`Damage`): frames FFmpeg flags as
+While decoding, damage is counted instead of hidden
+(:class:`~datapipe.stages.common.video_damage.Damage`): frames FFmpeg flags as
 concealed (``frame.is_corrupt``), packets the decoder rejects, frames the container declares
 but the file no longer holds (a truncated MP4), and FFmpeg error messages. ``strict=True``
 turns any of them into an :class:`~datapipe.errors.ItemError`; by default the data decoded is
@@ -24,14 +27,19 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
-import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from datapipe.errors import ItemError
+from datapipe.stages.common.video_damage import Damage
+from datapipe.stages.common.video_files import (
+    ffmpeg_reason,
+    isobmff_truncated,
+    open_regular,
+    refuse_nested_open,
+)
 
 if TYPE_CHECKING:  # PyAV is imported where a video is opened, not with the stage
     import av
@@ -57,9 +65,6 @@ PTS_UNKNOWN = -(2**63)
 #: ``frame.pict_type`` -> letter. S (MPEG-4 sprite/GMC) and SP are predicted; SI is intra;
 #: BI (VC-1) is a B-frame coded intra.
 PICT_LETTERS = {1: "I", 2: "P", 3: "B", 4: "P", 5: "I", 6: "P", 7: "B"}
-_ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
-_MAX_MESSAGES = 20
-_MAX_BOXES = 10_000  # top-level MP4 boxes walked when diagnosing a truncated file
 
 
 @dataclass(frozen=True)
@@ -76,41 +81,6 @@ class VideoInfo:
     container: str
     file_size: int
     stream_types: tuple[str, ...]
-
-
-@dataclass
-class Damage:
-    """Damage seen while reading one video. ``damaged`` is the number reported in records."""
-
-    corrupt_frames: int = 0
-    packet_errors: int = 0
-    lost_frames: int = 0
-    error_logs: int = 0
-    truncated: bool = False
-    messages: list[str] = field(default_factory=list)
-
-    @property
-    def damaged(self) -> int:
-        """Frames concealed + frames lost; at least 1 when FFmpeg reported any error."""
-        n = self.corrupt_frames + self.lost_frames
-        return max(n, 1) if (self.error_logs or self.packet_errors) else n
-
-    def note(self, message: str) -> None:
-        if len(self.messages) < _MAX_MESSAGES:
-            self.messages.append(message.strip())
-
-    def describe(self) -> str:
-        parts = []
-        if self.corrupt_frames:
-            parts.append(f"{self.corrupt_frames} frame(s) concealed by the decoder")
-        if self.lost_frames:
-            parts.append(f"{self.lost_frames} declared frame(s) lost")
-        if self.truncated:
-            parts.append("the file is truncated")
-        if self.error_logs and not parts:
-            parts.append(f"{self.error_logs} decoder error(s)")
-        first = f"; first: {self.messages[0]}" if self.messages else ""
-        return ", ".join(parts) + first
 
 
 def pict_letter(frame: av.VideoFrame) -> str:
@@ -168,7 +138,7 @@ class VideoReader:
         import av
         import av.logging
 
-        self._fh, size = _open_regular(self.path)
+        self._fh, size = open_regular(self.path)
         if size == 0:
             raise ItemError("empty", "zero-byte video file")
         self._log_level = av.logging.get_level()  # None: FFmpeg's messages are dropped
@@ -181,12 +151,12 @@ class VideoReader:
                 self._fh,
                 mode="r",
                 container_options={"format_whitelist": ALLOWED_FORMATS},
-                io_open=_refuse_nested_open,
+                io_open=refuse_nested_open,
                 metadata_errors="replace",
             )
         except av.error.FFmpegError as exc:
             raise self._open_error(exc, size) from None
-        except PermissionError as exc:  # from _refuse_nested_open
+        except PermissionError as exc:  # from refuse_nested_open
             raise ItemError("security", str(exc)) from None
         container = self._container
         videos = container.streams.video
@@ -227,8 +197,8 @@ class VideoReader:
         )
 
     def _open_error(self, exc: av.error.FFmpegError, size: int) -> ItemError:
-        detail = _ffmpeg_reason(exc)
-        if _isobmff_truncated(self._fh, size):
+        detail = ffmpeg_reason(exc)
+        if isobmff_truncated(self._fh, size):
             return ItemError("truncated", f"truncated MP4/MOV file: {detail}")
         return ItemError("corrupt", f"not a readable video file ({detail})")
 
@@ -293,7 +263,7 @@ class VideoReader:
                 return
             except av.error.FFmpegError as exc:
                 self.damage.packet_errors += 1
-                self.damage.note(f"demux: {_ffmpeg_reason(exc)}")
+                self.damage.note(f"demux: {ffmpeg_reason(exc)}")
                 return
             yield packet
 
@@ -322,7 +292,7 @@ class VideoReader:
                 break
             except av.error.FFmpegError as exc:
                 self.damage.packet_errors += 1
-                self.damage.note(f"demux: {_ffmpeg_reason(exc)}")
+                self.damage.note(f"demux: {ffmpeg_reason(exc)}")
                 packet = None  # flush what the decoder holds
             if packet is not None and packet.size:
                 if count_packets:
@@ -333,7 +303,7 @@ class VideoReader:
                 decoded = decode(packet)
             except av.error.FFmpegError as exc:
                 self.damage.packet_errors += 1
-                self.damage.note(f"decode: {_ffmpeg_reason(exc)}")
+                self.damage.note(f"decode: {ffmpeg_reason(exc)}")
                 decoded = []
             decoded.reverse()
             while decoded:
@@ -366,7 +336,7 @@ class VideoReader:
                 missing = max(0, self.info.declared_frames - self.packets_read)
             d.lost_frames = missing + d.packet_errors
             if d.lost_frames:
-                d.truncated = _isobmff_truncated(self._fh, self.info.file_size)
+                d.truncated = isobmff_truncated(self._fh, self.info.file_size)
         error_class = "truncated" if d.truncated else "corrupt"
         if decoded == 0:
             if d.damaged:
@@ -386,62 +356,3 @@ class VideoReader:
                 self.damage.error_logs += 1
                 self.damage.note(f"[{name}] {message}")
         self._logs_seen = len(self._logs)
-
-
-def _open_regular(path: str) -> tuple[Any, int]:
-    """Open a local regular file for reading; refuse devices, FIFOs, sockets and directories."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise ItemError("io", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ItemError("io", f"a directory, not a video file: {path}") from None
-    except OSError as exc:
-        raise ItemError("io", f"cannot open {path}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ItemError("io", f"a directory, not a video file: {path}")
-        raise ItemError("security", f"not a regular file (device, FIFO or socket): {path}")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb"), st.st_size
-
-
-def _refuse_nested_open(url: str, flags: int, options: dict[str, str]) -> Any:
-    raise PermissionError(f"datapipe: the input tried to open another resource ({url!r})")
-
-
-def _ffmpeg_reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    log = getattr(exc, "log", None)
-    if log and len(log) >= 3 and log[2]:
-        text = f"{text}: [{log[1]}] {str(log[2]).strip()}"
-    return text
-
-
-def _isobmff_truncated(fh: Any, size: int) -> bool:
-    """Whether an MP4/MOV file's top-level boxes run past the end of the file."""
-    if fh is None:
-        return False
-    pos, boxes = 0, 0
-    try:
-        while pos + 8 <= size and boxes < _MAX_BOXES:
-            boxes += 1
-            fh.seek(pos)
-            head = fh.read(16)
-            box_size, kind = struct.unpack(">I4s", head[:8])
-            if pos == 0 and kind not in _ISO_BOXES:
-                return False
-            if box_size == 1:
-                if len(head) < 16:
-                    return True
-                box_size = struct.unpack(">Q", head[8:16])[0]
-            elif box_size == 0:
-                return False  # extends to the end of the file by definition
-            if box_size < 8:
-                return False  # malformed, not truncated
-            pos += box_size
-        return boxes < _MAX_BOXES and (pos > size or 0 < size - pos < 8)
-    except (OSError, struct.error):
-        return False

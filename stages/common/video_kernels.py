@@ -1,5 +1,6 @@
 """Compiled (numba) loops over FFmpeg's exported motion vectors: the block-grid raster of
-:mod:`video_mv` and the per-pixel reference tracing of :mod:`video_coviar`.
+:mod:`~datapipe.stages.common.motion_vectors` and the per-pixel reference tracing of
+:mod:`~datapipe.stages.compressed.video_coviar`.
 
 The vectors arrive as PyAV's structured ``AVMotionVector`` array; the kernels read it through
 plain integer views whose column numbers come from the dtype's field offsets

@@ -161,7 +161,7 @@ class _Targets(ctypes.Structure):
 def _native_filter() -> int | None:
     """Address of the C filter, or None when the extension was not built (or mismatches)."""
     try:
-        from datapipe.stages.compressed import _jpeg_filter
+        from datapipe.stages.common import _jpeg_filter
     except ImportError:
         return None
     if _jpeg_filter.TARGETS_SIZE != ctypes.sizeof(_Targets):

@@ -3,9 +3,9 @@
  *
  * tjTransform() calls the filter once per block row of each component. Doing that in Python
  * (a ctypes callback) costs about a microsecond a row; this C version copies each row with
- * memcpy and is otherwise the same as the Python fallback in _turbojpeg.py. The module does
+ * memcpy and is otherwise the same as the Python fallback in libturbojpeg.py. The module does
  * not link against libturbojpeg and needs no TurboJPEG header: it only exports the address
- * of copy_rows() and the size of the table it reads, which _turbojpeg.py checks against its
+ * of copy_rows() and the size of the table it reads, which libturbojpeg.py checks against its
  * ctypes mirror before use.
  */
 #define PY_SSIZE_T_CLEAN
@@ -23,7 +23,7 @@ typedef struct tjtransform {
     void *customFilter;
 } tjtransform;
 
-/* Where each component's rows go; mirrored by _Target / _Targets in _turbojpeg.py. */
+/* Where each component's rows go; mirrored by _Target / _Targets in libturbojpeg.py. */
 typedef struct {
     int64_t address;   /* int16 (rows, cols, 8, 8) C-contiguous output array */
     int64_t row_bytes; /* cols * 64 * 2 */
@@ -60,7 +60,7 @@ static int copy_rows(short *coeffs, tjregion array, tjregion plane, int ci, int 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     "_jpeg_filter",
-    "C filter callback for tjTransform (see _turbojpeg.py).",
+    "C filter callback for tjTransform (see libturbojpeg.py).",
     -1,
     NULL,
 };

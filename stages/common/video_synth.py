@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -89,6 +88,8 @@ def write_clip(
     ``audio`` adds a quiet AAC tone interleaved with the video; ``faststart`` puts the MP4
     index before the media data.
     """
+    import av
+
     n, height, width = frames.shape[:3]
     muxer = {"movflags": "+faststart"} if faststart else None
     with av.open(os.fspath(path), mode="w", format=container, options=muxer) as out:
