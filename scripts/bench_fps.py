@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import open3d as o3d
 
-from datapipe.stages.select.points_sampling import farthest_point_sample
+from datapipe.stages.points.sampling import farthest_point_sample
 
 SIZES = [(4096, 512), (16384, 1024), (131072, 4096)]
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datapipe.stages.select.kcenter import kcenter_greedy
+from datapipe.stages.subset.kcenter import kcenter_greedy
 
 ANCHOR_S = 2.45  # numpy norm trick, 5,000 of 50,000 x 128, peer-measurements.md section 5
 

@@ -28,15 +28,15 @@ import numpy as np
 
 from datapipe.stages.common.video_synth import Square, render, write_clip
 from datapipe.stages.compressed.video_frames import read_iframes
-from datapipe.stages.select.keyframes import (
+from datapipe.stages.keyframes.index import uniform_indices
+from datapipe.stages.keyframes.methods import (
     keyframes_iframes,
     keyframes_motion,
     keyframes_scene,
     keyframes_tsn,
     keyframes_uniform,
 )
-from datapipe.stages.select.keyframes_index import uniform_indices
-from datapipe.stages.select.keyframes_signals import frame_cues, grid_histogram
+from datapipe.stages.keyframes.signals import frame_cues, grid_histogram
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:

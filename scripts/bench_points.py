@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 
-from datapipe.stages.compressed import points_header as ph
-from datapipe.stages.compressed.points import read_points
-from datapipe.stages.compressed.points_voxel import voxelize
+from datapipe.stages.points.header import read_head
+from datapipe.stages.points.header_ply import check_ply, parse_ply_header
+from datapipe.stages.points.read import read_points
+from datapipe.stages.points.voxelize import voxelize
 
 
 def best_of(fns: list[Callable[[], object]], repeats: int) -> list[float]:
@@ -80,7 +81,7 @@ def write_files(root: Path, n: int, ascii_n: int, seed: int) -> dict[str, Path]:
 
 def header_only(path: Path) -> None:
     size = os.path.getsize(path)
-    ph.check_ply(ph.parse_ply_header(ph.read_head(path, size), size), size, 10**12)
+    check_ply(parse_ply_header(read_head(path, size), size), size, 10**12)
 
 
 def main() -> None:

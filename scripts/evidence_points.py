@@ -22,8 +22,8 @@ import open3d as o3d
 import torch
 
 from datapipe.demo.sample_data import generate_sample_data
-from datapipe.stages.select.points_sampling import farthest_point_sample, random_point_sample
-from datapipe.stages.select.snet import (
+from datapipe.stages.points.sampling import farthest_point_sample, random_point_sample
+from datapipe.stages.points.snet import (
     TrainConfig,
     normalize,
     sample_learned,

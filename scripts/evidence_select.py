@@ -28,12 +28,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from datapipe.stage import Context, Select
-from datapipe.stages.select.dedup import Dedup
-from datapipe.stages.select.embed import pool_pixels
-from datapipe.stages.select.kcenter import KCenter
-from datapipe.stages.select.random_subset import RandomSubset
-from datapipe.stages.select.stratified import Stratified
-from datapipe.stages.select.uncertainty import Uncertainty
+from datapipe.stages.subset.dedup import Dedup
+from datapipe.stages.subset.embed import pool_pixels
+from datapipe.stages.subset.kcenter import KCenter
+from datapipe.stages.subset.random_subset import RandomSubset
+from datapipe.stages.subset.stratified import Stratified
+from datapipe.stages.subset.uncertainty import Uncertainty
 
 BUDGETS = (0.1, 0.3, 0.5)
 METHODS: dict[str, Callable[[int], Select]] = {

@@ -16,7 +16,7 @@ from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Map, Record
-from datapipe.stages.select.random_subset import key_uniform
+from datapipe.stages.subset.random_subset import key_uniform
 from datapipe.store.manifest import Manifest
 
 

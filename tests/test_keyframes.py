@@ -26,17 +26,9 @@ from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
 from datapipe.stages.common.video_synth import panning_clip, texture, write_clip
-from datapipe.stages.select import keyframes_decode
-from datapipe.stages.select.keyframes import (
-    keyframes_iframes,
-    keyframes_motion,
-    keyframes_scene,
-    keyframes_tsn,
-    keyframes_uniform,
-    motion_signal,
-)
-from datapipe.stages.select.keyframes_decode import gop_plan, scan_frames
-from datapipe.stages.select.keyframes_index import (
+from datapipe.stages.keyframes import decode as keyframes_decode
+from datapipe.stages.keyframes.decode import gop_plan, scan_frames
+from datapipe.stages.keyframes.index import (
     motion_peaks,
     scene_cuts,
     top_k_with_gap,
@@ -44,7 +36,7 @@ from datapipe.stages.select.keyframes_index import (
     tsn_segments,
     uniform_indices,
 )
-from datapipe.stages.select.keyframes_learned import (
+from datapipe.stages.keyframes.learned import (
     CUE_NAMES,
     FrameCues,
     LearnedFit,
@@ -55,8 +47,16 @@ from datapipe.stages.select.keyframes_learned import (
     save_weights,
     score_frames,
 )
-from datapipe.stages.select.keyframes_signals import frame_cues
-from datapipe.stages.select.keyframes_stages import (
+from datapipe.stages.keyframes.methods import (
+    keyframes_iframes,
+    keyframes_motion,
+    keyframes_scene,
+    keyframes_tsn,
+    keyframes_uniform,
+    motion_signal,
+)
+from datapipe.stages.keyframes.signals import frame_cues
+from datapipe.stages.keyframes.stages import (
     IFrameKeyFrames,
     MotionKeyFrames,
     SceneKeyFrames,

@@ -20,7 +20,7 @@ from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Params, Record, Source
-from datapipe.stages.select.points_sampling import (
+from datapipe.stages.points.sampling import (
     farthest_point_sample,
     random_point_sample,
     voxel_point_sample,

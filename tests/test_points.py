@@ -20,8 +20,8 @@ from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
-from datapipe.stages.compressed.points import PointsRead, read_points
-from datapipe.stages.compressed.points_voxel import PointsVoxelize, voxel_groups, voxelize
+from datapipe.stages.points.read import PointsRead, read_points
+from datapipe.stages.points.voxelize import PointsVoxelize, voxel_groups, voxelize
 from datapipe.store.manifest import Manifest
 
 STAGES = (PointsRead, PointsVoxelize)

@@ -16,7 +16,7 @@ from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Params, Record, Source
-from datapipe.stages.select.snet import match_to_input, simplification_loss
+from datapipe.stages.points.snet import match_to_input, simplification_loss
 
 
 def test_match_to_input_nearest_and_distinct() -> None:

@@ -15,7 +15,7 @@ from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline
 from datapipe.stages.io.files import Files, unique_keys
-from datapipe.stages.select.random_subset import RandomSubset
+from datapipe.stages.subset.random_subset import RandomSubset
 from datapipe.store.manifest import Manifest
 from engine_stages import AddOffset, CenterBytes, MeanBytes, ReadBytes
 
@@ -170,7 +170,7 @@ def test_replacing_a_file_named_by_a_param_redoes_the_items(tmp_path: Path) -> N
 def test_file_params_are_declared_by_type() -> None:
     assert AddOffset.Params.file_params() == ("table",)
     assert ReadBytes.Params.file_params() == ()
-    from datapipe.stages.select.embed import TorchEmbed
+    from datapipe.stages.subset.embed import TorchEmbed
 
     assert set(TorchEmbed.Params.file_params()) == {"script", "weights"}
 

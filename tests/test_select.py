@@ -21,13 +21,13 @@ from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Map, Record
 from datapipe.stages.io.image_resize import decode_resize
-from datapipe.stages.select import dedup as dedup_module
-from datapipe.stages.select.budget import BudgetError, resolve_budget
-from datapipe.stages.select.dedup import Dedup, semdedup
-from datapipe.stages.select.embed import PixelEmbed, TorchEmbed, pool_pixels
-from datapipe.stages.select.kcenter import KCenter, _greedy, kcenter_cover, kcenter_greedy
-from datapipe.stages.select.stratified import Stratified, stratified_subset, stratum_budgets
-from datapipe.stages.select.uncertainty import Uncertainty, proxy_uncertainty, uncertainty_of
+from datapipe.stages.subset import dedup as dedup_module
+from datapipe.stages.subset.budget import BudgetError, resolve_budget
+from datapipe.stages.subset.dedup import Dedup, semdedup
+from datapipe.stages.subset.embed import PixelEmbed, TorchEmbed, pool_pixels
+from datapipe.stages.subset.kcenter import KCenter, _greedy, kcenter_cover, kcenter_greedy
+from datapipe.stages.subset.stratified import Stratified, stratified_subset, stratum_budgets
+from datapipe.stages.subset.uncertainty import Uncertainty, proxy_uncertainty, uncertainty_of
 from datapipe.store.manifest import Manifest
 
 OURS = [Stratified, KCenter, Dedup, Uncertainty, PixelEmbed, TorchEmbed]
@@ -143,13 +143,13 @@ def test_bad_budgets_are_clear_errors(kwargs: dict[str, Any], message: str) -> N
 
 
 def test_select_random_refuses_an_empty_budget() -> None:
-    from datapipe.stages.select.random_subset import RandomSubset
+    from datapipe.stages.subset.random_subset import RandomSubset
 
     for params in ({"count": 0}, {"fraction": 0.0}, {"count": 2, "fraction": 0.5}):
         with pytest.raises(ParamError):
             RandomSubset(**params)
     assert RandomSubset(count=1).params.count == 1
-    from datapipe.stages.select.random_subset import random_subset
+    from datapipe.stages.subset.random_subset import random_subset
 
     keys = [f"k{i}" for i in range(10)]
     for kw in ({"count": 0}, {"count": -1}, {"count": True}, {"fraction": 0.01}, {"fraction": 0}):

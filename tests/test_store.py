@@ -30,7 +30,7 @@ from datapipe.graph import Pipeline
 from datapipe.stage import Map, Record
 from datapipe.stages.io.files import Files
 from datapipe.stages.io.image_resize import ImageResize
-from datapipe.stages.select.random_subset import key_uniform
+from datapipe.stages.subset.random_subset import key_uniform
 from datapipe.store import OutputStore, check_key, sanitize_key
 
 CLASSES = {"cat": 3, "dog": 3, "bird": 2}

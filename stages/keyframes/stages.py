@@ -1,4 +1,4 @@
-"""The key-frame Map stages; the algorithms are in :mod:`~datapipe.stages.select.keyframes`.
+"""The key-frame Map stages; the algorithms are in :mod:`~datapipe.stages.keyframes.methods`.
 
 Each consumes ``path`` (a video) and produces ``keyframe_idx`` (int64, K: positions among
 all frames, presentation order), ``keyframe_pts`` (float64, K: seconds), ``video_damage``
@@ -17,8 +17,8 @@ from pydantic import model_validator
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
 from datapipe.stages.common.video_open import DEFAULT_MAX_PIXELS
-from datapipe.stages.select import keyframes as kf
-from datapipe.stages.select import keyframes_signals as sig
+from datapipe.stages.keyframes import methods as kf
+from datapipe.stages.keyframes import signals as sig
 
 KEYFRAME_IDX = Field("keyframe_idx", "int64", "K", "selected frames: positions among all frames")
 KEYFRAME_PTS = Field("keyframe_pts", "float64", "K", "selected frames: presentation time (s)")

@@ -28,14 +28,14 @@ from pydantic import model_validator
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Params, Select, Selection
-from datapipe.stages.select.budget import (
+from datapipe.stages.subset.budget import (
     budget_of,
     check_finite_matrix,
     read_view,
     resolve_budget,
     split_budget,
 )
-from datapipe.stages.select.plot import plot_selection
+from datapipe.stages.subset.plot import plot_selection
 
 Order = Literal["hard", "easy", "random"]
 _BLOCK = 512

@@ -25,7 +25,7 @@ from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Select, Selection
-from datapipe.stages.select.budget import (
+from datapipe.stages.subset.budget import (
     BudgetParams,
     budget_of,
     check_classes,
@@ -33,8 +33,8 @@ from datapipe.stages.select.budget import (
     label_text,
     read_view,
 )
-from datapipe.stages.select.plot import plot_selection
-from datapipe.stages.select.stratified import stratum_budgets
+from datapipe.stages.subset.plot import plot_selection
+from datapipe.stages.subset.stratified import stratum_budgets
 
 Metric = Literal["entropy", "margin", "least_confidence"]
 

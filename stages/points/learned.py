@@ -17,7 +17,7 @@ from pydantic import Field as PField
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
 from datapipe.stage import Context, FilePath, Fit, Map, NodeRef, Params, Record, StageKind
-from datapipe.stages.select.points_sampling import check_cloud
+from datapipe.stages.points.sampling import check_cloud
 
 
 class LearnedFitParams(Params):
@@ -44,7 +44,7 @@ class LearnedSamplerFit(Fit):
     ) -> dict[str, Any]:
         import torch
 
-        from datapipe.stages.select import snet
+        from datapipe.stages.points import snet
 
         p = self.params
         if p.weights:
@@ -95,7 +95,7 @@ def _sampler(state: Mapping[str, Any], node: str) -> Any:
     """The S-NET built from a fitted state, once per process."""
     import torch
 
-    from datapipe.stages.select.snet import SNet
+    from datapipe.stages.points.snet import SNet
 
     key = (node, id(state))
     if key not in _models:
@@ -125,7 +125,7 @@ class LearnedPoints(Map):
         )
 
     def process(self, record: Record, ctx: Context) -> Record:
-        from datapipe.stages.select.snet import sample_learned
+        from datapipe.stages.points.snet import sample_learned
 
         state = ctx.fitted.get(self.params.fit_node)
         if state is None:

@@ -1,6 +1,6 @@
 """What every budgeted Select stage shares: the budget, the embedding and label views.
 
-The budget follows ``select.random`` (:class:`~datapipe.stages.select.random_subset.RandomParams`):
+The budget follows ``select.random`` (:class:`~datapipe.stages.subset.random_subset.RandomParams`):
 exactly one of ``fraction`` or ``count``; a fraction keeps ``round(fraction * n)``; a budget
 that keeps nothing is refused. Unlike the random baseline, the methods here also refuse a
 budget above what there is, because a core-set "of 120 out of 80" is a configuration mistake,
@@ -18,7 +18,7 @@ import numpy as np
 
 from datapipe.errors import ParamError, Problem
 from datapipe.stage import Context
-from datapipe.stages.select.random_subset import RandomParams
+from datapipe.stages.subset.random_subset import RandomParams
 
 logger = logging.getLogger(__name__)
 

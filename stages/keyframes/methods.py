@@ -1,11 +1,11 @@
 """Key-frame selection: ``keyframes.uniform``, ``keyframes.tsn``, ``keyframes.iframes``,
 ``keyframes.motion`` and ``keyframes.scene`` (``keyframes.learned``: see
-:mod:`~datapipe.stages.select.keyframes_learned`).
+:mod:`~datapipe.stages.keyframes.learned`).
 
 Every method gives the selected frames' indices (int64, positions among all frames in
 presentation order, ascending) and timestamps (float64 seconds), and with ``decode`` their
 RGB pixels; only the selected frames are converted to RGB, and the decoder is sent only the
-GOPs that hold them (:mod:`~datapipe.stages.select.keyframes_decode`). What each method reads:
+GOPs that hold them (:mod:`~datapipe.stages.keyframes.decode`). What each method reads:
 
 ========  =====================================================================  =========
 method    signal                                                                 decoding
@@ -19,7 +19,7 @@ scene     luma histograms of every frame (Y plane, no RGB conversion)           
 
 "none" still decodes the bitstream up to the first frame, so a stream with no decodable
 frame is an error (``empty``; ``corrupt``/``truncated`` when FFmpeg reported damage).
-Budgets and the ``too_few`` policy: :mod:`~datapipe.stages.select.keyframes_index`.
+Budgets and the ``too_few`` policy: :mod:`~datapipe.stages.keyframes.index`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from datapipe.stages.common.video_open import DEFAULT_MAX_PIXELS
-from datapipe.stages.select import keyframes_index as kix
-from datapipe.stages.select import keyframes_signals as sig
-from datapipe.stages.select.keyframes_decode import (
+from datapipe.stages.keyframes import index as kix
+from datapipe.stages.keyframes import signals as sig
+from datapipe.stages.keyframes.decode import (
     FrameTable,
     decode_selected,
     scan_frames,
     to_seconds,
 )
-from datapipe.stages.select.keyframes_signals import (
+from datapipe.stages.keyframes.signals import (
     mean_magnitude,
     motion_energy,
     scan_scenes,
@@ -100,7 +100,7 @@ def keyframes_uniform(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrameSelection:
     """``k`` frames at uniform intervals from the first to the last, or every n-th frame
-    (:func:`~datapipe.stages.select.keyframes_index.uniform_indices`); demux only.
+    (:func:`~datapipe.stages.keyframes.index.uniform_indices`); demux only.
 
     >>> keyframes_uniform("clip.mp4", 4).indices.tolist()  # a 30-frame clip # doctest: +SKIP
     [0, 10, 19, 29]
@@ -123,7 +123,7 @@ def keyframes_tsn(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrameSelection:
-    """TSN segment sampling (:func:`~datapipe.stages.select.keyframes_index.tsn_indices`):
+    """TSN segment sampling (:func:`~datapipe.stages.keyframes.index.tsn_indices`):
     a seeded random frame in each of ``k`` segments (``train``), or their centres (``test``).
 
     >>> keyframes_tsn("clip.mp4", 4).indices.tolist()  # a 30-frame clip # doctest: +SKIP
@@ -178,7 +178,7 @@ def motion_signal(
     """float64 (T) motion energy of every frame, in pixels per frame, and the motion field
     it comes from: the mean magnitude over the block grid of the codec's vectors, each
     divided by its reference distance (``motion_vectors(..., normalize="per_frame")``), I-frames
-    interpolated (:func:`~datapipe.stages.select.keyframes_signals.motion_energy`).
+    interpolated (:func:`~datapipe.stages.keyframes.signals.motion_energy`).
 
     >>> energy, field = motion_signal("pan.mp4")  # 2 px/frame right, 1 down # doctest: +SKIP
     >>> energy.round(2).tolist()[:4]  # doctest: +SKIP
@@ -211,7 +211,7 @@ def keyframes_motion(
     The energy is the mean forward-motion magnitude (pixels per frame: each vector divided by
     its reference distance) over the block grid (:func:`motion_signal`), read in the
     compressed domain, optionally smoothed over ``smooth`` frames; its local maxima
-    (:func:`~datapipe.stages.select.keyframes_index.motion_peaks`) at or above
+    (:func:`~datapipe.stages.keyframes.index.motion_peaks`) at or above
     ``threshold`` are kept, the ``k`` highest when ``k`` is given. Fewer than ``k`` peaks
     is an error (or all of them with ``too_few="clamp"``); with ``threshold`` alone, no peak
     gives an empty selection. ``scores`` holds the peaks' energy.
@@ -266,7 +266,7 @@ def keyframes_scene(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrameSelection:
     """The first frame of each scene, scenes split at hard cuts found by histogram change
-    (:func:`~datapipe.stages.select.keyframes_signals.scan_scenes`); ``cuts`` holds the
+    (:func:`~datapipe.stages.keyframes.signals.scan_scenes`); ``cuts`` holds the
     cuts (every selected frame but frame 0), ``scores`` the change at each selected frame.
 
     >>> sel = keyframes_scene("cut.mp4")  # doctest: +SKIP

@@ -25,7 +25,7 @@ from pydantic import Field as PField
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Select, Selection
-from datapipe.stages.select.budget import (
+from datapipe.stages.subset.budget import (
     BudgetParams,
     budget_of,
     check_classes,
@@ -34,8 +34,8 @@ from datapipe.stages.select.budget import (
     resolve_budget,
     split_budget,
 )
-from datapipe.stages.select.plot import plot_selection
-from datapipe.stages.select.stratified import stratum_budgets
+from datapipe.stages.subset.plot import plot_selection
+from datapipe.stages.subset.stratified import stratum_budgets
 
 #: prune only while fewer than this share of the points are candidates; above it the
 #: gather of candidate rows costs more than one dense pass
@@ -156,7 +156,7 @@ def kcenter_cover(
     ----------
     embeddings : (N, D) numeric array; NaN or inf rows raise ValueError.
     k : the budget: an int is a count, a float in (0, 1] a fraction of N (rounded). A
-        budget of 0 or above N raises :class:`~datapipe.stages.select.budget.BudgetError`.
+        budget of 0 or above N raises :class:`~datapipe.stages.subset.budget.BudgetError`.
     seed : draws the first centre (``np.random.default_rng(seed).integers(N)``).
     start : the first centre's row, instead of the seed's draw.
 

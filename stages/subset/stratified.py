@@ -16,7 +16,7 @@ from pydantic import model_validator
 
 from datapipe.fields import Field
 from datapipe.stage import Context, Select, Selection
-from datapipe.stages.select.budget import (
+from datapipe.stages.subset.budget import (
     BudgetParams,
     budget_of,
     check_classes,
@@ -24,8 +24,8 @@ from datapipe.stages.select.budget import (
     resolve_budget,
     split_budget,
 )
-from datapipe.stages.select.plot import plot_selection
-from datapipe.stages.select.random_subset import key_uniform
+from datapipe.stages.subset.plot import plot_selection
+from datapipe.stages.subset.random_subset import key_uniform
 
 
 def stratum_budgets(counts: Mapping[str, int], budget: int) -> dict[str, int]:

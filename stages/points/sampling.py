@@ -54,7 +54,7 @@ def farthest_point_sample(
     >>> farthest_point_sample(pts, 3).tolist()
     [0, 2, 3]
     """
-    from datapipe.stages.select.fps_kernel import fps_pruned
+    from datapipe.stages.points.fps_kernel import fps_pruned
 
     if isinstance(points, np.ndarray) and points.ndim == 2:
         pts = check_cloud(points, m)
@@ -82,7 +82,7 @@ def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
     The voxel grid is Open3D's ``voxel_down_sample`` grid (see ``ops.voxel_groups``), so the
     occupied voxels are the ones ``points.voxelize`` averages.
     """
-    from datapipe.stages.compressed.points_voxel import voxel_groups
+    from datapipe.stages.points.voxelize import voxel_groups
 
     pts = check_cloud(points).astype(np.float64)
     groups = voxel_groups(pts, voxel_size)

@@ -41,7 +41,7 @@ from datapipe.stages.common.video_open import (
     pict_letter,
 )
 from datapipe.stages.common.video_refs import ReferenceDistances, ReferenceFlags
-from datapipe.stages.select import keyframes_decode
+from datapipe.stages.keyframes import decode as keyframes_decode
 
 if TYPE_CHECKING:  # PyAV is imported where a video is decoded
     import av
@@ -135,7 +135,7 @@ def scan_scenes(
 
     Frame ``t`` starts a scene when its change is at least ``threshold`` and the current
     scene is at least ``min_scene_len`` frames long
-    (:func:`~datapipe.stages.select.keyframes_index.scene_cuts`). With ``decode`` the first
+    (:func:`~datapipe.stages.keyframes.index.scene_cuts`). With ``decode`` the first
     frame of each scene is converted to RGB as it is found; no other frame is.
     """
     from av.video.reformatter import VideoReformatter

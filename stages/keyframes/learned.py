@@ -4,16 +4,16 @@ Three stages, wired ``files -> keyframes.cues -> keyframes.learned_fit -> keyfra
 
 - ``keyframes.cues`` (Map) reads each video once and gives ``frame_cues`` (float32, T x 7:
   packet size, picture type, motion energy, histogram change; see
-  :func:`~datapipe.stages.select.keyframes_signals.frame_cues`) and ``frame_pts``.
+  :func:`~datapipe.stages.keyframes.signals.frame_cues`) and ``frame_pts``.
 - ``keyframes.learned_fit`` (Fit) sees the cues of every video and trains a logistic
   regression (scikit-learn, standardised cues, balanced classes) to tell key frames from the
   rest. Positives come from a file the user supplies (CSV or JSON of (video relpath, frame
   index); only the videos it names are used) or from a proxy signal: ``scene`` (the cuts
-  :func:`~datapipe.stages.select.keyframes_index.scene_cuts` finds in the change cue at the
+  :func:`~datapipe.stages.keyframes.index.scene_cuts` finds in the change cue at the
   ``keyframes.scene`` defaults) or ``motion`` (motion peaks 5 frames apart with more than
   twice the clip's median energy).
 - ``keyframes.learned`` (Map) scores every frame and keeps the ``k`` best, no two closer
-  than ``min_gap`` (:func:`~datapipe.stages.select.keyframes_index.top_k_with_gap`).
+  than ``min_gap`` (:func:`~datapipe.stages.keyframes.index.top_k_with_gap`).
 
 The model is a handful of numbers kept as JSON (:func:`save_weights`): nothing is pickled,
 and a weights file is checked field by field when loaded (:func:`load_weights`).
@@ -35,15 +35,15 @@ from pydantic import Field as PField
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
 from datapipe.stage import Context, FilePath, Fit, Map, NodeRef, Params, Record, StageKind
-from datapipe.stages.select import keyframes_index as kix
-from datapipe.stages.select.keyframes_decode import decode_selected, scan_frames
-from datapipe.stages.select.keyframes_signals import (
+from datapipe.stages.keyframes import index as kix
+from datapipe.stages.keyframes.decode import decode_selected, scan_frames
+from datapipe.stages.keyframes.signals import (
     CUE_NAMES,
     MIN_SCENE_LEN,
     SCENE_THRESHOLD,
     frame_cues,
 )
-from datapipe.stages.select.keyframes_stages import (
+from datapipe.stages.keyframes.stages import (
     KEYFRAME_IDX,
     KEYFRAME_PTS,
     KEYFRAMES,

@@ -1,9 +1,9 @@
 """Point clouds: ``points.read`` and its function :func:`read_points` (voxel grids are in
-:mod:`.points_voxel`).
+:mod:`.voxelize`).
 
 Reading. Binary PLY and binary / binary_compressed PCD go through Open3D
 (``o3d.io.read_point_cloud`` with an explicit ``format``) after datapipe has checked the
-header against the file size (:mod:`.points_header`), because Open3D allocates the declared
+header against the file size (:mod:`.header`), because Open3D allocates the declared
 count first and reports failure only in a log line. ASCII bodies (PLY, PCD, XYZ, XYZN, PTS)
 are parsed with numpy instead: on a truncated line, a garbage token or a short file, Open3D
 0.20 returns the declared number of points with zeros or uninitialised memory in the tail,
@@ -29,7 +29,10 @@ from pydantic import Field as PField
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.compressed import points_header as ph
+from datapipe.stages.points.header import check_pts, read_head
+from datapipe.stages.points.header_pcd import check_pcd, parse_pcd_header
+from datapipe.stages.points.header_ply import check_ply, parse_ply_header
+from datapipe.stages.points.rows import ends_mid_line, load_rows
 
 if TYPE_CHECKING:
     import open3d
@@ -143,15 +146,15 @@ def _finish(
 
 
 def _read_ply(path: Path, size: int, max_points: int) -> tuple[np.ndarray, ...]:
-    header = ph.parse_ply_header(ph.read_head(path, size), size)
-    ph.check_ply(header, size, max_points)
+    header = parse_ply_header(read_head(path, size), size)
+    check_ply(header, size, max_points)
     v = header.vertex
     has_n, has_c = v.has("nx", "ny", "nz"), v.has("red", "green", "blue")
     if header.format == "ascii":
         if v.has_lists():
             raise ItemError("unsupported", "ASCII PLY with a list property in 'vertex'")
         names = [p.name for p in v.properties]
-        table = ph.load_rows(
+        table = load_rows(
             path,
             header.header_bytes,
             len(names),
@@ -175,8 +178,8 @@ def _read_ply(path: Path, size: int, max_points: int) -> tuple[np.ndarray, ...]:
 
 
 def _read_pcd(path: Path, size: int, max_points: int) -> tuple[np.ndarray, ...]:
-    header = ph.parse_pcd_header(ph.read_head(path, size), size)
-    ph.check_pcd(header, path, size, max_points)
+    header = parse_pcd_header(read_head(path, size), size)
+    check_pcd(header, path, size, max_points)
     has_n = header.has("normal_x", "normal_y", "normal_z")
     color = header.color_field()
     if header.data != "ascii":
@@ -184,7 +187,7 @@ def _read_pcd(path: Path, size: int, max_points: int) -> tuple[np.ndarray, ...]:
         normals = np.asarray(pc.normals) if has_n and pc.has_normals() else None
         colors = np.asarray(pc.colors) if color and pc.has_colors() else None
         return np.asarray(pc.points), normals, colors
-    table = ph.load_rows(path, header.header_bytes, header.columns, rows=header.points)
+    table = load_rows(path, header.header_bytes, header.columns, rows=header.points)
     xyz = table[:, [header.column(c) for c in "xyz"]]
     normals = None
     if has_n:
@@ -227,13 +230,13 @@ def _read_text(path: Path, fmt: str, size: int, max_points: int) -> tuple[np.nda
     """XYZ (x y z ...), XYZN (x y z nx ny nz), PTS ([count line] x y z [i] [r g b])."""
     offset, declared = 0, None
     if fmt == "pts":
-        declared, offset = ph.check_pts(ph.read_head(path, size), size, max_points)
+        declared, offset = check_pts(read_head(path, size), size, max_points)
     ncols = {"xyz": None, "xyzn": 6, "pts": None}[fmt]
-    table = ph.load_rows(path, offset, ncols, rows=declared, max_points=max_points, comments="#")
+    table = load_rows(path, offset, ncols, rows=declared, max_points=max_points, comments="#")
     cols = table.shape[1]
     if fmt == "xyz":
         if cols < 3:
-            if ph.ends_mid_line(path, 3):
+            if ends_mid_line(path, 3):
                 raise ItemError("truncated", "the file ends in the middle of a line")
             raise ItemError("corrupt", f"XYZ rows hold {cols} values; expected at least 3")
         return table[:, :3], None, None

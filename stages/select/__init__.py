@@ -1,1 +1,0 @@
-"""Dataset-level selection stages (barriers)."""
