@@ -1,7 +1,8 @@
 """Real sample inputs for the stage conformance and executor-equivalence suites.
 
 Writes, once per session: 64x48 JPEG crops of scikit-learn's sample photos, 16-frame 64x64
-H.264 clips and 512-point binary PLY clouds (the generators of ``datapipe.demo.sample_data``),
+H.264 clips (``datapipe.stages.common.video_synth``, the demo's clip generator) and
+512-point binary PLY clouds (the generators of ``datapipe.demo.sample_data``),
 laid out as ``ROOT/data/{images,videos,pointclouds}/LABEL/*`` so the ``files`` source lists
 them; plus deliberately bad files. :data:`CASES` says, for every registered stage, which
 files feed it and which real upstream stages make the fields it consumes.
@@ -23,6 +24,7 @@ from datapipe.demo import sample_data as sd
 from datapipe.fields import Field
 from datapipe.graph import Node, Pipeline
 from datapipe.stage import Context, Map, Params, Record, Source, Stage, to_jsonable
+from datapipe.stages.common.video_synth import disc_clip
 
 PHOTO_SIZE = (64, 48)
 CLIP_SIZE = (64, 64)
@@ -52,9 +54,12 @@ def _photos(out: Path) -> None:
 
 def _clips(out: Path) -> None:
     rng = np.random.default_rng([0, 2])
+    directions = {"move_right": "right", "move_down": "down"}
     for label in CLIP_LABELS:
-        frames = sd._render_clip(label, CLIP_SIZE, CLIP_FRAMES, label == "move_right", rng)
-        sd._encode_h264(frames, out / label / f"{label}_000.mp4")
+        path = out / label / f"{label}_000.mp4"
+        cut = label == "move_right"
+        direction = directions.get(label)
+        disc_clip(path, rng, direction=direction, size=CLIP_SIZE, frames=CLIP_FRAMES, cut=cut)
 
 
 def write_ply(path: Path, points: np.ndarray) -> None:

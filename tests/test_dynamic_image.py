@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from datapipe import registry
-from datapipe.demo.sample_data import _encode_h264, _render_clip
 from datapipe.errors import ConfigError, ItemError, ParamError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Map, Record
+from datapipe.stages.common.video_synth import disc_clip
 from datapipe.stages.represent import rank_pool, rank_weights
 from datapipe.stages.represent.dynamic_image import DynamicImage, dynamic_image
 from datapipe.stages.represent.rank_pool import RankPooler
@@ -350,8 +350,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("videos")
     rng = np.random.default_rng(0)
     for label, n in (("move_right", 20), ("move_down", 13)):
-        frames = _render_clip(label, (64, 48), n, False, rng)
-        _encode_h264(frames, root / label / f"{label}_000.mp4")
+        path = root / label / f"{label}_000.mp4"
+        disc_clip(path, rng, direction=label.removeprefix("move_"), size=(64, 48), frames=n)
     (root / "broken").mkdir()
     (root / "broken" / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 50)
     return root

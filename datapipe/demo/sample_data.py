@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -184,76 +184,32 @@ def _save_jpeg(
 
 
 def _write_videos(out: Path, rng: np.random.Generator, scale: int) -> list[tuple[Path, str]]:
-    """Write H.264 clips of a shape moving over noise; every third clip has a scene cut."""
+    """Write H.264 clips of a disc moving over noise (the clip generator of
+    ``datapipe.stages.common.video_synth``); every third clip has a scene cut."""
+    from datapipe.stages.common.video_synth import disc_clip
+
+    directions: dict[str, Literal["right", "down"] | None] = {
+        "move_right": "right",
+        "move_down": "down",
+        "static": None,
+    }
     rows: list[tuple[Path, str]] = []
     for label in SAMPLE_LABELS["videos"]:
         for i in range(_VIDEOS_PER_CLASS * scale):
             cut = i % 3 == 2
-            size = _VIDEO_SIZES[i % len(_VIDEO_SIZES)]
-            n_frames = _VIDEO_FRAMES[i % len(_VIDEO_FRAMES)]
-            frames = _render_clip(label, size, n_frames, cut, rng)
             path = out / label / f"{label}_{i:03d}{'_cut' if cut else ''}.mp4"
-            _encode_h264(frames, path)
+            disc_clip(
+                path,
+                rng,
+                direction=directions[label],
+                size=_VIDEO_SIZES[i % len(_VIDEO_SIZES)],
+                frames=_VIDEO_FRAMES[i % len(_VIDEO_FRAMES)],
+                cut=cut,
+                fps=_VIDEO_FPS,
+                gop=_VIDEO_GOP,
+            )
             rows.append((path, label))
     return rows
-
-
-def _texture(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Smooth random colour blotches (upscaled coarse noise) as a float32 HxWx3 background."""
-    w, h = size
-    coarse = rng.integers(0, 256, size=(max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
-    smooth = Image.fromarray(coarse, mode="RGB").resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(smooth, np.float32)
-
-
-def _render_clip(
-    label: str, size: tuple[int, int], n_frames: int, cut: bool, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Render RGB frames of a coloured disc moving according to ``label``."""
-    w, h = size
-    radius = h // 6
-    backgrounds = [_texture(size, rng), _texture(size, rng)]
-    colour = rng.uniform(0, 255, size=3).astype(np.float32)
-    x0 = float(rng.uniform(radius, w / 3))
-    y0 = float(rng.uniform(radius, h / 3))
-    dx = (w - 2 * radius - x0) / n_frames if label == "move_right" else 0.0
-    dy = (h - 2 * radius - y0) / n_frames if label == "move_down" else 0.0
-    # The cut sits off the GOP grid so that it is not hidden by a scheduled key frame.
-    cut_at = n_frames // 2 + 3 if cut else n_frames
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = []
-    for t in range(n_frames):
-        background = backgrounds[1 if t >= cut_at else 0]
-        frame = background + rng.normal(0.0, 3.0, size=background.shape).astype(np.float32)
-        disc = (xx - (x0 + dx * t)) ** 2 + (yy - (y0 + dy * t)) ** 2 <= radius**2
-        frame[disc] = colour
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return frames
-
-
-def _encode_h264(frames: list[np.ndarray], path: Path) -> None:
-    """Encode RGB frames to a yuv420p H.264 MP4, single-threaded so the bytes are reproducible."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    # bitexact keeps library version strings out of the container. threads=1 makes x264's
-    # decisions independent of the core count; asm=0 because its SIMD kernels are not
-    # bit-exact across CPU feature sets, and its AVX-512 path varied between runs.
-    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=_VIDEO_FPS)
-        stream.width = w
-        stream.height = h
-        stream.pix_fmt = "yuv420p"
-        ctx = stream.codec_context
-        ctx.gop_size = _VIDEO_GOP
-        ctx.thread_count = 1
-        ctx.options = {"threads": "1", "preset": "veryfast", "crf": "26", "x264-params": "asm=0"}
-        for t, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = t
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 # --------------------------------------------------------------------------- point clouds

@@ -1,16 +1,20 @@
-"""Synthetic clips with known motion, for the video tests and benchmarks.
+"""Synthetic clips with known motion: the one clip generator of the demo's sample data, the
+tests and the benchmarks.
 
 A textured square moves by a fixed integer ``(dx, dy)`` pixels per frame over a static
 textured background (:func:`moving_square_clip`), or the whole picture pans by ``(dx, dy)``
-per frame (:func:`panning_clip`), so the true motion of every block is known. Clips are
-encoded with PyAV (libx264, mpeg4, mpeg2video, libx265, libvpx-vp9), optionally with an audio
-track or with irregular timestamps (variable frame rate).
+per frame (:func:`panning_clip`), so the true motion of every block is known; or a coloured
+disc crosses a noisy background, with an optional hard cut (:func:`disc_clip`, the demo's
+sample videos, encoded to the same bytes on every machine). Clips are encoded with PyAV
+(:func:`write_clip`: libx264, mpeg4, mpeg2video, libx265, libvpx-vp9), optionally with an
+audio track or with irregular timestamps (variable frame rate).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -81,18 +85,22 @@ def write_clip(
     container: str | None = None,
     options: dict[str, str] | None = None,
     faststart: bool = False,
+    bitexact: bool = False,
 ) -> None:
     """Encode uint8 RGB ``frames`` (T, H, W, 3) to ``path`` (yuv420p).
 
     ``pts`` (in units of 1/fps) gives irregular timestamps for a variable-frame-rate clip;
     ``audio`` adds a quiet AAC tone interleaved with the video; ``faststart`` puts the MP4
-    index before the media data.
+    index before the media data; ``bitexact`` keeps library version strings out of the
+    container. ``options`` are encoder options, over the defaults of ``codec``.
     """
     import av
 
     n, height, width = frames.shape[:3]
-    muxer = {"movflags": "+faststart"} if faststart else None
-    with av.open(os.fspath(path), mode="w", format=container, options=muxer) as out:
+    muxer = {"movflags": "+faststart"} if faststart else {}
+    if bitexact:
+        muxer["fflags"] = "+bitexact"
+    with av.open(os.fspath(path), mode="w", format=container, options=muxer or None) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         ctx = stream.codec_context
@@ -172,3 +180,70 @@ def panning_clip(
 ) -> None:
     """Render and encode a clip whose whole picture moves by ``motion`` pixels per frame."""
     write_clip(path, render_pan(*size, frames, motion, seed), codec=codec, **encode)  # type: ignore[arg-type]
+
+
+#: libx264 options of :func:`disc_clip`, whose bytes are the same on every machine: one
+#: thread makes x264's decisions independent of the core count, and ``asm=0`` because its
+#: SIMD kernels are not bit-exact across CPU feature sets (its AVX-512 path varied between
+#: runs). x264's own defaults otherwise (B-frames, adaptive key frames).
+REPRODUCIBLE_X264 = {"threads": "1", "preset": "veryfast", "crf": "26", "x264-params": "asm=0"}
+
+
+def render_disc(
+    width: int,
+    height: int,
+    frames: int,
+    rng: np.random.Generator,
+    *,
+    direction: Literal["right", "down"] | None = None,
+    cut: bool = False,
+) -> np.ndarray:
+    """uint8 (frames, height, width, 3): a coloured disc over a noisy textured background,
+    crossing the picture to the right or down (``direction``) or standing still; with ``cut``
+    the background changes at frame ``frames // 2 + 3`` (off the GOP grid of the demo's
+    clips, so that no scheduled key frame hides it). Sizes are multiples of 16 in practice
+    (the background is 16-pixel noise)."""
+    radius = height // 6
+    backgrounds = [texture(width, height, rng, cell=16).astype(np.float32) for _ in range(2)]
+    colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    x0 = float(rng.uniform(radius, width / 3))
+    y0 = float(rng.uniform(radius, height / 3))
+    dx = (width - 2 * radius - x0) / frames if direction == "right" else 0.0
+    dy = (height - 2 * radius - y0) / frames if direction == "down" else 0.0
+    cut_at = frames // 2 + 3 if cut else frames
+    yy, xx = np.mgrid[0:height, 0:width]
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        background = backgrounds[1 if t >= cut_at else 0]
+        frame = background + rng.normal(0.0, 3.0, size=background.shape).astype(np.float32)
+        disc = (xx - (x0 + dx * t)) ** 2 + (yy - (y0 + dy * t)) ** 2 <= radius**2
+        frame[disc] = colour
+        out[t] = np.clip(frame, 0, 255).astype(np.uint8)
+    return out
+
+
+def disc_clip(
+    path: str | os.PathLike[str],
+    rng: np.random.Generator,
+    *,
+    direction: Literal["right", "down"] | None = None,
+    size: tuple[int, int] = (96, 64),
+    frames: int = 16,
+    cut: bool = False,
+    fps: int = 12,
+    gop: int = 8,
+) -> None:
+    """Render (:func:`render_disc`) and encode a disc clip to an H.264 MP4 at ``path``
+    (folders created), the same bytes on every machine for the same ``rng`` state
+    (:data:`REPRODUCIBLE_X264`, a bit-exact container): the demo's sample videos."""
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    pixels = render_disc(*size, frames, rng, direction=direction, cut=cut)
+    write_clip(
+        path,
+        pixels,
+        fps=fps,
+        gop=gop,
+        container="mp4",
+        options=REPRODUCIBLE_X264,
+        bitexact=True,
+    )
