@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from datapipe.engine.driver import iter_samples
 from datapipe.engine.runner import JoinError, join_branches
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 from fault_stages import Counter, Root, Split, Square
 

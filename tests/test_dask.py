@@ -19,11 +19,11 @@ import pytest
 
 from datapipe.demo.runner import demo_pipelines
 from datapipe.demo.sample_data import generate_sample_data
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ExecutorError
 from datapipe.executors.dask_executor import run_dask
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
+from datapipe.store import iter_samples
 from datapipe.store.codec import split_member
 from datapipe.store.manifest import Manifest
 from runs import ok_rows

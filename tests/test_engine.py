@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Map, Record
 from datapipe.stages.subset.random_subset import key_uniform
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 

@@ -20,11 +20,12 @@ import pytest
 import torch
 from stage_inputs import CloudFiles, SampleData, build
 
-from datapipe.engine.driver import RunReport, iter_samples
-from datapipe.engine.pool import InlinePool
+from datapipe.engine.driver import RunReport
+from datapipe.engine.pool import InlinePool, PoolSettings, make_pool
 from datapipe.executors.dask_executor import run_dask
-from datapipe.executors.local import LocalSettings, make_pool, run_local
+from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline
+from datapipe.store import iter_samples
 from datapipe.stream import from_pipeline, from_shards
 
 pytestmark = pytest.mark.slow
@@ -187,7 +188,7 @@ def test_reference_run_is_complete(name: str, outputs: Outputs) -> None:
     assert report.failed == [], report.failed
     assert report.counts["ok"] == EXPECTED[name], report.counts
     assert len(decoded(out)) == EXPECTED[name]
-    pool = make_pool(LocalSettings(workers=0), pipeline(name, outputs.data), {})
+    pool = make_pool(PoolSettings(workers=0), pipeline(name, outputs.data), {})
     assert isinstance(pool, InlinePool) == (name == INLINE)  # isolated stages: child processes
 
 

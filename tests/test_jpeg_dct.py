@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
@@ -31,6 +30,7 @@ from datapipe.stages.compressed.jpeg_dct import (
     zigzag_channels,
 )
 from datapipe.stages.io.files import Files
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 # Until pyproject.toml lists the entry point "jpeg.dct", register the stage here so that the

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
@@ -63,6 +62,7 @@ from datapipe.stages.keyframes.stages import (
     TSNKeyFrames,
     UniformKeyFrames,
 )
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 from datapipe.stream import from_pipeline
 

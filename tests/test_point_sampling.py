@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ItemError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
@@ -25,6 +24,7 @@ from datapipe.stages.points.sampling import (
     random_point_sample,
     voxel_point_sample,
 )
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 

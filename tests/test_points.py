@@ -15,13 +15,13 @@ import open3d as o3d
 import pytest
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ConfigError, ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stage import Context
 from datapipe.stages.points.read import PointsRead, read_points
 from datapipe.stages.points.voxelize import PointsVoxelize, voxel_groups, voxelize
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 STAGES = (PointsRead, PointsVoxelize)

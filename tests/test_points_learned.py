@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Params, Record, Source
 from datapipe.stages.points.snet import match_to_input, simplification_loss
+from datapipe.store import iter_samples
 
 
 def test_match_to_input_nearest_and_distinct() -> None:

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline
 from datapipe.stages.io.files import Files, unique_keys
 from datapipe.stages.subset.random_subset import RandomSubset
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 from engine_stages import AddOffset, CenterBytes, MeanBytes, ReadBytes
 

@@ -14,7 +14,6 @@ from conftest import make_image_tree
 from PIL import Image
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ItemError, ParamError
 from datapipe.executors.local import run_local
 from datapipe.fields import Field
@@ -28,6 +27,7 @@ from datapipe.stages.subset.embed import PixelEmbed, TorchEmbed, pool_pixels
 from datapipe.stages.subset.kcenter import KCenter, _greedy, kcenter_cover, kcenter_greedy
 from datapipe.stages.subset.stratified import Stratified, stratified_subset, stratum_budgets
 from datapipe.stages.subset.uncertainty import Uncertainty, proxy_uncertainty, uncertainty_of
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 OURS = [Stratified, KCenter, Dedup, Uncertainty, PixelEmbed, TorchEmbed]

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from datapipe import registry
-from datapipe.engine.driver import iter_samples
 from datapipe.errors import ItemError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
@@ -44,6 +43,7 @@ from datapipe.stages.compressed.video_frames import (
 )
 from datapipe.stages.compressed.video_mv import MotionVectorsStage, decode_mv, encode_mv
 from datapipe.stages.compressed.video_packets import PacketsStage, packets
+from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
 STAGES = (MotionVectorsStage, FrameTypesStage, IFramesStage, PacketsStage, CoviarStage)

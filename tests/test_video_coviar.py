@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from test_video import MOTION, _need_encoder, _raw_decode
 
-from datapipe.engine.driver import iter_samples
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.stages.common.video_synth import moving_square_clip
 from datapipe.stages.compressed.video_coviar import coviar, decode_residual
+from datapipe.store import iter_samples
 
 
 @pytest.fixture(scope="module")

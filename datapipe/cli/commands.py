@@ -222,8 +222,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from datapipe.engine.driver import iter_samples
     from datapipe.store.output import MANIFEST, SHARD_DIR
+    from datapipe.store.shards import iter_samples
 
     root = Path(args.dir)
     if not (root / MANIFEST).is_file():

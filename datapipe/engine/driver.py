@@ -14,22 +14,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any, Protocol
 
 from datapipe.digest import state_digest
 from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
+from datapipe.engine.sources import list_sources
 from datapipe.engine.stash import stash_path
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
-from datapipe.store.codec import decode_value, split_member
 from datapipe.store.files import remove_temporaries
 from datapipe.store.manifest import ItemRow
 from datapipe.store.output import OutputStore
-from datapipe.store.shards import ShardWriter, iter_members
+from datapipe.store.shards import ShardWriter, iter_samples
 
 logger = logging.getLogger(__name__)
 
@@ -135,17 +134,8 @@ class RunDriver:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> RunReport:
         p = self.p
-        sources = p.of_kind(StageKind.SOURCE)
-        listing: list[tuple[str, Record]] = []
-        signatures = []
-        skipped: dict[str, int] = {}
-        for s in sources:
-            found = s.stage.listing(p.context(s.id))  # type: ignore[attr-defined]
-            records = found.records
-            for why, n in found.skipped.items():
-                skipped[why] = skipped.get(why, 0) + n
-            signatures.append(s.stage.signature(p.context(s.id), records))
-            listing.extend((s.id, rec) for rec in records)
+        found = list_sources(p)
+        listing, signatures, skipped = found.records, found.signatures, found.skipped
         fp = p.fingerprint(signatures, epoch=self.opts.epoch)
         run_id = self.m.begin_run(p.name, fp, package_versions())
         self.report = RunReport(
@@ -444,18 +434,3 @@ class _Borrowed:
 
     def close(self) -> None:
         """The run closes the shared pool."""
-
-
-def iter_samples(shard_paths: Iterable[Path]) -> Iterator[Record]:
-    """Decode committed samples back into records (``key`` plus fields)."""
-    for path in shard_paths:
-        current: Record = {}
-        for name, data in iter_members(path):
-            key, fname, ext = split_member(name)
-            if current and current["key"] != key:
-                yield current
-                current = {}
-            current["key"] = key
-            current[fname] = decode_value(ext, data)
-        if current:
-            yield current

@@ -22,7 +22,8 @@ from typing import Any
 from datapipe.engine.pool import InlinePool, ProcessPool
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
-from datapipe.store.codec import item_key_of, split_member
+from datapipe.keys import item_key_of
+from datapipe.store.codec import split_member
 from datapipe.store.shards import ShardWriter, iter_members
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from datapipe.engine.runner import file_hash
 from datapipe.errors import ItemError
+from datapipe.keys import check_key
 from datapipe.stage import SOURCE_ERROR, Record
-from datapipe.store.codec import check_key
 from datapipe.store.manifest import ItemRow
 
 

@@ -7,6 +7,9 @@ child that breaks the result protocol (``crash``, ``WorkerProtocolError``): resu
 data only (:mod:`datapipe.engine.wire`), never as pickles. The child is replaced and the run
 goes on. Children are plain subprocesses (not multiprocessing), so
 the pool also works inside daemonic processes such as Dask workers.
+
+:func:`make_pool` picks one by :class:`PoolSettings` (the pipeline's ``run:`` section with the
+caller's overrides); the local executor and ``datapipe.stream.from_pipeline`` both use it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from datapipe.engine.channel import PIPE_BYTES, Inbox, Outbox, frame, grow_pipe
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
 from datapipe.engine.wire import Ready, WireError, decode
 from datapipe.graph import Pipeline
-from datapipe.store.codec import item_key_of
+from datapipe.keys import item_key_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,49 @@ _MAX_START_FAILURES = 3
 _EXIT_GRACE_S = 5.0
 #: result bytes read from one child per poll, so one cannot starve the others' deadlines
 _READ_BUDGET = 16 << 20
+
+
+@dataclass
+class PoolSettings:
+    """How items run: worker processes (0: inline unless a stage needs isolation), the
+    per-item time limit and memory cap, retries of crashed items, and the epoch."""
+
+    workers: int = 0
+    timeout_s: float = 120.0
+    memory_mb: int = 4096
+    retries: int = 0
+    epoch: int = 0
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline, **overrides: Any) -> PoolSettings:
+        """The pipeline's ``run:`` section; ``overrides`` that are not None win."""
+        r = pipeline.run
+        base = {
+            "workers": r.workers,
+            "timeout_s": r.timeout_s,
+            "memory_mb": r.memory_mb,
+            "retries": r.retries,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+def make_pool(
+    settings: PoolSettings, pipeline: Pipeline, fitted: dict[str, Any]
+) -> InlinePool | ProcessPool:
+    """Inline when nothing needs isolation and no workers were asked for; else child processes."""
+    isolate = any(n.stage.isolate for n in pipeline.nodes)
+    if settings.workers == 0 and not isolate:
+        return InlinePool(pipeline, fitted, settings.epoch)
+    return ProcessPool(
+        pipeline,
+        workers=max(1, settings.workers),
+        timeout_s=settings.timeout_s,
+        memory_mb=settings.memory_mb,
+        retries=settings.retries,
+        fitted=fitted,
+        epoch=settings.epoch,
+    )
 
 
 class InlinePool:

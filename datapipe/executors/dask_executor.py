@@ -22,9 +22,10 @@ from typing import Any
 
 from datapipe.engine.driver import RunDriver, RunOptions, RunReport
 from datapipe.engine.partition import PartitionSpec, is_full, merge_shards, run_partition
+from datapipe.engine.pool import PoolSettings
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
+from datapipe.engine.sources import preflight
 from datapipe.errors import ExecutorError
-from datapipe.executors.local import LocalSettings, preflight
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.store.output import OutputStore
@@ -238,7 +239,7 @@ def run_dask(
     **settings: Any,
 ) -> RunReport:
     """Run ``pipeline`` on a Dask cluster into ``out``; returns the run report."""
-    cfg = LocalSettings.from_pipeline(pipeline, **settings)
+    cfg = PoolSettings.from_pipeline(pipeline, **settings)
     preflight(pipeline)
     with OutputStore(out) as store, dask_client(scheduler, cfg.workers or None) as client:
         check_workers_see_output(client, store.shard_dir)

@@ -1,8 +1,10 @@
 """Sharded output: WebDataset tar shards plus an indexed SQLite manifest."""
 
-from datapipe.store.codec import check_key, decode_value, encode_sample, sanitize_key
+from datapipe.keys import check_key, sanitize_key
+from datapipe.store.codec import decode_value, encode_sample
 from datapipe.store.manifest import ItemRow, Manifest
 from datapipe.store.output import OutputStore, open_manifest_readonly
+from datapipe.store.shards import iter_samples
 
 __all__ = [
     "ItemRow",
@@ -11,6 +13,7 @@ __all__ = [
     "check_key",
     "decode_value",
     "encode_sample",
+    "iter_samples",
     "open_manifest_readonly",
     "sanitize_key",
 ]

@@ -5,11 +5,9 @@ anywhere."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import math
-import re
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
@@ -18,44 +16,12 @@ from typing import Any
 import numpy as np
 
 from datapipe.errors import ItemError
+from datapipe.keys import check_key
+from datapipe.keys import sanitize_key as sanitize_key  # datapipe.ops names it here
 from datapipe.store.tarformat import ustar_split
 
-#: Keys are relative, slash-separated names without dots (WebDataset splits at the first dot).
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-@]+(/[A-Za-z0-9_\-@]+)*$")
-MAX_KEY_LENGTH = 200
 #: gzip level of compressed arrays: level 1 is within 10 % of the size of 6, several times faster
 GZIP_LEVEL = 1
-
-
-def check_key(key: str, *, item: bool = False) -> str:
-    """Refuse keys that could name a path outside the output or confuse a tar reader.
-
-    ``item=True`` checks an input key, which may not contain '@' (reserved for the samples
-    an expanding stage derives from it: ``KEY@0003``)."""
-    if item and isinstance(key, str) and "@" in key:
-        raise ItemError("invalid", f"input key {key!r} contains '@', reserved for derived samples")
-    if not isinstance(key, str) or not key:
-        raise ItemError("security", f"empty or non-string sample key {key!r}")
-    if len(key) > MAX_KEY_LENGTH:
-        raise ItemError("security", f"sample key longer than {MAX_KEY_LENGTH} characters")
-    if not KEY_PATTERN.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
-        raise ItemError("security", f"unsafe sample key {key!r}: use letters, digits, _ - and /")
-    return key
-
-
-def sanitize_key(relpath: str) -> str:
-    """A stable key from a relative path: drop the suffix, map unsafe characters to '_'.
-
-    When characters had to be replaced, a short hash of the original path is appended, so
-    ``a b.jpg`` and ``a_b.jpg`` (or ``é.jpg`` and ``è.jpg``) still get different keys.
-    """
-    stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
-    parts = [p for p in stem.split("/") if p not in ("", ".")]
-    safe = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in parts]
-    key = "/".join(safe)
-    if safe != parts:
-        key += "_" + hashlib.blake2b(relpath.encode(), digest_size=4).hexdigest()
-    return key
 
 
 def _has_nonfinite(value: Any) -> bool:
@@ -153,8 +119,3 @@ def split_member(name: str) -> tuple[str, str, str]:
     head, _, base = name.rpartition("/")
     stem, field, ext = base.split(".", 2) if base.count(".") >= 2 else (base, "", "")
     return (f"{head}/{stem}" if head else stem), field, ext
-
-
-def item_key_of(sample_key: str) -> str:
-    """The input key a sample came from: samples of an expanded item are ``KEY@NNNN``."""
-    return sample_key.split("@", 1)[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.errors import StoreBusyError, StoreError
-from datapipe.store.codec import item_key_of
+from datapipe.keys import item_key_of
 from datapipe.store.files import atomic_open, atomic_write, remove_temporaries
 from datapipe.store.manifest import ItemRow, Manifest
 from datapipe.store.shards import ShardWriter, rewrite_shard

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from datapipe.store.codec import split_member
+from datapipe.store.codec import decode_value, split_member
 from datapipe.store.files import fsync_dir, tmp_name
 from datapipe.store.tarformat import TarStream
 
@@ -73,6 +74,23 @@ def iter_members(path: Path) -> Iterator[tuple[str, bytes]]:
             fh = tar.extractfile(info)
             if fh is not None:
                 yield info.name, fh.read()
+
+
+def iter_samples(shard_paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """Decode committed samples back into records (``key`` plus fields), shard by shard in
+    the order given, samples in the order they were written. Used to feed Sink stages, by
+    ``datapipe show`` and by tests; training should read with ``datapipe.stream``."""
+    for path in shard_paths:
+        current: dict[str, Any] = {}
+        for name, data in iter_members(path):
+            key, fname, ext = split_member(name)
+            if current and current["key"] != key:
+                yield current
+                current = {}
+            current["key"] = key
+            current[fname] = decode_value(ext, data)
+        if current:
+            yield current
 
 
 def rewrite_shard(path: Path, keep_key: Callable[[str], bool]) -> ShardInfo:

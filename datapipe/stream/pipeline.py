@@ -39,10 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.engine.barriers import evaluate_barriers
-from datapipe.engine.planning import listing_problem
+from datapipe.engine.planning import plan_run
+from datapipe.engine.pool import PoolSettings, make_pool
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
+from datapipe.engine.sources import list_sources, preflight
 from datapipe.graph import Pipeline
-from datapipe.stage import Record, StageKind
+from datapipe.stage import Record
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.collate import Collate, merge_specs
 
@@ -66,34 +68,20 @@ def leaf_specs(pipeline: Pipeline) -> dict[str, str]:
 
 
 def list_inputs(pipeline: Pipeline, excluded: dict[str, str]) -> dict[str, tuple[str, Record]]:
-    """``{key: (source node, record)}`` of every listed input with a valid, unique key."""
-    from datapipe.executors.local import preflight
-
+    """``{key: (source node, record)}`` of every listed input with a valid, unique key; the
+    others go to ``excluded`` with the reason, as ``datapipe run`` rejects them."""
     preflight(pipeline)
-    records: dict[str, tuple[str, Record]] = {}
-    for node in pipeline.of_kind(StageKind.SOURCE):
-        for rec in node.stage.list_items(pipeline.context(node.id)):
-            key = rec.get("key", "")
-            problem = listing_problem(rec)
-            if problem is not None:
-                excluded[str(key)] = f"{problem.error_class}: {problem.message}"
-                continue
-            if key in records:
-                excluded[f"{key}@duplicate:{rec.get('path', '')}"] = (
-                    f"duplicate key {key!r} (another input maps to the same key)"
-                )
-                continue
-            records[key] = (node.id, rec)
-    return records
+    plan = plan_run(list_sources(pipeline).records, {}, None)
+    for row in plan.rejected:
+        excluded[row.key] = f"{row.error_class}: {row.message}"
+    return plan.records
 
 
 def run_barriers(
     p: Pipeline, records: dict[str, tuple[str, Record]], excluded: dict[str, str]
 ) -> dict[str, Any]:
     """Run every Select/Fit once; removes what they drop from ``records``; returns fitted."""
-    from datapipe.executors.local import LocalSettings, make_pool
-
-    settings = LocalSettings.from_pipeline(p)
+    settings = PoolSettings.from_pipeline(p)
     outcome = evaluate_barriers(p, records, lambda fitted: make_pool(settings, p, fitted))
     for key, res in outcome.stopped.items():
         excluded[key] = _reason(res)

@@ -24,8 +24,8 @@ from datapipe.engine.runner import MapFailure, apply_map
 from datapipe.errors import ConfigError, Problem, StoreError
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
+from datapipe.keys import item_key_of
 from datapipe.stage import Context, Map
-from datapipe.store.codec import item_key_of
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.collate import Collate, merge_specs
 from datapipe.stream.pipeline import leaf_specs

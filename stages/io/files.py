@@ -17,8 +17,8 @@ from pydantic import ValidationInfo, field_validator
 
 from datapipe.errors import ConfigError, Problem
 from datapipe.fields import Field
+from datapipe.keys import sanitize_key
 from datapipe.stage import SOURCE_ERROR, Context, Params, Record, Source, SourceListing
-from datapipe.store.codec import sanitize_key
 
 #: the extensions listed per kind (lowercase compare); videos: the containers and raw streams
 #: PyAV (FFmpeg) opens. Nothing is opened to list a file: decoding happens in the workers.

@@ -34,6 +34,7 @@ from pydantic import Field as PField
 
 from datapipe.errors import ConfigError, ItemError, Problem
 from datapipe.fields import Field
+from datapipe.keys import sanitize_key
 from datapipe.stage import Context, FilePath, Fit, Map, NodeRef, Params, Record, StageKind
 from datapipe.stages.keyframes import index as kix
 from datapipe.stages.keyframes.decode import decode_selected, scan_frames
@@ -51,7 +52,6 @@ from datapipe.stages.keyframes.stages import (
     KeyFrameParams,
     VideoParams,
 )
-from datapipe.store.codec import sanitize_key
 
 logger = logging.getLogger(__name__)
 
