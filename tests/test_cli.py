@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from datapipe import registry
-from datapipe.demo.runner import demo_pipelines
+from datapipe.demo.demos import demo_pipelines
 from datapipe.store import OutputStore
 
 GOOD = """\

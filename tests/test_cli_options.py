@@ -213,7 +213,7 @@ def test_every_stage_description_has_a_working_example_node(name: str) -> None:
 
 # -- repository hygiene ----------------------------------------------------------------------------
 def test_demo_default_output_is_git_ignored() -> None:
-    from datapipe.demo.runner import DEFAULT_OUT
+    from datapipe.demo.demos import DEFAULT_OUT
 
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")

@@ -14,7 +14,7 @@ import pytest
 import fault_stages
 from datapipe import registry
 from datapipe.config import pipeline_json_schema
-from datapipe.demo.runner import demo_pipelines
+from datapipe.demo.demos import demo_pipelines
 from datapipe.errors import ParamError
 from datapipe.fields import Field
 from datapipe.schemas import load_schema

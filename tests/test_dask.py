@@ -17,7 +17,7 @@ import dask
 import numpy as np
 import pytest
 
-from datapipe.demo.runner import demo_pipelines
+from datapipe.demo.demos import demo_pipelines
 from datapipe.demo.sample_data import generate_sample_data
 from datapipe.errors import ExecutorError
 from datapipe.executors.dask_executor import run_dask

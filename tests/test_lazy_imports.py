@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_cli import GOOD, cli, make_data
 
-from datapipe.demo.runner import demo_pipelines
+from datapipe.demo.demos import demo_pipelines
 
 HEAVY = ("torch", "av", "open3d", "numba", "sklearn", "dask", "distributed", "scipy")
 

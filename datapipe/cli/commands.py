@@ -253,6 +253,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from datapipe.demo.runner import run_demo
+    from datapipe.demo.demos import run_demo
 
     return run_demo(args.out, seed=args.seed, quiet=args.quiet, **_run_options(args))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from datapipe.api import EXECUTORS, limit_text
 from datapipe.cli import commands as c
-from datapipe.demo.runner import DEFAULT_OUT
+from datapipe.demo.demos import DEFAULT_OUT
 
 DESCRIPTION = "datapipe: turn images, videos and point clouds into sharded training data."
 EPILOG = """\

@@ -31,7 +31,7 @@ Examples
 """
 
 from datapipe.stream.collate import Collate, collate
-from datapipe.stream.pipeline import PipelineDataset, from_pipeline
-from datapipe.stream.shards import ShardDataset, from_shards
+from datapipe.stream.pipeline_dataset import PipelineDataset, from_pipeline
+from datapipe.stream.shard_dataset import ShardDataset, from_shards
 
 __all__ = ["Collate", "PipelineDataset", "ShardDataset", "collate", "from_pipeline", "from_shards"]

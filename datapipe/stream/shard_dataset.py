@@ -28,7 +28,7 @@ from datapipe.keys import item_key_of
 from datapipe.stage import Context, Map
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.collate import Collate, merge_specs
-from datapipe.stream.pipeline import leaf_specs
+from datapipe.stream.pipeline_dataset import leaf_specs
 from datapipe.stream.tarindex import SampleRef, ShardReader, index_shard, sample_ref
 
 logger = logging.getLogger(__name__)
