@@ -1,7 +1,7 @@
 """Pipeline files: safe YAML loading, ``${var}`` substitution, and the typed spec.
 
 The JSON Schema in ``datapipe/schemas/pipeline.schema.json`` is generated from
-:class:`PipelineSpec` (``python scripts/gen_schemas.py``); a test keeps the two in sync.
+:class:`PipelineSpec` (``python scripts/tools/gen_schemas.py``); a test keeps the two in sync.
 """
 
 from __future__ import annotations

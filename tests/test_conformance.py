@@ -61,7 +61,7 @@ def test_builtin_stages_are_registered_through_entry_points() -> None:
 
 def test_pipeline_schema_file_matches_code() -> None:
     shipped = json.loads((ROOT / "schemas" / "pipeline.schema.json").read_text())
-    assert shipped == pipeline_json_schema(), "run: python scripts/gen_schemas.py"
+    assert shipped == pipeline_json_schema(), "run: python scripts/tools/gen_schemas.py"
 
 
 @pytest.mark.parametrize("path", demo_pipelines(), ids=lambda p: p.name)

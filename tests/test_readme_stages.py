@@ -1,5 +1,5 @@
 """README.md documents every built-in stage by name, in a block generated from the stages'
-classes (scripts/gen_readme_stages.py), so the docs cannot drift from the code."""
+classes (scripts/tools/gen_readme_stages.py), so the docs cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "gen_readme_stages", ROOT / "scripts" / "gen_readme_stages.py"
+        "gen_readme_stages", ROOT / "scripts" / "tools" / "gen_readme_stages.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -28,7 +28,7 @@ def test_readme_stage_reference_is_up_to_date() -> None:
     gen = generator()
     block = gen.current_block((ROOT / "README.md").read_text())
     assert block is not None, "README.md lacks the stage reference markers"
-    assert block == gen.render(), "run: python scripts/gen_readme_stages.py"
+    assert block == gen.render(), "run: python scripts/tools/gen_readme_stages.py"
 
 
 def test_readme_names_every_builtin_stage() -> None:
@@ -52,7 +52,7 @@ def test_a_stage_added_without_docs_fails_the_check() -> None:
 
 def test_check_mode_passes_on_the_committed_readme() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "gen_readme_stages.py"), "--check"],
+        [sys.executable, str(ROOT / "scripts" / "tools" / "gen_readme_stages.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,5 +1,5 @@
 """A stage described from its class: params (type, default, allowed values), fields, an example
-node. Used by ``datapipe stages NAME`` and by ``scripts/gen_readme_stages.py``."""
+node. Used by ``datapipe stages NAME`` and by ``scripts/tools/gen_readme_stages.py``."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ file; and ``ops.decode_dct_reduced`` from DCT coefficients already read by ``jpe
 low k x k frequencies of the scale, k-point IDCT), alone and with the coefficient read. Timed
 interleaved round-robin after a warm-up; medians over ``--repeats``.
 
-    python scripts/bench_resize.py [--sizes 56 112 224] [--filter bicubic] [--repeats 30]
+    python scripts/bench/bench_resize.py [--sizes 56 112 224] [--filter bicubic] [--repeats 30]
 """
 
 from __future__ import annotations

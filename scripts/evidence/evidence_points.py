@@ -7,7 +7,7 @@ random sampling, exact FPS and the learned S-NET sampler (trained per M against 
 PointNet on the training clouds), and the PointNet's accuracy on the sampled test clouds is
 reported, mean +- std over seeds.
 
-    python scripts/evidence_points.py [--scale 20] [--seeds 3] [--epochs 40]
+    python scripts/evidence/evidence_points.py [--scale 20] [--seeds 3] [--epochs 40]
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Benchmark: k-center greedy (``datapipe.ops.kcenter_greedy``) against the dense norm-trick
 loop (the anchor's formulation) and a straightforward numpy loop, side by side in one run.
 
-    .venv/bin/python scripts/bench_kcenter.py                # 50k->5k and 100k->10k
-    .venv/bin/python scripts/bench_kcenter.py --quick        # 20k->2k only, one repeat
+    .venv/bin/python scripts/bench/bench_kcenter.py                # 50k->5k and 100k->10k
+    .venv/bin/python scripts/bench/bench_kcenter.py --quick        # 20k->2k only, one repeat
 
 Methods run interleaved round-robin (A, B, C, A, B, C, ...) after a warm-up; the table shows
 medians. Peak memory is measured in a separate, untimed call under tracemalloc (numpy reports

@@ -9,7 +9,7 @@ The selectors see a fixed embedding: the ``embed.pixels`` descriptor of each ima
 pixels / 16, area-pooled at grid 8 — i.e. the pixels — and L2-normalised). They run as the
 real Select stages (``stage.select(keys, view, ctx)``), seeded by the split seed.
 
-    .venv/bin/python scripts/evidence_select.py [--seeds 5]
+    .venv/bin/python scripts/evidence/evidence_select.py [--seeds 5]
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ median, the IQR / median, and the ratio to the group's reference:
 - uint8: the floor of one pass over the bytes (a sum of the clip viewed as uint64), converting
   the whole clip to float32 then one pass, and ``dynamic_image`` (chunked conversion).
 
-    python scripts/bench_dynamic_image.py [--frames 300] [--size 224] [--repeats 15] [--json F]
+    python scripts/bench/bench_dynamic_image.py [--frames 300] [--size 224] [--repeats 15]
+        [--json F]
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ manifest, no incrementality) so the first-run overhead is reported as a ratio.
 
 Run from the repository root::
 
-    .venv/bin/python scripts/bench_incremental.py --json /tmp/bench.json
-    .venv/bin/python scripts/bench_incremental.py --sizes 100 10000 --workers 2
+    .venv/bin/python scripts/bench/bench_incremental.py --json /tmp/bench.json
+    .venv/bin/python scripts/bench/bench_incremental.py --sizes 100 10000 --workers 2
 """
 
 from __future__ import annotations

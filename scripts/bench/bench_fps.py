@@ -5,7 +5,7 @@ sphere surface, median ms per call over ``--repeats`` runs (numba compilation ex
 warm-up call). Also checks that ours selects the same set as Open3D from the same start.
 
     pip install fpsample   # or: pip install -e .[bench]
-    python scripts/bench_fps.py [--repeats 5]
+    python scripts/bench/bench_fps.py [--repeats 5]
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ after the warm-up), and tracemalloc's peak (numpy and Python allocations; FFmpeg
 show in RSS only).
 
     pip install opencv-python-headless   # the Farneback peer (or: pip install -e .[bench])
-    python scripts/bench_video.py [--rounds 5] [--flow-pairs 30] [--workdir DIR]
+    python scripts/bench/bench_video.py [--rounds 5] [--flow-pairs 30] [--workdir DIR]
 """
 
 from __future__ import annotations

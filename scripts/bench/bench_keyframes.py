@@ -12,7 +12,7 @@ hard cut to a darker scene in the middle, off the GOP grid). Baselines:
 - ``RGB hist``: full RGB decode, then the same cell histograms on a gray conversion
   (what PySceneDetect's detectors do: every pixel decoded and converted).
 
-Usage: ``python scripts/bench_keyframes.py [--size 640x360] [--frames 300] [--repeat 3]``
+Usage: ``python scripts/bench/bench_keyframes.py [--size 640x360] [--frames 300] [--repeat 3]``
 """
 
 from __future__ import annotations

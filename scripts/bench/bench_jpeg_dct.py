@@ -18,7 +18,7 @@ Methods:
 - PIL draft 1/8: the DCT-scaled 1/8 decode, a proxy for the entropy-decoding floor;
 - simplejpeg: ``simplejpeg.decode_jpeg`` to RGB, the fastest pixel decoder a user could pick.
 
-    python scripts/bench_jpeg_dct.py [--images 8] [--rounds 15] [--noise 2] [--json out.json]
+    python scripts/bench/bench_jpeg_dct.py [--images 8] [--rounds 15] [--noise 2] [--json out.json]
 """
 
 from __future__ import annotations

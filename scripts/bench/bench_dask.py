@@ -7,7 +7,7 @@ and the rest the fixed cost (cluster start, worker imports, decoder processes, l
 Reports items/s of the N run, the fixed seconds, and the marginal us/item against local with
 as many workers.
 
-    python scripts/bench_dask.py [--n 2000] [--size 640x480] [--json out.json]
+    python scripts/bench/bench_dask.py [--n 2000] [--size 640x480] [--json out.json]
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ samples/s, and as a ratio to ``plain`` with the same number of workers.
 
 Run from the repository root::
 
-    .venv/bin/python scripts/bench_stream.py
-    .venv/bin/python scripts/bench_stream.py --n 5000 --workers 0 2 4 --json /tmp/stream.json
+    .venv/bin/python scripts/bench/bench_stream.py
+    .venv/bin/python scripts/bench/bench_stream.py --n 5000 --workers 0 2 4 --json /tmp/stream.json
 """
 
 from __future__ import annotations

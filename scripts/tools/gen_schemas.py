@@ -1,7 +1,7 @@
 """Regenerate the JSON Schemas shipped in ``datapipe.schemas`` from the code.
 
-python scripts/gen_schemas.py          # rewrite schemas/*.json
-python scripts/gen_schemas.py --check  # exit 1 if they are out of date (CI does this via tests)
+python scripts/tools/gen_schemas.py          # rewrite schemas/*.json
+python scripts/tools/gen_schemas.py --check  # exit 1 if they are out of date (a test does this)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datapipe.config import pipeline_json_schema
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def render() -> dict[str, str]:
@@ -36,7 +36,8 @@ def main() -> int:
             path.write_text(text)
     if stale:
         print(
-            f"out of date: {', '.join(stale)}; run python scripts/gen_schemas.py", file=sys.stderr
+            f"out of date: {', '.join(stale)}; run python scripts/tools/gen_schemas.py",
+            file=sys.stderr,
         )
         return 1
     return 0

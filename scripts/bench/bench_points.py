@@ -20,8 +20,8 @@ ratio is datapipe's time over Open3D's (below 1 is faster).
 
 Run from the repository root::
 
-    .venv/bin/python scripts/bench_points.py
-    .venv/bin/python scripts/bench_points.py --n 2000000 --voxel 0.02 --repeats 7
+    .venv/bin/python scripts/bench/bench_points.py
+    .venv/bin/python scripts/bench/bench_points.py --n 2000000 --voxel 0.02 --repeats 7
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ runs, ``workers=0``), which must be 1.0.
 
 Run from the repository root::
 
-    .venv/bin/python scripts/bench_barrier.py              # photos and clips, 3 repeats
-    .venv/bin/python scripts/bench_barrier.py --repeats 5 --workers 2
+    .venv/bin/python scripts/bench/bench_barrier.py              # photos and clips, 3 repeats
+    .venv/bin/python scripts/bench/bench_barrier.py --repeats 5 --workers 2
 """
 
 from __future__ import annotations
