@@ -1,5 +1,9 @@
 """The Dask executor on real clusters: a LocalCluster, and `dask scheduler` + `dask worker`
-processes on loopback. Same results as the local executor; worker and scheduler deaths."""
+processes on loopback. Same results as the local executor; worker and scheduler deaths.
+
+Tests share the session's LocalCluster (the ``dask_scheduler`` fixture) unless they kill or
+configure their own: a worker SIGKILLed, the scheduler killed, an unreachable address, a
+scheduler-side retry limit."""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ import pytest
 
 from datapipe.demo.demos import demo_pipelines
 from datapipe.demo.sample_data import generate_sample_data
+from datapipe.engine.driver import RunReport
 from datapipe.errors import ExecutorError
+from datapipe.executors import dask_executor
 from datapipe.executors.dask_executor import run_dask
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
@@ -85,21 +91,38 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def local_runs(
+    demo_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, RunReport]]:
+    """Every demo pipeline run once by the local executor: the reference of the Dask runs."""
+    out = tmp_path_factory.mktemp("local")
+    runs = {}
+    for path in demo_pipelines():
+        pipeline = Pipeline.from_yaml(path, {"data": str(demo_data)})
+        runs[path.stem] = (out / path.stem, run_local(pipeline, out / path.stem, workers=1))
+    return runs
+
+
 @pytest.mark.parametrize("path", demo_pipelines(), ids=lambda p: p.stem)
 def test_dask_matches_local_on_every_demo_pipeline(
-    demo_data: Path, tmp_path: Path, path: Path
+    demo_data: Path,
+    local_runs: dict[str, tuple[Path, RunReport]],
+    tmp_path: Path,
+    path: Path,
+    dask_scheduler: str,
 ) -> None:
     pipeline = Pipeline.from_yaml(path, {"data": str(demo_data)})
-    local = run_local(pipeline, tmp_path / "local", workers=1)
-    remote = run_dask(pipeline, tmp_path / "dask", workers=2)
+    local_out, local = local_runs[path.stem]
+    remote = run_dask(pipeline, tmp_path / "dask", scheduler=dask_scheduler)
     assert local.counts == remote.counts
     # the workers' stage timings reach the client's report
     assert {n: s["items"] for n, s in remote.stages.items()} == {
         n: s["items"] for n, s in local.stages.items()
     }
-    assert _rows(tmp_path / "local") == _rows(tmp_path / "dask")
-    _same_samples(_arrays(tmp_path / "local"), _arrays(tmp_path / "dask"))
-    again = run_dask(pipeline, tmp_path / "dask", workers=2)
+    assert _rows(local_out) == _rows(tmp_path / "dask")
+    _same_samples(_arrays(local_out), _arrays(tmp_path / "dask"))
+    again = run_dask(pipeline, tmp_path / "dask", scheduler=dask_scheduler)
     assert again.counts["processed"] == 0
 
 
@@ -109,7 +132,7 @@ def _faulty_tree(root: Path, names: list[str]) -> None:
         (root / "x" / f"{name}.jpg").write_bytes(bytes(i + 1))
 
 
-def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
+def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path, dask_scheduler: str) -> None:
     """Isolated stages crash a child, not the Dask worker; a crash in a trusted stage kills
     Dask workers until the poison item is found and recorded after bounded retries."""
     _faulty_tree(tmp_path / "in", ["segv_1", "hang_1", "good_1", "good_2", "good_3"])
@@ -121,7 +144,7 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
             }
         }
     )
-    report = run_dask(isolated, tmp_path / "out1", workers=2, timeout_s=5)
+    report = run_dask(isolated, tmp_path / "out1", scheduler=dask_scheduler, timeout_s=5)
     assert report.errors_by_class == {"crash": 1, "timeout": 1}
     assert report.counts["ok"] == 3
 
@@ -134,6 +157,7 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
             }
         }
     )
+    # its own LocalCluster: the retry limit is the scheduler's, and workers get killed
     with dask.config.set({"distributed.scheduler.allowed-failures": 2}):
         report = run_dask(trusted, tmp_path / "out2", workers=2)
     rows = _rows(tmp_path / "out2")
@@ -141,10 +165,13 @@ def test_crashing_inputs_become_error_rows_on_dask(tmp_path: Path) -> None:
     assert {k for k, r in rows.items() if r[1] == "ok"} == {f"x/good_{i}" for i in range(1, 5)}
 
 
-def test_unreachable_scheduler_is_a_clear_usage_error(tmp_path: Path, image_tree: Path) -> None:
+def test_unreachable_scheduler_is_a_clear_usage_error(
+    tmp_path: Path, image_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipeline = Pipeline.from_dict(
         {"nodes": {"src": {"stage": "files", "params": {"root": str(image_tree)}}}}
     )
+    monkeypatch.setattr(dask_executor, "CONNECT_TIMEOUT_S", 1)  # the CLI below waits 5 s
     t0 = time.monotonic()
     with pytest.raises(ExecutorError) as info:
         run_dask(pipeline, tmp_path / "out", scheduler="tcp://127.0.0.1:9")
@@ -308,7 +335,9 @@ def test_sigkill_a_worker_mid_run(tmp_path: Path, slow_inputs: Path) -> None:
         cluster.close()
 
 
-def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_inputs: Path) -> None:
+def test_scheduler_death_is_clear_and_a_rerun_resumes(
+    tmp_path: Path, slow_inputs: Path, dask_scheduler: str
+) -> None:
     cluster = Cluster(tmp_path)
     out = tmp_path / "out"
     yaml_path = _write_yaml(tmp_path, slow_inputs, 0.1)
@@ -348,8 +377,8 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_input
             str(out),
             "--executor",
             "dask",
-            "--workers",
-            "2",
+            "--scheduler",
+            dask_scheduler,
         ],
         capture_output=True,
         text=True,
@@ -359,7 +388,11 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(tmp_path: Path, slow_input
     _check_complete(out)
 
 
-def test_demo_runs_on_dask_through_the_cli(tmp_path: Path) -> None:
+def test_demo_runs_on_dask_through_the_cli(
+    tmp_path: Path, local_runs: dict[str, tuple[Path, RunReport]], dask_scheduler: str
+) -> None:
+    """`datapipe demo --executor dask` writes what the local executor writes for the same
+    sample data (the demo's is generated with seed 0, as ``demo_data``)."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -371,28 +404,21 @@ def test_demo_runs_on_dask_through_the_cli(tmp_path: Path) -> None:
             str(tmp_path / "demo"),
             "--executor",
             "dask",
-            "--workers",
-            "2",
+            "--scheduler",
+            dask_scheduler,
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    local = tmp_path / "local"
-    subprocess.run(
-        [sys.executable, "-m", "datapipe.cli", "demo", "-q", "--out", str(local)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    for name in (path.stem for path in demo_pipelines()):
-        assert _rows(tmp_path / "demo" / name).keys() == _rows(local / name).keys()
-        _same_samples(_arrays(tmp_path / "demo" / name), _arrays(local / name))
+    for name, (local, _) in local_runs.items():
+        assert _rows(tmp_path / "demo" / name).keys() == _rows(local).keys()
+        _same_samples(_arrays(tmp_path / "demo" / name), _arrays(local))
 
 
 @pytest.mark.parametrize("n", [10, 29])
-def test_dask_honours_shard_size_as_local_does(tmp_path: Path, n: int) -> None:
+def test_dask_honours_shard_size_as_local_does(tmp_path: Path, n: int, dask_scheduler: str) -> None:
     """Partitions leave partly filled shards; they are merged into full ones, so the layout
     is the local executor's: shard_size samples each, one shard partly filled."""
     from datapipe.config import OutputSpec
@@ -406,7 +432,7 @@ def test_dask_honours_shard_size_as_local_does(tmp_path: Path, n: int) -> None:
     ]
     p = Pipeline(nodes, output=OutputSpec(shard_size=3))
     run_local(p, tmp_path / "local", workers=0)
-    run_dask(p, tmp_path / "dask", workers=2)
+    run_dask(p, tmp_path / "dask", scheduler=dask_scheduler)
     sizes = {}
     for name in ("local", "dask"):
         m = Manifest(tmp_path / name / "manifest.sqlite")
