@@ -18,7 +18,7 @@ from datapipe.errors import ConfigError, Problem
 from datapipe.graph import Pipeline
 
 if TYPE_CHECKING:
-    from datapipe.engine.driver import RunReport
+    from datapipe.engine.report import RunReport
     from datapipe.hooks import RunHooks
 
 EXECUTORS = ("local", "dask")

@@ -28,7 +28,9 @@ from datapipe.digest import file_digest
 from datapipe.errors import ConfigError, ParamError, Problem
 from datapipe.fields import Field
 from datapipe.graph_checks import (
+    check_compress,
     check_declarations,
+    check_fields,
     check_inputs_of,
     check_node_refs,
     check_rename,
@@ -135,9 +137,10 @@ class Pipeline:
         found: list[Problem] = []
         self.order = self._toposort(found)
         if not found:
-            found += self._check_fields()
+            fields, self._available = check_fields(self)
+            found += fields
         if not found:
-            found += self._check_compress()
+            found += check_compress(self)
         return problems + found
 
     # -- construction ---------------------------------------------------------------------
@@ -270,100 +273,11 @@ class Pipeline:
             problems.append(Problem("nodes", f"the graph has a cycle: {cycle}"))
             return []
 
-    def _check_fields(self) -> list[Problem]:
-        problems: list[Problem] = []
-        available: dict[str, dict[str, tuple[Field, str]]] = {}
-        for nid in self.order:
-            node = self.nodes_by_id[nid]
-            where = f"nodes.{nid}"
-            incoming = self._meet([available[up] for up in node.inputs], where, problems)
-            for want in node.stage.consumes():
-                have = incoming.get(want.name)
-                if have is None:
-                    offered = ", ".join(sorted(incoming)) or "nothing"
-                    problems.append(
-                        Problem(
-                            where,
-                            (
-                                f"{node.stage.name} consumes field {want.name!r} ({want.dtype}, "
-                                f"shape '{want.shape}') but its inputs provide: {offered}"
-                            ),
-                        )
-                    )
-                    continue
-                got, producer = have
-                why = want.dtype_mismatch(got) or want.shape_mismatch(got)
-                if why:
-                    problems.append(
-                        Problem(
-                            where,
-                            (
-                                f"{node.stage.name} consumes field {want.name!r} but node "
-                                f"{producer!r} "
-                                f"produces it with {why}"
-                            ),
-                        )
-                    )
-            out = dict(incoming)
-            for f in node.produces():
-                out[f.name] = (f, nid)
-            available[nid] = out
-        self._available = available
-        leaves = [n for n in self.order if n in self.leaves()]
-        for source in (n for n in self.order if self.nodes_by_id[n].kind is StageKind.SOURCE):
-            # an item's written record joins the leaves its source reaches (not the others')
-            reached = self.downstream(source)
-            mine = [n for n in leaves if n in reached]
-            if len(mine) > 1:
-                self._meet([available[n] for n in mine], "output", problems)
-        return problems
-
-    @staticmethod
-    def _meet(
-        branches: list[dict[str, tuple[Field, str]]], where: str, problems: list[Problem]
-    ) -> dict[str, tuple[Field, str]]:
-        """The fields of records that meet (a node with several inputs, or the leaves); a
-        field that two different nodes produce would silently overwrite one: a problem."""
-        merged: dict[str, tuple[Field, str]] = {}
-        for fields in branches:
-            for name, (f, producer) in fields.items():
-                seen = merged.get(name)
-                if seen is not None and seen[1] != producer:
-                    problems.append(
-                        Problem(
-                            where,
-                            f"nodes {seen[1]!r} and {producer!r} both produce field {name!r} "
-                            "and their records meet here, so one value would be lost; give "
-                            f"one of them another name (rename: {{{name}: NEW_NAME}})",
-                        )
-                    )
-                merged[name] = (f, producer)
-        return merged
-
     def _resolve_compress(self) -> bool | frozenset[str]:
         setting = self.output.compress
         if setting == "auto":
             return frozenset(n for n, f in self.written_fields().items() if f.compress)
         return setting if isinstance(setting, bool) else frozenset(setting)
-
-    def _check_compress(self) -> list[Problem]:
-        """Every field named in ``output.compress`` is an array some leaf writes."""
-        names = self.output.compress
-        if not isinstance(names, list):
-            return []
-        written = {k: f for leaf in self.leaves() for k, f in self.fields_at(leaf).items()}
-        scalars = {"str", "int", "float", "bool", "json"}
-        problems = []
-        for name in names:
-            if name not in written:
-                hint = ", ".join(sorted(written)) or "nothing"
-                why = f"no leaf writes a field {name!r}; they write: {hint}"
-            elif set(written[name].dtypes) <= scalars:
-                why = f"field {name!r} is not an array ({written[name].dtype})"
-            else:
-                continue
-            problems.append(Problem("output.compress", why))
-        return problems
 
     # -- queries --------------------------------------------------------------------------
     @property

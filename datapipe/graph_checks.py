@@ -1,5 +1,6 @@
-"""Checks of single nodes of a pipeline that need no graph order: what the params declare
-(field names), params naming other nodes, and renames. :mod:`datapipe.graph` runs them."""
+"""The checks :mod:`datapipe.graph` runs on a pipeline: single nodes (what the params declare,
+params naming other nodes, renames), then, once the graph is ordered, how fields flow along
+the edges and what ``output.compress`` names."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any
 
 from datapipe.errors import Problem
-from datapipe.fields import FIELD_NAME
+from datapipe.fields import FIELD_NAME, Field
+from datapipe.stage import StageKind
 
 if TYPE_CHECKING:
-    from datapipe.graph import Node
+    from datapipe.graph import Node, Pipeline
+
+#: per node, the fields its records carry: name -> (spec, the node that produced it)
+Available = dict[str, dict[str, tuple[Field, str]]]
 
 
 def check_declarations(nodes: Mapping[str, Node]) -> tuple[list[Problem], set[str]]:
@@ -138,3 +143,96 @@ def _mentions(value: Any, message: str) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_mentions(v, message) for v in value)
     return False
+
+
+def check_fields(p: Pipeline) -> tuple[list[Problem], Available]:
+    """Fields flow along the edges: every consumed field is offered by the inputs with a
+    fitting dtype and shape, and no two nodes produce a field where their records meet.
+    Returns the problems and, per node, the fields its records carry (with their producer)."""
+    problems: list[Problem] = []
+    available: Available = {}
+    for nid in p.order:
+        node = p.nodes_by_id[nid]
+        where = f"nodes.{nid}"
+        incoming = _meet([available[up] for up in node.inputs], where, problems)
+        for want in node.stage.consumes():
+            have = incoming.get(want.name)
+            if have is None:
+                offered = ", ".join(sorted(incoming)) or "nothing"
+                problems.append(
+                    Problem(
+                        where,
+                        (
+                            f"{node.stage.name} consumes field {want.name!r} ({want.dtype}, "
+                            f"shape '{want.shape}') but its inputs provide: {offered}"
+                        ),
+                    )
+                )
+                continue
+            got, producer = have
+            why = want.dtype_mismatch(got) or want.shape_mismatch(got)
+            if why:
+                problems.append(
+                    Problem(
+                        where,
+                        (
+                            f"{node.stage.name} consumes field {want.name!r} but node "
+                            f"{producer!r} "
+                            f"produces it with {why}"
+                        ),
+                    )
+                )
+        out = dict(incoming)
+        for f in node.produces():
+            out[f.name] = (f, nid)
+        available[nid] = out
+    leaves = [n for n in p.order if n in p.leaves()]
+    for source in (n for n in p.order if p.nodes_by_id[n].kind is StageKind.SOURCE):
+        # an item's written record joins the leaves its source reaches (not the others')
+        reached = p.downstream(source)
+        mine = [n for n in leaves if n in reached]
+        if len(mine) > 1:
+            _meet([available[n] for n in mine], "output", problems)
+    return problems, available
+
+
+def _meet(
+    branches: list[dict[str, tuple[Field, str]]], where: str, problems: list[Problem]
+) -> dict[str, tuple[Field, str]]:
+    """The fields of records that meet (a node with several inputs, or the leaves); a
+    field that two different nodes produce would silently overwrite one: a problem."""
+    merged: dict[str, tuple[Field, str]] = {}
+    for fields in branches:
+        for name, (f, producer) in fields.items():
+            seen = merged.get(name)
+            if seen is not None and seen[1] != producer:
+                problems.append(
+                    Problem(
+                        where,
+                        f"nodes {seen[1]!r} and {producer!r} both produce field {name!r} "
+                        "and their records meet here, so one value would be lost; give "
+                        f"one of them another name (rename: {{{name}: NEW_NAME}})",
+                    )
+                )
+            merged[name] = (f, producer)
+    return merged
+
+
+def check_compress(p: Pipeline) -> list[Problem]:
+    """Every field named in ``output.compress`` is an array some leaf writes."""
+    names = p.output.compress
+    if not isinstance(names, list):
+        return []
+    written = {k: f for leaf in p.leaves() for k, f in p.fields_at(leaf).items()}
+    scalars = {"str", "int", "float", "bool", "json"}
+    problems = []
+    for name in names:
+        if name not in written:
+            hint = ", ".join(sorted(written)) or "nothing"
+            why = f"no leaf writes a field {name!r}; they write: {hint}"
+        elif set(written[name].dtypes) <= scalars:
+            why = f"field {name!r} is not an array ({written[name].dtype})"
+        else:
+            continue
+        problems.append(Problem("output.compress", why))
+    return problems

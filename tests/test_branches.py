@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from datapipe.engine.runner import JoinError, join_branches
+from datapipe.engine.join import JoinError, join_branches
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline

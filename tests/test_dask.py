@@ -23,7 +23,7 @@ import pytest
 
 from datapipe.demo.demos import demo_pipelines
 from datapipe.demo.sample_data import generate_sample_data
-from datapipe.engine.driver import RunReport
+from datapipe.engine.report import RunReport
 from datapipe.errors import ExecutorError
 from datapipe.executors import dask_executor
 from datapipe.executors.dask_executor import run_dask

@@ -20,8 +20,8 @@ import pytest
 import torch
 from stage_inputs import CloudFiles, SampleData, build
 
-from datapipe.engine.driver import RunReport
 from datapipe.engine.pool import InlinePool, PoolSettings, make_pool
+from datapipe.engine.report import RunReport
 from datapipe.executors.dask_executor import run_dask
 from datapipe.executors.local import run_local
 from datapipe.graph import Node, Pipeline

@@ -20,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from datapipe.engine.driver import RunDriver, RunOptions, RunReport
+from datapipe.engine.driver import RunDriver, RunOptions
 from datapipe.engine.partition import PartitionSpec, is_full, merge_shards, run_partition
 from datapipe.engine.pool import PoolSettings
+from datapipe.engine.report import RunReport
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.engine.sources import preflight
 from datapipe.errors import ExecutorError

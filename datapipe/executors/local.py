@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datapipe.engine.driver import RunDriver, RunOptions, RunReport
+from datapipe.engine.driver import RunDriver, RunOptions
 from datapipe.engine.pool import PoolSettings, make_pool
+from datapipe.engine.report import RunReport
 from datapipe.engine.sources import preflight
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
