@@ -1,9 +1,31 @@
-"""Helpers for tests that watch a run from outside its process."""
+"""Helpers for tests that drive datapipe from outside its process: the command line, and a
+run's manifest while another process writes it."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+
+
+def datapipe_cmd() -> list[str]:
+    """The installed ``datapipe`` command (or ``python -m datapipe.cli``)."""
+    exe = shutil.which("datapipe", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "datapipe.cli"]
+
+
+def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``datapipe ARGS`` in ``cwd``; its exit code, stdout and stderr as text."""
+    return subprocess.run(
+        [*datapipe_cmd(), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def ok_rows(db: Path) -> int:

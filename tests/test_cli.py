@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
-import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,6 +16,7 @@ from PIL import Image
 from datapipe import registry
 from datapipe.demo.demos import demo_pipelines
 from datapipe.store import OutputStore
+from runs import cli
 
 GOOD = """\
 name: t
@@ -27,22 +26,6 @@ nodes:
   pick: {stage: select.random, inputs: resize, params: {fraction: 1.0}}
 output: {shard_size: 4}
 """
-
-
-def datapipe_cmd() -> list[str]:
-    exe = shutil.which("datapipe", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "datapipe.cli"]
-
-
-def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*datapipe_cmd(), *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def make_data(root: Path) -> list[str]:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_cli import GOOD, add_bad_files, assert_usage_error, cli, datapipe_cmd, make_data
+from test_cli import GOOD, add_bad_files, assert_usage_error, make_data
 
 from datapipe import registry
 from datapipe.cli import build_parser
+from runs import cli, datapipe_cmd
 
 try:
     import tomllib

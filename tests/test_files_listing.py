@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from datapipe.schemas import load_schema
 from datapipe.stage import Context
 from datapipe.stages.io.files import Files
 from datapipe.store.manifest import Manifest
+from runs import cli
 
 #: the containers a newcomer's folder of clips holds, none of which used to be listed
 NEW_VIDEO = (".mpg", ".mpeg", ".ts", ".m2ts", ".m4v", ".mts", ".wmv", ".flv", ".3gp")
@@ -193,19 +191,6 @@ def test_skipped_sums_over_sources(tmp_path: Path) -> None:
     report = run_local(Pipeline.from_dict(spec, base_dir=tmp_path), tmp_path / "out")
     # b lists images only: its .ts clip counts as an unlisted extension too
     assert report.skipped == {"hidden": 4, "symlink": 4, "unknown_ext": 5}
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("datapipe", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "datapipe.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 SKIPPED_LINES = [

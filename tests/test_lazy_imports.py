@@ -12,9 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_cli import GOOD, cli, make_data
+from test_cli import GOOD, make_data
 
 from datapipe.demo.demos import demo_pipelines
+from runs import cli
 
 HEAVY = ("torch", "av", "open3d", "numba", "sklearn", "dask", "distributed", "scipy")
 

@@ -4,9 +4,7 @@ cases run the real console script (exit code 2, one message, no traceback)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,19 +17,7 @@ from datapipe.errors import ConfigError
 from datapipe.fields import Field
 from datapipe.graph import Pipeline
 from datapipe.stage import Context, Fit, Map, NodeRef, Params, Record, StageKind
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("datapipe", path=str(Path(sys.executable).parent))
-    cmd = [exe] if exe else [sys.executable, "-m", "datapipe.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+from runs import cli
 
 
 def validate(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
