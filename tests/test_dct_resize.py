@@ -73,7 +73,7 @@ def test_each_scale_is_the_truncated_inverse_dct(blocks: Any, scale: int) -> Non
     k = 8 // scale
     want = reference_pixels(coefs, qt, k)
     assert 0 < want.min() and want.max() < 255  # no clipping in the oracle
-    got = decode_dct_scaled(gray_record(coefs, qt), scale)
+    got = decode_dct_scaled(gray_record(coefs, qt), scale=scale)
     assert got.shape == (3 * k, 4 * k, 3) and got.dtype == np.uint8
     assert np.all(got == got[..., :1])  # gray
     assert np.abs(got[..., 0] - want).max() <= 0.5 + 1e-3  # rounding only
@@ -83,7 +83,7 @@ def test_one_eighth_is_the_block_mean_of_the_full_decode(blocks: Any) -> None:
     coefs, qt = blocks
     full = reference_pixels(coefs, qt, 8)
     means = full.reshape(3, 8, 4, 8).mean(axis=(1, 3))
-    got = decode_dct_scaled(gray_record(coefs, qt), 8)[..., 0]
+    got = decode_dct_scaled(gray_record(coefs, qt), scale=8)[..., 0]
     assert np.abs(got - means).max() <= 0.5 + 1e-3
 
 
@@ -92,9 +92,11 @@ def test_frequencies_past_the_scale_are_never_read(blocks: Any) -> None:
     noisy = coefs.copy()
     noisy[:, :, 2:, :] = 3000  # garbage past the 2 x 2 square of 1/4 scale
     noisy[:, :, :, 2:] = -3000
-    clean = decode_dct_scaled(gray_record(coefs, qt), 4)
-    assert np.array_equal(decode_dct_scaled(gray_record(noisy, qt), 4), clean)
-    assert not np.array_equal(decode_dct_scaled(gray_record(noisy, qt), 2), clean.repeat(2, 0))
+    clean = decode_dct_scaled(gray_record(coefs, qt), scale=4)
+    assert np.array_equal(decode_dct_scaled(gray_record(noisy, qt), scale=4), clean)
+    assert not np.array_equal(
+        decode_dct_scaled(gray_record(noisy, qt), scale=2), clean.repeat(2, 0)
+    )
 
 
 # -- real JPEGs against libjpeg and against decode-then-resize ------------------------------------
@@ -111,10 +113,10 @@ def libjpeg_scaled(data: bytes, scale: int) -> np.ndarray:
 def test_full_scale_and_block_means_agree_with_libjpeg(case: str) -> None:
     data = CASES[case]()
     dct = read_jpeg_dct(data)
-    full = decode_dct_scaled(dct, 1)
+    full = decode_dct_scaled(dct, scale=1)
     # integer IDCT and libjpeg's chroma upsampling against our float IDCT: a few levels
     assert psnr(full, libjpeg_scaled(data, 1)) >= 48
-    means = decode_dct_scaled(dct, 8)
+    means = decode_dct_scaled(dct, scale=8)
     if case.startswith("flower gray"):  # libjpeg's 1x1 IDCT is the DC term as well
         assert np.abs(means.astype(int) - libjpeg_scaled(data, 8)).max() <= 1
     assert psnr(means, libjpeg_scaled(data, 8)) >= 44
@@ -277,7 +279,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="'size' parameter"):
         decode_dct_reduced(record, 0)
     with pytest.raises(ValueError, match="'scale' parameter"):
-        decode_dct_scaled(record, 3)
+        decode_dct_scaled(record, scale=3)
     with pytest.raises(ItemError, match="upscaled") as info:
         decode_dct_reduced(record, 1000)
     assert info.value.error_class == "unsupported"

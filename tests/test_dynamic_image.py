@@ -71,15 +71,15 @@ def slow_clip(T: int, shape: tuple[int, ...] = (12, 10, 3), seed: int = 1) -> np
 # -- weights -------------------------------------------------------------------------------------
 def test_weights_computed_by_hand() -> None:
     assert rank_pool_weights(1).tolist() == [1.0]
-    assert rank_pool_weights(1, "mean").tolist() == [1.0]
+    assert rank_pool_weights(1, psi="mean").tolist() == [1.0]
     # T = 2: alpha_1 = 2*2 - 3*(H_2 - H_0) = 4 - 4.5, alpha_2 = 2*1 - 3*(H_2 - H_1) = 2 - 1.5
     assert rank_pool_weights(2).tolist() == [-0.5, 0.5]
     # running means: beta_1 = alpha_1 + alpha_2 / 2, beta_2 = alpha_2 / 2
-    assert rank_pool_weights(2, "mean").tolist() == [-0.25, 0.25]
+    assert rank_pool_weights(2, psi="mean").tolist() == [-0.25, 0.25]
     # T = 3, H_3 = 11/6: alpha = (6 - 4*11/6, 4 - 4*(11/6 - 1), 2 - 4*(11/6 - 3/2))
     np.testing.assert_allclose(rank_pool_weights(3), [-4 / 3, 2 / 3, 2 / 3], rtol=1e-14)
     # beta_3 = (2/3)/3, beta_2 = (2/3)/2 + beta_3, beta_1 = -4/3 + beta_2
-    np.testing.assert_allclose(rank_pool_weights(3, "mean"), [-7 / 9, 5 / 9, 2 / 9], rtol=1e-14)
+    np.testing.assert_allclose(rank_pool_weights(3, psi="mean"), [-7 / 9, 5 / 9, 2 / 9], rtol=1e-14)
 
 
 @pytest.mark.parametrize("T", [2, 3, 4, 7, 10, 31, 100])
@@ -89,12 +89,12 @@ def test_weights_equal_the_reference_code_and_sum_to_zero(T: int) -> None:
     np.testing.assert_allclose(rank_pool_weights(T), [float(w) for w in ref], rtol=1e-12)
     assert sum(ref) == 0
     for psi in ("frame", "mean"):
-        assert abs(rank_pool_weights(T, psi).sum()) < 1e-10 * T * T
+        assert abs(rank_pool_weights(T, psi=psi).sum()) < 1e-10 * T * T
     # the running-sum form (three or four index functions, coefficients of T) is the same
     for psi in ("frame", "mean"):
         i = np.arange(1, T + 1)
         basis = rank_weights._coefficients(T, psi) @ rank_weights._basis(i, psi)
-        np.testing.assert_allclose(basis, rank_pool_weights(T, psi), rtol=1e-9, atol=1e-9 * T)
+        np.testing.assert_allclose(basis, rank_pool_weights(T, psi=psi), rtol=1e-9, atol=1e-9 * T)
 
 
 def test_frame_weights_are_linear_weights_on_running_means() -> None:

@@ -158,7 +158,7 @@ def test_each_component_keeps_the_table_in_force_at_its_first_scan() -> None:
         ]
     )
     header = parse_header(data, max_pixels=10**6)
-    zigzag = zigzag_channels(np.arange(64).reshape(8, 8), 64)
+    zigzag = zigzag_channels(np.arange(64).reshape(8, 8), k=64)
     natural = np.empty(64, np.uint16)
     natural[zigzag] = np.frombuffer(first, np.uint8)  # DQT lists the table in zigzag order
     np.testing.assert_array_equal(header.qt[0], natural.reshape(8, 8))
@@ -172,16 +172,16 @@ def test_zigzag_order_against_the_standard_table() -> None:
     # JPEG zigzag order (ITU T.81 figure 5) as natural row-major indices, first 10 entries
     first_ten = [0, 1, 8, 16, 9, 2, 3, 10, 17, 24]
     natural = np.arange(64, dtype=np.int16).reshape(8, 8)
-    order = zigzag_channels(natural, 64)
+    order = zigzag_channels(natural, k=64)
     assert order[:10].tolist() == first_ten
     assert sorted(order.tolist()) == list(range(64))
     assert order[-1] == 63 and order[-2] == 62 and order[-3] == 55
     blocks = np.broadcast_to(natural, (3, 5, 8, 8))
-    out = zigzag_channels(blocks, 10)
+    out = zigzag_channels(blocks, k=10)
     assert out.shape == (3, 5, 10) and out.dtype == np.int16
     assert (out == np.array(first_ten)).all()
     with pytest.raises(ValueError):
-        zigzag_channels(blocks, 0)
+        zigzag_channels(blocks, k=0)
 
 
 def test_dequantize_is_blocks_times_table(tmp_path: Path) -> None:
@@ -190,8 +190,8 @@ def test_dequantize_is_blocks_times_table(tmp_path: Path) -> None:
         deq = dequantize(blocks, dct.qt[ci])
         assert deq.dtype == np.float32
         np.testing.assert_array_equal(deq, blocks.astype(np.int64) * dct.qt[ci].astype(np.int64))
-        chans = dequantize(zigzag_channels(blocks, 6), zigzag_channels(dct.qt[ci], 6))
-        np.testing.assert_array_equal(chans, zigzag_channels(deq, 6))
+        chans = dequantize(zigzag_channels(blocks, k=6), zigzag_channels(dct.qt[ci], k=6))
+        np.testing.assert_array_equal(chans, zigzag_channels(deq, k=6))
     assert not np.array_equal(dct.qt[0], dct.qt[1])  # luma and chroma tables differ
 
 
@@ -210,7 +210,7 @@ def test_chroma_on_the_luma_grid(
     ry, rx = ratio
     for i, j in [(0, 0), (21, 28), (13, 7)]:  # each luma block holds the chroma block above it
         np.testing.assert_array_equal(aligned[i, j], dct.cb[i // ry, j // rx])
-    chans = align_chroma(zigzag_channels(dct.cr, 5), dct.y.shape[:2], ratio)
+    chans = align_chroma(zigzag_channels(dct.cr, k=5), dct.y.shape[:2], ratio)
     assert chans.shape == (22, 29, 5)
 
 
@@ -248,10 +248,10 @@ def test_stage_output_matches_its_declared_fields(
         assert out["dct_cr"].shape[:2] == dct.cr.shape[:2]
     want_y = dct.y.astype(np.float32) * dct.qt[0] if p.dequantize else dct.y
     if p.layout == "channels":
-        np.testing.assert_array_equal(out["dct_y"], zigzag_channels(want_y, p.keep))
+        np.testing.assert_array_equal(out["dct_y"], zigzag_channels(want_y, k=p.keep))
     else:
         kept = np.zeros(64, bool)
-        kept[zigzag_channels(np.arange(64).reshape(8, 8), p.keep)] = True
+        kept[zigzag_channels(np.arange(64).reshape(8, 8), k=p.keep)] = True
         kept = kept.reshape(8, 8)
         np.testing.assert_array_equal(out["dct_y"][..., kept], want_y[..., kept])
         assert not out["dct_y"][..., ~kept].any()

@@ -239,7 +239,7 @@ def test_uniform_and_tsn_on_a_clip_decode_only_the_selected_frames(
     path = clip("t30")  # 30 frames, B-frames
     full, _ = full_decode(path)
     assert len(full) == 30
-    sel = keyframes_uniform(path, 4, decode=True)
+    sel = keyframes_uniform(path, k=4, decode=True)
     assert sel.indices.tolist() == [0, 10, 19, 29] and sel.n_frames == 30
     np.testing.assert_allclose(sel.seconds, sel.indices / FPS)
     assert len(rgb_spy) == 4
@@ -252,7 +252,7 @@ def test_uniform_and_tsn_on_a_clip_decode_only_the_selected_frames(
     every = keyframes_uniform(path, every=7, decode=True)
     assert every.indices.tolist() == [0, 7, 14, 21, 28] and len(rgb_spy) == 5
     np.testing.assert_array_equal(every.frames, np.stack([full[i] for i in every.indices]))
-    assert keyframes_uniform(path, 4).frames is None  # no decode: nothing converted
+    assert keyframes_uniform(path, k=4).frames is None  # no decode: nothing converted
     assert len(rgb_spy) == 5
 
 
@@ -309,11 +309,11 @@ def test_iframes_are_the_frames_pyav_flags_as_key(
     # key frames alone are sent to the decoder: key-frame-only decoding
     table = scan_frames(path)
     assert gop_plan(table, sel.indices).sum() == len(sel.indices)
-    assert keyframes_iframes(path, 2).indices.tolist() == [sel.indices[0], sel.indices[-1]]
+    assert keyframes_iframes(path, k=2).indices.tolist() == [sel.indices[0], sel.indices[-1]]
     with pytest.raises(ItemError) as info:
-        keyframes_iframes(path, len(sel.indices) + 1)
+        keyframes_iframes(path, k=len(sel.indices) + 1)
     assert info.value.error_class == "invalid" and "key frames" in info.value.message
-    clamped = keyframes_iframes(path, len(sel.indices) + 1, too_few="clamp")
+    clamped = keyframes_iframes(path, k=len(sel.indices) + 1, too_few="clamp")
     assert np.array_equal(clamped.indices, sel.indices)
 
 
@@ -337,7 +337,7 @@ def test_motion_peaks_at_the_frames_of_fastest_motion(
     clip: Callable[[str], Path], rgb_spy: list[int]
 ) -> None:
     path = clip("motion")
-    sel = keyframes_motion(path, 2, min_gap=5, decode=True)
+    sel = keyframes_motion(path, k=2, min_gap=5, decode=True)
     assert sel.indices.tolist() == list(MOTION_PEAKS)
     assert len(rgb_spy) == 2  # the peaks only; the energy comes from the bitstream
     full, _ = full_decode(path)
@@ -346,16 +346,16 @@ def test_motion_peaks_at_the_frames_of_fastest_motion(
     # all peaks above a threshold halfway between the slow and the fast square
     mid = float(sel.scores.min()) / 2
     assert keyframes_motion(path, threshold=mid, min_gap=5).indices.tolist() == [10, 28]
-    assert keyframes_motion(path, 1, min_gap=5).indices.tolist() in ([10], [28])
+    assert keyframes_motion(path, k=1, min_gap=5).indices.tolist() in ([10], [28])
     with pytest.raises(ItemError) as info:
-        keyframes_motion(path, 3, threshold=mid, min_gap=5)
+        keyframes_motion(path, k=3, threshold=mid, min_gap=5)
     assert info.value.error_class == "invalid" and "motion peaks" in info.value.message
-    assert keyframes_motion(path, 3, threshold=mid, too_few="clamp").indices.tolist() == [10, 28]
+    assert keyframes_motion(path, k=3, threshold=mid, too_few="clamp").indices.tolist() == [10, 28]
 
 
 def test_motion_needs_a_codec_with_vectors(clip: Callable[[str], Path]) -> None:
     with pytest.raises(ItemError) as info:
-        keyframes_motion(clip("hevc"), 2)
+        keyframes_motion(clip("hevc"), k=2)
     assert info.value.error_class == "unsupported" and "hevc" in info.value.message
     cues = frame_cues(clip("hevc")).values  # the other cues still work, motion is 0
     assert not cues[:, CUE_NAMES.index("motion")].any()
@@ -437,7 +437,7 @@ def test_motion_energy_is_the_pan_speed_in_every_frame(name: str, tmp_path: Path
         if 0 < t < len(types) - 1 and field.has_vectors[t - 1] and field.has_vectors[t + 1]:
             assert energy[t] == pytest.approx((energy[t - 1] + energy[t + 1]) / 2)
     np.testing.assert_allclose(cue, energy, atol=1e-3)
-    sel = keyframes_motion(path, 2, min_gap=3)  # its scores are this energy
+    sel = keyframes_motion(path, k=2, min_gap=3)  # its scores are this energy
     assert sel.scores is not None
     np.testing.assert_allclose(sel.scores, energy[sel.indices], rtol=1e-6)
 
@@ -475,14 +475,14 @@ def test_learned_scorer_ranks_planted_cuts_top_and_reloads_identically(
         positives.append(y)
     state = fit_scorer([cues[n] for n in train], positives)
     for name in ("held/d", "held/e"):
-        scores = score_frames(state, cues[name])
+        scores = score_frames(cues[name], state)
         top = np.argsort(-scores)[:2]
         assert sorted(top.tolist()) == list(LEARN_CLIPS[name][1])
         assert top_k_with_gap(scores, 2, 5).tolist() == list(LEARN_CLIPS[name][1])
     save_weights(state, tmp_path / "w.json")
     again = load_weights(tmp_path / "w.json")
     for c in cues.values():
-        assert np.array_equal(score_frames(state, c), score_frames(again, c))
+        assert np.array_equal(score_frames(c, state), score_frames(c, again))
     with pytest.raises(ValueError, match="positive and negative"):
         fit_scorer([cues["train/a"]], [np.zeros(44, bool)])
 
@@ -646,10 +646,10 @@ def bad_videos(root: Path, good: Path) -> dict[str, str]:
 
 
 SELECTORS: dict[str, Callable[[Path], Any]] = {
-    "uniform": lambda p: keyframes_uniform(p, 2),
+    "uniform": lambda p: keyframes_uniform(p, k=2),
     "tsn": lambda p: keyframes_tsn(p, 2),
     "iframes": lambda p: keyframes_iframes(p),
-    "motion": lambda p: keyframes_motion(p, 1),
+    "motion": lambda p: keyframes_motion(p, k=1),
     "scene": lambda p: keyframes_scene(p),
     "cues": lambda p: frame_cues(p),
 }
@@ -665,7 +665,7 @@ def test_bad_videos_raise_the_reader_error_classes(
                 select(tmp_path / name)
             assert info.value.error_class == error_class, (name, method, info.value)
     with pytest.raises(ItemError) as info:
-        keyframes_uniform(tmp_path, 2)
+        keyframes_uniform(tmp_path, k=2)
     assert info.value.error_class == "io"
 
 

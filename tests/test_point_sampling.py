@@ -51,7 +51,7 @@ def sphere(n: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize(("n", "m", "start"), [(500, 64, 0), (3000, 200, 17), (20000, 300, 1234)])
 def test_fps_equals_dense_reference(n: int, m: int, start: int) -> None:
     pts = sphere(n, n)
-    got = farthest_point_sample(pts, m, start)
+    got = farthest_point_sample(pts, m, start=start)
     assert got.dtype == np.int64 and got[0] == start
     np.testing.assert_array_equal(got, dense_fps(pts, m, start))
 
@@ -62,7 +62,7 @@ def test_fps_same_set_as_open3d(start: int) -> None:
     pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     chosen = np.asarray(pc.farthest_point_down_sample(256, start_index=start).points)
     where = {tuple(p): i for i, p in enumerate(pts)}
-    assert {where[tuple(p)] for p in chosen} == set(farthest_point_sample(pts, 256, start))
+    assert {where[tuple(p)] for p in chosen} == set(farthest_point_sample(pts, 256, start=start))
 
 
 @settings(max_examples=150, deadline=None)
@@ -78,14 +78,14 @@ def test_fps_property_distinct_exact(pts: np.ndarray, data: st.DataObject) -> No
     """Grids of small integers: many duplicates and exact ties."""
     m = data.draw(st.integers(1, len(pts)))
     start = data.draw(st.integers(0, len(pts) - 1))
-    got = farthest_point_sample(pts, m, start)
+    got = farthest_point_sample(pts, m, start=start)
     assert len(set(got.tolist())) == m
     np.testing.assert_array_equal(got, dense_fps(pts, m, start))
 
 
 def test_fps_batched_and_bad_input() -> None:
     clouds = [sphere(300, 1), sphere(300, 2)]
-    batch = farthest_point_sample(np.stack(clouds), 20, [3, 4])
+    batch = farthest_point_sample(np.stack(clouds), 20, start=[3, 4])
     assert batch.shape == (2, 20)
     np.testing.assert_array_equal(batch[1], dense_fps(clouds[1], 20, 4))
     with pytest.raises(ItemError, match="cannot sample 301 of 300"):

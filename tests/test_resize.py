@@ -253,7 +253,9 @@ def test_clean_jpegs_decode_to_the_pixels_of_pillow_draft(case: str) -> None:
     data = CASES[case]()
     for size in (56, 112, 224):
         for mode in ("crop", "stretch"):  # image.resize: bit-identical to Pillow's draft
-            assert np.array_equal(decode_resize(data, size, mode), draft_resize(data, size, mode))
+            assert np.array_equal(
+                decode_resize(data, size, mode=mode), draft_resize(data, size, mode)
+            )
         got = decode_jpeg_reduced(data, size)
         assert np.array_equal(got, draft_reduced(data, size, size, BICUBIC))
         # represent.resize used to resize in YCbCr, then convert: rounding and clipping apart

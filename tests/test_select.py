@@ -278,14 +278,14 @@ def test_dedup_removes_the_planted_near_duplicates(block: int, monkeypatch) -> N
         60 + i: int(t) for i, t in enumerate(twins)
     }
     for order in ("hard", "easy", "random"):
-        res = semdedup(x, 0.98, n_clusters=3, keep=order, seed=0)
+        res = semdedup(x, threshold=0.98, clusters=3, keep=order, seed=0)
         pairs = res.pairs()
         assert len(pairs) == 15
         for removed, kept, sim in pairs:
             assert pair_of[removed] == kept and sim > 0.98 and res.kept[kept]
         untouched = set(range(60)) - set(twins.tolist())
         assert all(res.kept[i] for i in untouched)
-    exact = semdedup(x, 0.98, n_clusters=3, budget=50)
+    exact = semdedup(x, threshold=0.98, clusters=3, budget=50)
     assert exact.kept.sum() == 50 and exact.threshold < 0.98
 
 
@@ -334,7 +334,7 @@ def test_uncertainty_scores_unlabelled_rows_and_needs_two_classes() -> None:
     labels = ["neg"] * 20 + [""] + ["pos"] * 20
     res = proxy_uncertainty(x, labels)
     assert int(np.argmax(res.scores)) == 20  # the unlabelled point on the boundary
-    assert uncertainty_of(np.array([[0.5, 0.5, 0.0]]), "margin")[0] == pytest.approx(1.0)
+    assert uncertainty_of(np.array([[0.5, 0.5, 0.0]]), metric="margin")[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least 2 classes"):
         proxy_uncertainty(x, ["a"] * 41)
     keys = [f"u{i:02d}" for i in range(41)]
@@ -349,12 +349,14 @@ def test_pool_pixels_is_an_area_mean() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, size=(16, 12, 3), dtype=np.uint8)
     want = img.reshape(4, 4, 4, 3, 3).mean(axis=(1, 3)).reshape(-1) / 255  # 4x4 blocks of 4x3
-    np.testing.assert_allclose(pool_pixels(img, 4, normalize=False), want, rtol=1e-5)
+    np.testing.assert_allclose(pool_pixels(img, grid=4, normalize=False), want, rtol=1e-5)
     odd = rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
-    assert pool_pixels(odd, 3, normalize=False).mean() == pytest.approx(odd.mean() / 255, rel=1e-5)
-    v = pool_pixels(img, 4, dim=8, seed=1)
+    assert pool_pixels(odd, grid=3, normalize=False).mean() == pytest.approx(
+        odd.mean() / 255, rel=1e-5
+    )
+    v = pool_pixels(img, grid=4, dim=8, seed=1)
     assert v.shape == (8,) and np.linalg.norm(v) == pytest.approx(1.0, rel=1e-5)
-    np.testing.assert_array_equal(v, pool_pixels(img, 4, dim=8, seed=1))
+    np.testing.assert_array_equal(v, pool_pixels(img, grid=4, dim=8, seed=1))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
@@ -439,7 +441,7 @@ def test_kcenter_through_the_engine(tmp_path: Path) -> None:
     assert report.selections["core"] == {"seen": 10, "kept": 4}
     # the oracle: the same embedding computed here, the same k-center run
     keys = sorted(f"{c}/{c}_{i:03d}" for c in ("cat", "dog") for i in range(5))
-    x = np.stack([pool_pixels(decode_resize(str(root / f"{k}.jpg"), 16), 4) for k in keys])
+    x = np.stack([pool_pixels(decode_resize(str(root / f"{k}.jpg"), 16), grid=4) for k in keys])
     idx, radius = kcenter_greedy(x, 4, seed=4)
     kept = {keys[i] for i in idx}
     rows = _rows(tmp_path / "out")

@@ -42,7 +42,7 @@ from datapipe.stages.compressed.video_frames import (
     read_iframes,
 )
 from datapipe.stages.compressed.video_mv import MotionVectorsStage, decode_mv, encode_mv
-from datapipe.stages.compressed.video_packets import PacketsStage, packets
+from datapipe.stages.compressed.video_packets import PacketsStage, read_video_packets
 from datapipe.store import iter_samples
 from datapipe.store.manifest import Manifest
 
@@ -356,7 +356,7 @@ def test_packets_match_the_demuxer(name: str, clip: Any) -> None:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         demuxed = [(p.size, p.is_keyframe, p.pts) for p in c.demux(s) if p.size]
-    table = packets(path)
+    table = read_video_packets(path)
     assert table.size.dtype == np.int32 and table.key.dtype == bool
     assert int(table.size.sum()) == sum(d[0] for d in demuxed)
     assert table.size.tolist() == [d[0] for d in demuxed]
@@ -382,7 +382,7 @@ def test_codecs_without_vectors_fail_clearly_but_other_readers_work(name: str, c
         coviar(path)
     assert len(frame_types(path).types) == 24
     assert iframes(path)[0].tolist() == [0, 12]
-    assert packets(path).gop["frames"] == 24
+    assert read_video_packets(path).gop["frames"] == 24
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -477,7 +477,7 @@ def test_bad_inputs_raise_clear_item_errors(clip: Any, tmp_path: Path) -> None:
     expected = _bad_files(tmp_path, good)
     for stem, error_class in expected.items():
         path = tmp_path / f"{stem}.mp4"
-        for reader in (motion_vectors, frame_types, iframes, packets):
+        for reader in (motion_vectors, frame_types, iframes, read_video_packets):
             if not error_class:
                 reader(path)
                 continue
@@ -525,7 +525,7 @@ def test_truncated_faststart_keeps_the_decoded_frames(tmp_path: Path) -> None:
     with pytest.raises(ItemError) as info:
         motion_vectors(cut, strict=True)
     assert info.value.error_class == "truncated"
-    assert packets(cut).damaged > 0
+    assert read_video_packets(cut).damaged > 0
 
 
 def test_engine_turns_bad_videos_into_error_rows(clip: Any, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Dynamic images: ``ops.dynamic_image`` against one weighted pass over the frames.
+"""Dynamic images: ``ops.pool_dynamic_image`` against one weighted pass over the frames.
 
 A clip of T frames of SIZE x SIZE x 3 (random, seeded), float32 and uint8. Every method is
 timed interleaved round-robin (A, B, C, A, B, C, ...) after a warm-up call; the table gives the

@@ -66,13 +66,15 @@ def main() -> None:
         for name, pts in clouds(n).items():
             pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
             o3d_ms = median_ms(lambda pc=pc, m=m: pc.farthest_point_down_sample(m, 0), args.repeats)
-            ours_ms = median_ms(lambda pts=pts, m=m: farthest_point_sample(pts, m, 0), args.repeats)
+            ours_ms = median_ms(
+                lambda pts=pts, m=m: farthest_point_sample(pts, m, start=0), args.repeats
+            )
             peers = ["-", "-", "-"]
             if fpsample is not None:
                 peers = [f"{ms:.1f}" for ms in fpsample_ms(fpsample, pts, m, args.repeats)]
             chosen = np.asarray(pc.farthest_point_down_sample(m, 0).points)
             where = {tuple(p): i for i, p in enumerate(pts)}
-            same = {where[tuple(p)] for p in chosen} == set(farthest_point_sample(pts, m, 0))
+            same = {where[tuple(p)] for p in chosen} == set(farthest_point_sample(pts, m, start=0))
             print(
                 f"{name:>7} {f'{n} -> {m}':>14} {o3d_ms:9.1f} {peers[0]:>9} {peers[1]:>9} "
                 f"{peers[2]:>9} {ours_ms:8.1f} {o3d_ms / ours_ms:9.1f} {same!s:>9}"

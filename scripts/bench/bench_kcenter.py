@@ -1,4 +1,4 @@
-"""Benchmark: k-center greedy (``datapipe.ops.kcenter_greedy``) against the dense norm-trick
+"""Benchmark: k-center greedy (``datapipe.ops.select_kcenter``) against the dense norm-trick
 loop (the anchor's formulation) and a straightforward numpy loop, side by side in one run.
 
     .venv/bin/python scripts/bench/bench_kcenter.py                # 50k->5k and 100k->10k

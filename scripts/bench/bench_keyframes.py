@@ -103,7 +103,7 @@ def main() -> None:
 
         for k in (8, 32):
             pick = uniform_indices(n, k)
-            ours = best(lambda k=k: keyframes_uniform(path, k, decode=True), r)
+            ours = best(lambda k=k: keyframes_uniform(path, k=k, decode=True), r)
             row(
                 f"uniform k={k} decode",
                 ours,
@@ -118,7 +118,7 @@ def main() -> None:
             )
         row(
             "uniform k=8 indices only",
-            best(lambda: keyframes_uniform(path, 8), r),
+            best(lambda: keyframes_uniform(path, k=8), r),
             "seq + pick",
             best(lambda: seq_pick(path, uniform_indices(n, 8)), r),
         )
@@ -143,7 +143,7 @@ def main() -> None:
         full = best(lambda: full_rgb(path, np.arange(1)), r)
         row(
             "motion k=4 (compressed domain)",
-            best(lambda: keyframes_motion(path, 4), r),
+            best(lambda: keyframes_motion(path, k=4), r),
             "full RGB",
             full,
         )

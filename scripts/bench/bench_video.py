@@ -50,7 +50,7 @@ from datapipe.stages.common.video_synth import texture, write_clip
 from datapipe.stages.compressed.video_coviar import coviar
 from datapipe.stages.compressed.video_frames import frame_types, iframes
 from datapipe.stages.compressed.video_mv import encode_mv
-from datapipe.stages.compressed.video_packets import packets
+from datapipe.stages.compressed.video_packets import read_video_packets
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
 CLIPS = {
@@ -135,7 +135,7 @@ def method_table(path: Path, flow: list[np.ndarray] | None) -> dict[str, Callabl
         "ours motion_vectors, block 16": lambda: len(motion_vectors(path).mv),
         "ours motion_vectors, block 8": lambda: len(motion_vectors(path, block=8).mv),
         "ours frame_types": lambda: len(frame_types(path).types),
-        "ours packets (demux only)": lambda: len(packets(path).size),
+        "ours packets (demux only)": lambda: len(read_video_packets(path).size),
         "ours iframes (frames of the clip covered)": lambda: _iframes_cover(path),
         "ours coviar (stride 10: all traced, 1/10 kept)": lambda: len(
             coviar(path, stride=10).frame_types

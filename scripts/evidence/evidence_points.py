@@ -68,8 +68,8 @@ def run_seed(
             "random": [
                 c[random_point_sample(len(c), m, seed + i)] for i, c in enumerate(test_clouds)
             ],
-            "fps": [c[farthest_point_sample(c, m, 0)] for c in test_clouds],
-            "learned": [c[sample_learned(snet, c)] for c in test_clouds],
+            "fps": [c[farthest_point_sample(c, m, start=0)] for c in test_clouds],
+            "learned": [c[sample_learned(c, snet)] for c in test_clouds],
         }
         for name, sampled in picks.items():
             out[(name, m)] = accuracy(task, sampled, y[test_idx])

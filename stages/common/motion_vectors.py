@@ -206,6 +206,13 @@ def motion_vectors(
     normalize : ``"reference"``: vectors as coded, motion over their reference distance;
         ``"per_frame"``: divided by that distance, pixels per frame (module docstring).
 
+    Returns
+    -------
+    MotionField
+        ``mv`` float32 (T, rows, cols, 2), the forward motion (x, y) in pixels of each
+        ``block`` cell; per frame its type, ``pts``, ``is_iframe`` and ``has_vectors``; the
+        damage, the codec and the frame size.
+
     Raises
     ------
     ItemError : ``unsupported`` for codecs whose FFmpeg decoder exports no vectors (HEVC, VP9,
@@ -213,9 +220,16 @@ def motion_vectors(
 
     Examples
     --------
-    >>> field = motion_vectors("clip.mp4")  # doctest: +SKIP
-    >>> field.mv.shape, "".join(field.frame_types)  # doctest: +SKIP
-    ((48, 8, 10, 2), 'IPPP...')
+    >>> import os, tempfile
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> from datapipe import ops
+    >>> field = ops.read_motion_vectors(clip, block=8)
+    >>> field.mv.shape, "".join(field.frame_types)
+    ((12, 6, 8, 2), 'IPPPPPIPPPPP')
+    >>> tmp.cleanup()
     """
     if block not in (4, 8, 16):
         raise ValueError(f"block must be 4, 8 or 16, got {block}")

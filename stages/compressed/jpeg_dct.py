@@ -58,6 +58,13 @@ def read_jpeg_dct(
     Without ``strict``, damaged entropy data is kept as libjpeg decodes it and reported in
     ``warnings`` and ``damaged_blocks``.
 
+    Returns
+    -------
+    JpegDCT
+        int16 coefficient blocks ``y``, ``cb``, ``cr`` ``(block_rows, block_cols, 8, 8)``
+        (chroma None for grayscale) on each component's own grid, the quantization tables
+        ``qt`` ``(C, 8, 8)``, the sampling factors, the image size and the damage found.
+
     Examples
     --------
     >>> import io
@@ -105,11 +112,21 @@ def read_jpeg_dct(
     )
 
 
-def zigzag_channels(blocks: np.ndarray, k: int = 64) -> np.ndarray:
+def zigzag_channels(blocks: np.ndarray, *, k: int = 64) -> np.ndarray:
     """The first ``k`` coefficients of each block in zigzag order: (..., 8, 8) -> (..., k).
 
-    Channel 0 is DC, then (0, 1), (1, 0), (2, 0), (1, 1), ... A new array, same dtype.
-    Also takes a quantization table (8, 8) -> (k,).
+    Channel 0 is DC, then (0, 1), (1, 0), (2, 0), (1, 1), ... Also takes a quantization
+    table (8, 8) -> (k,).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array ``(..., k)`` of the dtype of ``blocks``.
+
+    Examples
+    --------
+    >>> zigzag_channels(np.arange(64).reshape(8, 8), k=6).tolist()
+    [0, 1, 8, 16, 9, 2]
     """
     if not 1 <= k <= 64:
         raise ValueError(f"k must be in 1..64; got {k}")
@@ -123,7 +140,18 @@ def dequantize(coefs: np.ndarray, qt: np.ndarray) -> np.ndarray:
     """``coefs * qt`` as float32: the DCT coefficients before quantization.
 
     ``qt`` must match the trailing axes of ``coefs``: (8, 8) for blocks in natural order,
-    ``zigzag_channels(qt, k)`` (shape (k,)) for zigzag channels.
+    ``zigzag_channels(qt, k=k)`` (shape (k,)) for zigzag channels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the broadcast shape of ``coefs`` and ``qt``.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> ops.dequantize_dct(np.array([3, -2, 0], np.int16), np.array([16, 11, 10])).tolist()
+    [48.0, -22.0, 0.0]
     """
     return np.multiply(coefs, np.asarray(qt, np.float32), dtype=np.float32)
 
@@ -136,6 +164,16 @@ def align_chroma(
 
     ``ratio`` is luma blocks per chroma block along (rows, cols) (``JpegDCT.chroma_ratio``);
     the partial blocks past the luma grid's edge are cut off.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(*luma_grid, ...)``, the dtype of ``chroma``.
+
+    Examples
+    --------
+    >>> align_chroma(np.array([[1, 2]]), (2, 3), (2, 2)).tolist()  # 4:2:0, 3 luma columns
+    [[1, 1, 2], [1, 1, 2]]
     """
     ry, rx = ratio
     out = np.repeat(chroma, ry, axis=0) if ry > 1 else chroma
@@ -251,7 +289,7 @@ class JpegDCTStage(Map):
     def _convert(self, blocks: np.ndarray, qt: np.ndarray, k: int) -> np.ndarray:
         p = self.params
         if p.layout == "channels":
-            coefs, q = zigzag_channels(blocks, k), zigzag_channels(qt, k)
+            coefs, q = zigzag_channels(blocks, k=k), zigzag_channels(qt, k=k)
         else:
             coefs, q = (blocks if k == 64 else blocks * _lowpass_mask(k)), qt
         return dequantize(coefs, q) if p.dequantize else coefs

@@ -195,9 +195,25 @@ def coviar(
         :func:`~datapipe.stages.common.motion_vectors.motion_vectors`.
     residual_dtype : ``"int16"`` exact residuals, ``"int8"`` halved (see the module docstring).
 
-    >>> rep = coviar("clip.mp4")  # doctest: +SKIP
-    >>> rep.iframes.shape, rep.mv.shape, rep.residual.shape  # doctest: +SKIP
-    ((2, 120, 160, 3), (24, 120, 160, 2), (24, 120, 160, 3))
+    Returns
+    -------
+    Coviar
+        ``iframes`` uint8 (G, H, W, 3), one per GOP; per kept frame ``mv`` int16
+        (T', H, W, 2) accumulated motion and ``residual`` (T', H, W, 3) accumulated
+        residual; which frames and GOPs they are, the frame types, the damage.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> from datapipe import ops
+    >>> rep = ops.read_coviar(clip, stride=2)
+    >>> rep.iframes.shape, rep.mv.shape, rep.residual.shape
+    ((2, 48, 64, 3), (6, 48, 64, 2), (6, 48, 64, 3))
+    >>> tmp.cleanup()
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")

@@ -68,11 +68,25 @@ def frame_types(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FrameTypes:
-    """Picture type of every frame, presentation order.
+    """Picture type of every frame, presentation order (``ops.read_frame_types``).
 
-    >>> ft = frame_types("clip.mp4")  # doctest: +SKIP
-    >>> ft.types  # doctest: +SKIP
-    'IPPPPPPPIPPPPPPP'
+    Returns
+    -------
+    FrameTypes
+        ``types``, one letter per frame ('I', 'P', 'B', '?'), with each frame's ``pts`` and
+        ``key`` flag, the damaged frame count and the codec.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> from datapipe import ops
+    >>> ops.read_frame_types(clip).types
+    'IPPPPPIPPPPP'
+    >>> tmp.cleanup()
     """
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         reader.configure(skip_pixels=True)
@@ -101,7 +115,27 @@ def read_iframes(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrames:
-    """Decode only the key frames of a video to RGB; see :func:`iframes`."""
+    """Decode only the key frames of a video to RGB, skipping every other frame.
+
+    Returns
+    -------
+    KeyFrames
+        ``indices`` int64 (K), the key frames' positions among all frames (presentation
+        order); ``frames`` uint8 (K, H, W, 3) RGB, identical to a full decode's frames there
+        (converted as ``to_ndarray(format="rgb24")``); their ``pts``, the damage, the codec.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> keys = read_iframes(clip)
+    >>> keys.indices.tolist(), keys.frames.shape
+    ([0, 6], (2, 48, 64, 3))
+    >>> tmp.cleanup()
+    """
     import av
     from av.video.reformatter import VideoReformatter
 
@@ -160,16 +194,8 @@ def iframes(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, frames)``: the key frames of a video, decoding nothing else.
-
-    ``indices`` int64 (K) are the key frames' positions among all decoded frames (presentation
-    order); ``frames`` uint8 (K, H, W, 3) RGB, identical to a full decode's frames at those
-    indices converted with ``to_ndarray(format="rgb24")``.
-
-    >>> idx, frames = iframes("clip.mp4")  # doctest: +SKIP
-    >>> idx.tolist(), frames.shape  # doctest: +SKIP
-    ([0, 12, 24], (3, 120, 160, 3))
-    """
+    """``(indices, frames)`` of :func:`read_iframes`: what the deprecated ``ops.iframes``
+    gives."""
     result = read_iframes(path, max_iframes=max_iframes, strict=strict, max_pixels=max_pixels)
     return result.indices, result.frames
 

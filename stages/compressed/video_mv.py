@@ -24,6 +24,13 @@ MV_STORAGE_SCALE = 4
 def encode_mv(mv: np.ndarray) -> np.ndarray:
     """Float pixels -> int16 quarter pixels (rounded, clipped to +-8192 px).
 
+    Returns
+    -------
+    numpy.ndarray
+        int16, the shape of ``mv``.
+
+    Examples
+    --------
     >>> encode_mv(np.array([1.25, -0.5, 3.1], np.float32)).tolist()
     [5, -2, 12]
     """
@@ -34,6 +41,13 @@ def encode_mv(mv: np.ndarray) -> np.ndarray:
 def decode_mv(q: np.ndarray) -> np.ndarray:
     """int16 quarter pixels -> float32 pixels (inverse of :func:`encode_mv`).
 
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``q``.
+
+    Examples
+    --------
     >>> decode_mv(np.array([5, -2], np.int16)).tolist()
     [1.25, -0.5]
     """

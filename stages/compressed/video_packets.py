@@ -44,7 +44,7 @@ class PacketTable:
     damaged: int
 
 
-def packets(
+def read_video_packets(
     path: str | os.PathLike[str],
     *,
     strict: bool = False,
@@ -52,9 +52,23 @@ def packets(
 ) -> PacketTable:
     """Demux a video's first video stream without decoding.
 
-    >>> table = packets("clip.mp4")  # doctest: +SKIP
-    >>> int(table.size.sum()), table.gop["gop_lengths"]  # doctest: +SKIP
-    (23349, [12, 12])
+    Returns
+    -------
+    PacketTable
+        Per packet in decode order: ``size`` int32, ``key`` bool, ``pts`` and ``dts`` int64;
+        ``gop``, the GOP structure (key frames, GOP lengths, B-frames, frame rate, codec).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> table = read_video_packets(clip)
+    >>> len(table.size), table.gop["gop_lengths"]
+    (12, [6, 6])
+    >>> tmp.cleanup()
     """
     with VideoReader(path, strict=strict, max_pixels=max_pixels) as reader:
         size: list[int] = []
@@ -147,7 +161,7 @@ class PacketsStage(Map):
     isolate = True
 
     def process(self, record: Record, ctx: Context) -> Record:
-        table = packets(
+        table = read_video_packets(
             ctx.resolve(record["path"]),
             strict=self.params.strict,
             max_pixels=self.params.max_pixels,

@@ -52,13 +52,32 @@ def _target(w: int, h: int, size: int, mode: str) -> tuple[int, int]:
 def decode_resize(
     path: Source,
     size: int,
+    *,
     mode: str = "crop",
     max_pixels: int = 50_000_000,
-    *,
     strict: bool = False,
 ) -> np.ndarray:
-    """Decode ``path`` to RGB uint8 (size, size, 3), refusing bombs and truncated files (and
-    damaged JPEGs with ``strict``)."""
+    """Decode an image (a path, or the encoded bytes) and resize it to a ``size`` square,
+    refusing bombs and truncated files (and damaged JPEGs with ``strict``).
+
+    ``mode``: ``"crop"`` scales the shorter side to ``size`` and keeps the centre,
+    ``"stretch"`` scales each side to ``size``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(size, size, 3)``, RGB.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (64, 32), (200, 30, 30)).save(buf, "PNG")
+    >>> image = decode_resize(buf.getvalue(), 16)
+    >>> image.shape, image[0, 0].tolist()
+    ((16, 16, 3), [200, 30, 30])
+    """
     cover = functools.partial(_target, size=size, mode=mode)
     decoded = decode_image(path, cover, max_pixels=max_pixels, strict=strict)
     return resize_decoded(decoded, size, mode)

@@ -69,10 +69,28 @@ def fit_scorer(
     regularization: float = 1.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train the scorer on per-clip cue arrays (T, 7) and bool (T) positive masks; returns
-    the JSON-able weights.
+    """Train the scorer (a logistic regression) on per-clip cue arrays (T, 7), such as
+    :func:`~datapipe.stages.keyframes.signals.frame_cues` gives, and bool (T) masks of the
+    key frames.
 
     Raises ValueError when the frames hold no positive or no negative.
+
+    Returns
+    -------
+    dict
+        The JSON-able weights (``format``, the cue names, the standardisation ``mean`` and
+        ``scale``, ``coef``, ``intercept``, what it was trained on), for
+        :func:`score_frames` or :func:`save_weights`.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> rng = np.random.default_rng(0)
+    >>> cues = [rng.normal(size=(40, 7)).astype(np.float32)]  # one clip of 40 frames
+    >>> positives = [cues[0][:, 3] > 0.5]  # key frames: the frames with the most motion
+    >>> weights = ops.fit_keyframe_scorer(cues, positives)
+    >>> weights["format"], len(weights["coef"]), weights["trained_on"]["frames"]
+    ('datapipe.keyframes.scorer/1', 7, 40)
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -125,15 +143,35 @@ def check_weights(state: Mapping[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-def score_frames(state: Mapping[str, Any], cues: np.ndarray) -> np.ndarray:
-    """float64 (T) probability that each frame is a key frame."""
+def score_frames(cues: np.ndarray, weights: Mapping[str, Any]) -> np.ndarray:
+    """The probability that each frame is a key frame, from its cues (T, 7) and the weights
+    of :func:`fit_scorer`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (T,), in [0, 1].
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> rng = np.random.default_rng(0)
+    >>> cues = [rng.normal(size=(40, 7)).astype(np.float32)]  # one clip of 40 frames
+    >>> positives = [cues[0][:, 3] > 0.5]  # key frames: the frames with the most motion
+    >>> weights = ops.fit_keyframe_scorer(cues, positives)
+    >>> scores = ops.score_keyframes(cues[0], weights)
+    >>> scores.shape, bool(scores[positives[0]].mean() > scores[~positives[0]].mean())
+    ((40,), True)
+    """
     x = np.asarray(cues, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(CUE_NAMES):
         raise ItemError("invalid", f"frame_cues must be (T, {len(CUE_NAMES)}); got {x.shape}")
     if not np.isfinite(x).all():
         raise ItemError("nonfinite", "frame_cues hold NaN or infinite values")
-    z = ((x - np.asarray(state["mean"])) / np.asarray(state["scale"])) @ np.asarray(state["coef"])
-    return 1.0 / (1.0 + np.exp(-(z + float(state["intercept"]))))
+    z = ((x - np.asarray(weights["mean"])) / np.asarray(weights["scale"])) @ np.asarray(
+        weights["coef"]
+    )
+    return 1.0 / (1.0 + np.exp(-(z + float(weights["intercept"]))))
 
 
 def save_weights(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -340,7 +378,7 @@ class LearnedKeyFrames(Map):
         state = ctx.fitted.get(p.fit_node)
         if state is None:
             raise ItemError("invalid", f"no fitted key-frame scorer from node {p.fit_node!r}")
-        scores = score_frames(state, record["frame_cues"])
+        scores = score_frames(record["frame_cues"], state)
         kk = kix.budget(p.k, len(scores), p.too_few)
         picks = kix.top_k_with_gap(scores, kk, p.min_gap)
         if len(picks) < kk and p.too_few == "error":

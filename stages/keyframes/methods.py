@@ -91,8 +91,8 @@ def _from_table(
 
 def keyframes_uniform(
     path: str | os.PathLike[str],
-    k: int | None = None,
     *,
+    k: int | None = None,
     every: int | None = None,
     too_few: kix.TooFew = "error",
     decode: bool = False,
@@ -102,8 +102,25 @@ def keyframes_uniform(
     """``k`` frames at uniform intervals from the first to the last, or every n-th frame
     (:func:`~datapipe.stages.keyframes.index.uniform_indices`); demux only.
 
-    >>> keyframes_uniform("clip.mp4", 4).indices.tolist()  # a 30-frame clip # doctest: +SKIP
-    [0, 10, 19, 29]
+    Returns
+    -------
+    KeyFrameSelection
+        ``indices`` int64 (K), ascending positions among all frames; ``seconds``, their
+        presentation times; ``frames`` uint8 (K, H, W, 3) RGB with ``decode`` (else None).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> ops.select_keyframes_uniform(clip, k=3).indices.tolist()
+    [0, 6, 11]
+    >>> ops.select_keyframes_uniform(clip, every=4).indices.tolist()
+    [0, 4, 8]
+    >>> tmp.cleanup()
     """
     table = scan_frames(path, strict=strict, max_pixels=max_pixels)
     idx = kix.uniform_indices(table.n, k, every=every, too_few=too_few)
@@ -126,8 +143,25 @@ def keyframes_tsn(
     """TSN segment sampling (:func:`~datapipe.stages.keyframes.index.tsn_indices`):
     a seeded random frame in each of ``k`` segments (``train``), or their centres (``test``).
 
-    >>> keyframes_tsn("clip.mp4", 4).indices.tolist()  # a 30-frame clip # doctest: +SKIP
-    [3, 11, 18, 26]
+    Returns
+    -------
+    KeyFrameSelection
+        ``indices`` int64 (K), ascending positions among all frames; ``seconds``, their
+        presentation times; ``frames`` uint8 (K, H, W, 3) RGB with ``decode`` (else None).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> ops.select_keyframes_tsn(clip, 3).indices.tolist()  # the centres of 3 segments
+    [2, 6, 10]
+    >>> len(ops.select_keyframes_tsn(clip, 3, mode="train", seed=1, decode=True).frames)
+    3
+    >>> tmp.cleanup()
     """
     table = scan_frames(path, strict=strict, max_pixels=max_pixels)
     idx = kix.tsn_indices(table.n, k, mode=mode, seed=seed, key=key, epoch=epoch, too_few=too_few)
@@ -136,8 +170,8 @@ def keyframes_tsn(
 
 def keyframes_iframes(
     path: str | os.PathLike[str],
-    k: int | None = None,
     *,
+    k: int | None = None,
     too_few: Literal["error", "clamp"] = "error",
     decode: bool = False,
     strict: bool = False,
@@ -147,8 +181,25 @@ def keyframes_iframes(
     with ``k``, ``k`` of them spread evenly. ``decode`` sends the decoder the key packets
     only (key-frame-only decoding).
 
-    >>> keyframes_iframes("clip.mp4").indices.tolist()  # GOP of 12 # doctest: +SKIP
-    [0, 12, 24]
+    Returns
+    -------
+    KeyFrameSelection
+        ``indices`` int64 (K), ascending positions among all frames; ``seconds``, their
+        presentation times; ``frames`` uint8 (K, H, W, 3) RGB with ``decode`` (else None).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> ops.select_keyframes_iframes(clip).indices.tolist()
+    [0, 6]
+    >>> ops.select_keyframes_iframes(clip, k=1, decode=True).frames.shape
+    (1, 48, 64, 3)
+    >>> tmp.cleanup()
     """
     table = scan_frames(path, strict=strict, max_pixels=max_pixels)
     keys = np.flatnonzero(table.key).astype(np.int64)
@@ -195,8 +246,8 @@ def motion_signal(
 
 def keyframes_motion(
     path: str | os.PathLike[str],
-    k: int | None = None,
     *,
+    k: int | None = None,
     threshold: float | None = None,
     min_gap: int = 5,
     smooth: int = 1,
@@ -214,10 +265,27 @@ def keyframes_motion(
     (:func:`~datapipe.stages.keyframes.index.motion_peaks`) at or above
     ``threshold`` are kept, the ``k`` highest when ``k`` is given. Fewer than ``k`` peaks
     is an error (or all of them with ``too_few="clamp"``); with ``threshold`` alone, no peak
-    gives an empty selection. ``scores`` holds the peaks' energy.
+    gives an empty selection.
 
-    >>> keyframes_motion("clip.mp4", 2, min_gap=6).indices.tolist()  # doctest: +SKIP
-    [8, 20]
+    Returns
+    -------
+    KeyFrameSelection
+        ``indices`` int64 (K), ascending positions among all frames; ``seconds``, their
+        presentation times; ``frames`` uint8 (K, H, W, 3) RGB with ``decode`` (else None);
+        ``scores`` float32 (K), the peaks' energy.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> sel = ops.select_keyframes_motion(clip, k=2, min_gap=3)
+    >>> len(sel.indices), sel.scores.dtype, int(sel.indices[1] - sel.indices[0]) >= 3
+    (2, dtype('float32'), True)
+    >>> tmp.cleanup()
     """
     if k is None and threshold is None:
         raise ValueError("give k, threshold or both")
@@ -266,12 +334,28 @@ def keyframes_scene(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrameSelection:
     """The first frame of each scene, scenes split at hard cuts found by histogram change
-    (:func:`~datapipe.stages.keyframes.signals.scan_scenes`); ``cuts`` holds the
-    cuts (every selected frame but frame 0), ``scores`` the change at each selected frame.
+    (:func:`~datapipe.stages.keyframes.signals.scan_scenes`).
 
-    >>> sel = keyframes_scene("cut.mp4")  # doctest: +SKIP
-    >>> sel.indices.tolist(), sel.cuts.tolist()  # doctest: +SKIP
-    ([0, 19], [19])
+    Returns
+    -------
+    KeyFrameSelection
+        ``indices`` int64 (K), ascending positions among all frames; ``seconds``, their
+        presentation times; ``frames`` uint8 (K, H, W, 3) RGB with ``decode`` (else None);
+        ``scores``, the change at each selected frame; ``cuts`` int64, the cuts (every
+        selected frame but frame 0).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import disc_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "cut.mp4")
+    >>> disc_clip(clip, np.random.default_rng(0), cut=True)  # 16 frames, a cut at frame 11
+    >>> sel = ops.select_keyframes_scene(clip)
+    >>> sel.indices.tolist(), sel.cuts.tolist()
+    ([0, 11], [11])
+    >>> tmp.cleanup()
     """
     scan = scan_scenes(
         path,

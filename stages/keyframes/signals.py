@@ -229,9 +229,24 @@ def frame_cues(
     - ``change``: histogram change against the previous frame (8 x 8 cells, 8 bins);
     - ``change_rel``: change minus the clip's median change.
 
-    >>> cues = frame_cues("clip.mp4")  # doctest: +SKIP
-    >>> cues.values.shape  # doctest: +SKIP
-    (24, 7)
+    Returns
+    -------
+    Cues
+        ``values`` float32 (T, 7), the cues in the order of :data:`CUE_NAMES`; each frame's
+        ``pts`` and ``seconds``; the damaged frame count.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from datapipe import ops
+    >>> from datapipe.stages.common.video_synth import moving_square_clip
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> clip = os.path.join(tmp.name, "clip.mp4")
+    >>> _ = moving_square_clip(clip, size=(64, 48), frames=12, gop=6)  # H.264, 2 GOPs
+    >>> cues = ops.read_frame_cues(clip)
+    >>> cues.values.shape, cues.values[[0, 6], 1].tolist()  # "intra": the two I-frames
+    ((12, 7), [1.0, 1.0])
+    >>> tmp.cleanup()
     """
     from av.video.reformatter import VideoReformatter
 

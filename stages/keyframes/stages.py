@@ -98,7 +98,7 @@ class UniformKeyFrames(KeyFrameStage):
         p = self.params
         return kf.keyframes_uniform(
             path,
-            p.k,
+            k=p.k,
             every=p.every,
             too_few=p.too_few,
             decode=p.decode,
@@ -165,7 +165,7 @@ class IFrameKeyFrames(KeyFrameStage):
         p = self.params
         return kf.keyframes_iframes(
             path,
-            p.k,
+            k=p.k,
             too_few=p.too_few,
             decode=p.decode,
             strict=p.strict,
@@ -204,7 +204,7 @@ class MotionKeyFrames(KeyFrameStage):
         p = self.params
         return kf.keyframes_motion(
             path,
-            p.k,
+            k=p.k,
             threshold=p.threshold,
             min_gap=p.min_gap,
             smooth=p.smooth,

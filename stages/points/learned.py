@@ -131,5 +131,5 @@ class LearnedPoints(Map):
         if state is None:
             raise ItemError("invalid", f"no fitted sampler from node {self.params.fit_node!r}")
         pts = check_cloud(record[self.params.field], int(state["m"]))
-        idx = sample_learned(_sampler(state, self.params.fit_node), pts)
+        idx = sample_learned(pts, _sampler(state, self.params.fit_node))
         return {self.params.field: pts[idx], "point_idx": idx}

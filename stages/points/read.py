@@ -82,13 +82,20 @@ def read_points(
         ``empty``, ``truncated``, ``corrupt``, ``unsupported``, ``decode_bomb``, ``nonfinite``
         or ``io``, with a message naming what is wrong.
 
+    Returns
+    -------
+    PointCloud
+        ``xyz`` float32 (N, 3); ``normals`` and ``colors`` float32 (N, 3) or None.
+
     Examples
     --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.xyz"
+    >>> import pathlib, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> p = pathlib.Path(tmp.name) / "c.xyz"
     >>> _ = p.write_text("0 0 0\\n1 2 3\\n")
     >>> read_points(p).xyz.tolist()
     [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]
+    >>> tmp.cleanup()
     """
     path = Path(path)
     fmt = fmt or FORMATS.get(path.suffix.lower())

@@ -40,18 +40,24 @@ def check_cloud(points: np.ndarray, m: int | None = None) -> np.ndarray:
 
 
 def farthest_point_sample(
-    points: np.ndarray | Sequence[np.ndarray], m: int, start: int | Sequence[int] = 0
+    points: np.ndarray | Sequence[np.ndarray], m: int, *, start: int | Sequence[int] = 0
 ) -> np.ndarray:
-    """Exact farthest point sampling: ``m`` int64 indices in selection order, from ``start``.
+    """Exact farthest point sampling: ``m`` indices in selection order, from ``start``.
 
-    ``points`` is one cloud (N, 3) or a batch (B, N, 3) / list of clouds, giving (B, m).
-    Computed in float64 with spatial pruning (numba), so the sequence equals the dense
-    O(N*M) loop's; near-ties can order differently in float32.
+    ``points`` is one cloud (N, 3) or a batch (B, N, 3) / list of clouds; ``start`` one index
+    or one per cloud. Computed in float64 with spatial pruning (numba), so the sequence
+    equals the dense O(N*M) loop's; near-ties can order differently in float32.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (m,), or (B, m) for a batch.
 
     Examples
     --------
+    >>> from datapipe import ops
     >>> pts = np.array([[0, 0, 0], [1, 0, 0], [10, 0, 0], [5, 0, 0]], dtype=np.float32)
-    >>> farthest_point_sample(pts, 3).tolist()
+    >>> ops.sample_farthest_points(pts, 3).tolist()
     [0, 2, 3]
     """
     from datapipe.stages.points.fps_kernel import fps_pruned
@@ -66,21 +72,48 @@ def farthest_point_sample(
     starts = [int(start)] * len(clouds) if np.ndim(start) == 0 else [int(s) for s in start]
     if len(starts) != len(clouds):
         raise ValueError(f"{len(clouds)} clouds but {len(starts)} start indices")
-    return np.stack([farthest_point_sample(c, m, s) for c, s in zip(clouds, starts, strict=True)])
+    return np.stack(
+        [farthest_point_sample(c, m, start=s) for c, s in zip(clouds, starts, strict=True)]
+    )
 
 
 def random_point_sample(n: int, m: int, seed: int) -> np.ndarray:
-    """``m`` distinct indices of ``n``, sorted, from a seeded generator."""
+    """``m`` distinct indices of ``n`` points, sorted, from a seeded generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (m,), sorted.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> idx = ops.sample_random_points(10, 4, 0)
+    >>> len(set(idx.tolist())), bool((np.diff(idx) > 0).all())
+    (4, True)
+    """
     if not 1 <= m <= n:
         raise ItemError("invalid", f"cannot sample {m} of {n} points")
     return np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
 
 
 def voxel_point_sample(points: np.ndarray, voxel_size: float) -> np.ndarray:
-    """One input point per occupied voxel: the one nearest the voxel's centroid (sorted).
+    """One input point per occupied voxel: the one nearest the voxel's centroid.
 
-    The voxel grid is Open3D's ``voxel_down_sample`` grid (see ``ops.voxel_groups``), so the
+    The voxel grid is Open3D's ``voxel_down_sample`` grid (see ``ops.group_voxels``), so the
     occupied voxels are the ones ``points.voxelize`` averages.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (M,), one index per occupied voxel, sorted.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> pts = np.array([[0, 0, 0], [0.1, 0, 0], [0.3, 0, 0], [2, 2, 2]])
+    >>> ops.sample_voxel_points(pts, 1.0).tolist()  # [0.1, 0, 0] is nearest the centroid
+    [1, 3]
     """
     from datapipe.stages.points.voxelize import voxel_groups
 
@@ -183,7 +216,7 @@ class FarthestPoints(_PointSampler):
         start = self.params.start
         if start == "random":
             start = key_seed(ctx.seed, record.get("key", "")) % len(pts)
-        return farthest_point_sample(pts, m, int(start))
+        return farthest_point_sample(pts, m, start=int(start))
 
 
 class VoxelPoints(_PointSampler):

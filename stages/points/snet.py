@@ -155,8 +155,26 @@ def train_snet(
     return snet.eval()
 
 
-def sample_learned(snet: SNet, points: np.ndarray) -> np.ndarray:
-    """Indices of ``snet.m`` distinct input points chosen by the trained sampler."""
+def sample_learned(points: np.ndarray, snet: SNet) -> np.ndarray:
+    """The ``snet.m`` input points a trained S-NET sampler chooses (:func:`train_snet`).
+
+    Each generated point is matched to its nearest unused input point.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (snet.m,), distinct indices into ``points`` (N, 3).
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> _ = torch.manual_seed(0)
+    >>> snet = SNet(m=4, width=8).eval()  # untrained here: train_snet trains one
+    >>> pts = np.random.default_rng(0).normal(size=(32, 3))
+    >>> idx = ops.sample_learned_points(pts, snet)
+    >>> idx.shape, len(set(idx.tolist()))
+    ((4,), 4)
+    """
     if len(points) < snet.m:
         raise ValueError(f"cannot sample {snet.m} of {len(points)} points")
     cloud = normalize(points)

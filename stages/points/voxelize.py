@@ -8,7 +8,7 @@ the order of the voxels defined (lexicographic) rather than a hash map's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field as PField
@@ -51,8 +51,32 @@ class VoxelGroups:
         return mean.astype(v.dtype).reshape((m, *v.shape[1:]))
 
 
+class Voxels(NamedTuple):
+    """One point per occupied voxel (:func:`voxelize`), voxels in :class:`VoxelGroups` order."""
+
+    #: (M, 3) in the cloud's dtype
+    points: np.ndarray
+    #: (M,) int64, the points in each voxel
+    counts: np.ndarray
+
+
 def voxel_groups(xyz: np.ndarray, voxel_size: float) -> VoxelGroups:
-    """Group the points of ``xyz`` (N, 3) by voxel of edge ``voxel_size``."""
+    """Group the points of ``xyz`` (N, 3) by voxel of edge ``voxel_size``.
+
+    Returns
+    -------
+    VoxelGroups
+        Per point its voxel (``inverse``); per voxel its first point (``first``) and its
+        point count (``counts``).
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> pts = np.array([[0, 0, 0], [1, 1, 1], [0.2, 0, 0]], dtype=np.float32)
+    >>> groups = ops.group_voxels(pts, 0.5)
+    >>> groups.inverse.tolist(), groups.first.tolist(), groups.counts.tolist()
+    ([0, 1, 0], [0, 1], [2, 1])
+    """
     pts = np.asarray(xyz)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ItemError("invalid", f"points must have shape (N, 3); got {pts.shape}")
@@ -91,13 +115,16 @@ def voxel_groups(xyz: np.ndarray, voxel_size: float) -> VoxelGroups:
 
 def voxelize(
     xyz: np.ndarray, voxel_size: float, *, mode: Literal["centroid", "first"] = "centroid"
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Voxels:
     """Quantize a cloud to a voxel grid: one point per occupied voxel.
 
-    Returns ``(points, counts)``: (M, 3) in ``xyz``'s dtype, the centroid of each voxel's
-    points (``centroid``, equal to Open3D's ``voxel_down_sample``) or its first point in
-    input order (``first``); and (M,) int64, the points in each voxel. See
-    :class:`VoxelGroups` for the grid and the order.
+    Returns
+    -------
+    Voxels
+        ``points`` (M, 3) in ``xyz``'s dtype, the centroid of each voxel's points
+        (``centroid``, equal to Open3D's ``voxel_down_sample``) or its first point in input
+        order (``first``); ``counts`` (M,) int64, the points in each voxel. See
+        :class:`VoxelGroups` for the grid and the order.
 
     Examples
     --------
@@ -107,7 +134,7 @@ def voxelize(
     ([[0.10000000149011612, 0.0, 0.0], [1.0, 1.0, 1.0]], [2, 1])
     """
     groups = voxel_groups(xyz, voxel_size)
-    return groups.reduce(xyz, mode), groups.counts
+    return Voxels(groups.reduce(xyz, mode), groups.counts)
 
 
 class PointsVoxelizeParams(Params):

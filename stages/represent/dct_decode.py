@@ -109,12 +109,27 @@ def decode_dct_reduced(
 
 
 def decode_dct_scaled(
-    dct: JpegDCT | Mapping[str, Any], scale: int = 1, *, max_pixels: int = 50_000_000
+    dct: JpegDCT | Mapping[str, Any], *, scale: int = 1, max_pixels: int = 50_000_000
 ) -> np.ndarray:
-    """The whole image at 1/``scale`` (1, 2, 4 or 8) of its size from its DCT coefficients:
-    uint8 RGB ``(ceil(height / scale), ceil(width / scale), 3)``, the size libjpeg's scaled
-    decode (Pillow's ``draft``) gives from the JPEG file. ``dct`` and the errors as
-    :func:`decode_dct_reduced`."""
+    """The whole image at 1/``scale`` (1, 2, 4 or 8) of its size from its DCT coefficients,
+    the size libjpeg's scaled decode (Pillow's ``draft``) gives from the JPEG file. ``dct``
+    and the errors as :func:`decode_dct_reduced`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 ``(ceil(height / scale), ceil(width / scale), 3)``, RGB.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> from datapipe.ops import read_jpeg_dct
+    >>> buf = io.BytesIO()
+    >>> Image.new("RGB", (100, 60), (200, 30, 30)).save(buf, "JPEG")
+    >>> decode_dct_scaled(read_jpeg_dct(buf.getvalue()), scale=8).shape
+    (8, 13, 3)
+    """
     if scale not in (1, 2, 4, 8):
         raise ValueError(f"The 'scale' parameter must be 1, 2, 4 or 8. Got {scale!r} instead.")
     comps, H, W = _components(dct, max_pixels)

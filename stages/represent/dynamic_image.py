@@ -87,11 +87,12 @@ def dynamic_image(
 
     Examples
     --------
+    >>> from datapipe import ops
     >>> clip = np.stack([np.full((2, 2, 1), v, np.uint8) for v in (0, 10, 20)])
-    >>> dynamic_image(clip)[..., 0]  # alpha = (-4/3, 2/3, 2/3)
+    >>> ops.pool_dynamic_image(clip)[..., 0]  # alpha = (-4/3, 2/3, 2/3)
     array([[20., 20.],
            [20., 20.]], dtype=float32)
-    >>> dynamic_image(iter(clip), rescale="minmax").dtype
+    >>> ops.pool_dynamic_image(iter(clip), rescale="minmax").dtype
     dtype('uint8')
     """
     from datapipe.stages.represent.rank_pool import RankPooler  # numba, on first use

@@ -310,7 +310,9 @@ class RankPooler:
         if abs(shift) > 1e-6 and self._ref is not None:  # the weights sum to 1 (one frame)
             image = image + shift * self._ref
         weights = (
-            _cached_weights(length, self.psi) if w.length else rank_pool_weights(length, self.psi)
+            _cached_weights(length, self.psi)
+            if w.length
+            else rank_pool_weights(length, psi=self.psi)
         )
         floor = 1e-5 * float(np.abs(weights).sum()) * w.peak
         self._results.append((w.start, image.astype(np.float32, copy=False), floor))

@@ -60,16 +60,24 @@ def _check_psi(psi: str, where: str) -> None:
         raise ValueError(f"The 'psi' parameter of {where} must be 'frame' or 'mean'. Got {psi!r}.")
 
 
-def rank_pool_weights(length: int, psi: Psi = "frame") -> np.ndarray:
-    """The weights of approximate rank pooling on the raw frames, float64 (length,).
+def rank_pool_weights(length: int, *, psi: Psi = "frame") -> np.ndarray:
+    """The weights of approximate rank pooling on the raw frames of a clip of ``length``.
 
     ``psi="frame"``: :math:`\\alpha_t`; ``psi="mean"``: :math:`\\beta_i`, the weights on the
     raw frames that equal :math:`\\alpha_t` applied to the running means. One frame: ``[1.0]``.
 
+    Returns
+    -------
+    numpy.ndarray
+        float64 (length,), summing to 0 (to 1 for one frame).
+
     Examples
     --------
-    >>> rank_pool_weights(2).tolist(), rank_pool_weights(2, "mean").tolist()
-    ([-0.5, 0.5], [-0.25, 0.25])
+    >>> from datapipe import ops
+    >>> ops.compute_rank_pool_weights(2).tolist()
+    [-0.5, 0.5]
+    >>> ops.compute_rank_pool_weights(2, psi="mean").tolist()
+    [-0.25, 0.25]
     """
     _check_psi(psi, "rank_pool_weights")
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
@@ -116,5 +124,5 @@ def _cached_weights(length: int, psi: str) -> np.ndarray:
     if key not in _WEIGHTS:
         if len(_WEIGHTS) > 64:
             _WEIGHTS.clear()
-        _WEIGHTS[key] = rank_pool_weights(length, psi)  # type: ignore[arg-type]
+        _WEIGHTS[key] = rank_pool_weights(length, psi=psi)  # type: ignore[arg-type]
     return _WEIGHTS[key]

@@ -43,6 +43,11 @@ def resolve_budget(n: int, *, fraction: float | None = None, count: int | None =
 
     Raises :class:`BudgetError` (a ``ValueError``) when the budget is 0 or above ``n``.
 
+    Returns
+    -------
+    int
+        The budget, in 1..n.
+
     Examples
     --------
     >>> resolve_budget(40, fraction=0.25), resolve_budget(40, count=3)

@@ -131,9 +131,9 @@ def _dedup_at(u: np.ndarray, orders: list[np.ndarray], thr: float) -> tuple[np.n
 
 def semdedup(
     embeddings: np.ndarray,
-    threshold: float = 0.95,
     *,
-    n_clusters: int | None = None,
+    threshold: float = 0.95,
+    clusters: int | None = None,
     keep: Order = "hard",
     seed: int = 0,
     budget: int | float | None = None,
@@ -144,17 +144,24 @@ def semdedup(
     ----------
     embeddings : (N, D); NaN or inf rows raise ValueError. Zero rows have similarity 0.
     threshold : cosine similarity in [-1, 1] above which a row is a duplicate.
-    n_clusters : MiniBatchKMeans clusters (default :func:`auto_clusters`), at most N.
+    clusters : MiniBatchKMeans clusters (default :func:`auto_clusters`), at most N.
     keep : visiting order inside a cluster: ``"hard"`` farthest from the centroid first,
         ``"easy"`` nearest first, ``"random"`` seeded.
     seed : k-means and the random order.
     budget : keep exactly this many rows (int) or this fraction (float) instead: the
         threshold is tuned, then the most redundant survivors are trimmed (``trimmed``).
 
+    Returns
+    -------
+    DedupResult
+        Per row: ``kept`` bool, the kept row it duplicates (``duplicate_of``, -1 if kept),
+        its ``similarity`` to it and its ``cluster``; the ``threshold`` applied.
+
     Examples
     --------
+    >>> from datapipe import ops
     >>> x = np.array([[1.0, 0], [0.999, 0.01], [0, 1], [-1, 0]])
-    >>> res = semdedup(x, 0.99)
+    >>> res = ops.select_semdedup(x, threshold=0.99)
     >>> res.kept.tolist(), res.pairs()[0][:2]
     ([True, False, True, True], (1, 0))
     """
@@ -164,9 +171,9 @@ def semdedup(
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1]; got {threshold}")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     u = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    k = min(n, n_clusters or auto_clusters(n)) if n else 1
+    k = min(n, clusters or auto_clusters(n)) if n else 1
     if k < 1:
-        raise ValueError(f"n_clusters must be >= 1; got {n_clusters}")
+        raise ValueError(f"clusters must be >= 1; got {clusters}")
     cluster, centres = _cluster(u, k, seed) if n else (np.zeros(0, np.int64), u[:0])
     rng = np.random.default_rng(seed)
     orders = []
@@ -267,7 +274,12 @@ class Dedup(Select):
         if p.fraction is not None or p.count is not None:
             budget = budget_of(p, len(v.keys), ctx, self.name)
         res = semdedup(
-            v.x, p.threshold, n_clusters=p.clusters, keep=p.keep, seed=ctx.seed, budget=budget
+            v.x,
+            threshold=p.threshold,
+            clusters=p.clusters,
+            keep=p.keep,
+            seed=ctx.seed,
+            budget=budget,
         )
         scores = {k: float(s) for k, s in zip(v.keys, res.similarity, strict=True)}
         n_clusters = int(res.cluster.max()) + 1 if len(res.cluster) else 0

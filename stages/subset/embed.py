@@ -62,8 +62,8 @@ def _l2(v: np.ndarray) -> np.ndarray:
 
 def pool_pixels(
     image: np.ndarray,
-    grid: int = 8,
     *,
+    grid: int = 8,
     dim: int | None = None,
     seed: int = 0,
     normalize: bool = True,
@@ -73,6 +73,11 @@ def pool_pixels(
     Area-pools to grid x grid (exact, also for sizes that do not divide), scales to [0, 1] for
     integer input, L2-normalises, then optionally applies a seeded random projection to
     ``dim`` values (normalised again). NaN/inf pixels raise ValueError.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(grid * grid * C,)``, or ``(dim,)`` with a projection.
 
     Examples
     --------
@@ -141,7 +146,7 @@ class PixelEmbed(Map):
                 "invalid", f"{p.field!r} has shape {img.shape}, not (H, W, {p.channels})"
             )
         try:
-            v = pool_pixels(img, p.grid, dim=p.dim, seed=p.seed, normalize=p.normalize)
+            v = pool_pixels(img, grid=p.grid, dim=p.dim, seed=p.seed, normalize=p.normalize)
         except ValueError as exc:
             raise ItemError("nonfinite", f"{p.field!r}: {exc}") from None
         return {p.out: v}

@@ -148,7 +148,7 @@ def _greedy(x: np.ndarray, k: int, first: int, prune: bool) -> tuple[np.ndarray,
 
 
 def kcenter_cover(
-    embeddings: np.ndarray, k: int | float, seed: int = 0, *, start: int | None = None
+    embeddings: np.ndarray, k: int | float, *, seed: int = 0, start: int | None = None
 ) -> KCenterResult:
     """The k-center greedy core-set of ``embeddings`` (N, D), with per-row detail.
 
@@ -162,6 +162,23 @@ def kcenter_cover(
 
     If fewer than ``k`` distinct points exist, the remaining picks are the unchosen rows in
     index order, at distance 0.
+
+    Returns
+    -------
+    KCenterResult
+        ``indices`` int64, the chosen rows in selection order; ``radius``, the covering
+        radius (the largest distance from any row to its nearest chosen row); per chosen row
+        the radius it reduced, per row the distance to and position of its nearest centre.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> x = np.array([[0.0, 0], [1, 0], [10, 0], [10, 1], [5, 5]])
+    >>> res = ops.select_kcenter(x, 3, start=0)
+    >>> res.indices.tolist(), round(res.radius, 3), res.nearest.tolist()
+    ([0, 3, 4], 1.0, [0, 0, 1, 1, 2])
+    >>> ops.select_kcenter(x, 0.4, start=0).indices.tolist()
+    [0, 3]
     """
     raw = check_finite_matrix(embeddings, dtype=None)
     n = len(raw)
@@ -205,11 +222,10 @@ def kcenter_cover(
 
 
 def kcenter_greedy(
-    embeddings: np.ndarray, k: int | float, seed: int = 0, *, start: int | None = None
+    embeddings: np.ndarray, k: int | float, *, seed: int = 0, start: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """Pick ``k`` rows of ``embeddings`` (N, D) by k-center greedy; return ``(indices,
-    radius)``: int64 row indices in selection order and the covering radius (the largest
-    distance from any row to its nearest chosen row). See :func:`kcenter_cover`.
+    """``(indices, radius)`` of :func:`kcenter_cover`: int64 row indices in selection order
+    and the covering radius (what the deprecated ``ops.kcenter_greedy`` gives).
 
     Examples
     --------
@@ -220,7 +236,7 @@ def kcenter_greedy(
     >>> kcenter_greedy(x, 0.4, start=0)[0].tolist()
     [0, 3]
     """
-    res = kcenter_cover(embeddings, k, seed, start=start)
+    res = kcenter_cover(embeddings, k, seed=seed, start=start)
     return res.indices, res.radius
 
 
@@ -281,7 +297,7 @@ class KCenter(Select):
                 for i in rows:
                     reasons[v.keys[i]] = f"class {cls!r} gets 0 of the budget of {budget}"
                 continue
-            res = kcenter_cover(x[rows], quotas[cls], ctx.seed)
+            res = kcenter_cover(x[rows], quotas[cls], seed=ctx.seed)
             for pos, i in enumerate(res.indices):
                 keep.add(v.keys[rows[i]])
                 scores[v.keys[rows[i]]] = float(res.pick_distance[pos])

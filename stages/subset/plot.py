@@ -47,13 +47,20 @@ def plot_selection(
 ) -> Path:
     """Save a PNG scatter of ``x`` (N, D) in 2-D PCA, ``kept`` (bool, N) coloured by label.
 
+    Returns
+    -------
+    pathlib.Path
+        ``path``, the PNG written.
+
     Examples
     --------
-    >>> import tempfile, os
+    >>> import os, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
     >>> x = np.random.default_rng(0).normal(size=(50, 4))
-    >>> out = plot_selection(x, np.arange(50) < 10, os.path.join(tempfile.mkdtemp(), "s.png"))
-    >>> out.suffix
-    '.png'
+    >>> out = plot_selection(x, np.arange(50) < 10, os.path.join(tmp.name, "s.png"))
+    >>> out.name, out.stat().st_size > 0
+    ('s.png', True)
+    >>> tmp.cleanup()
     """
     path = Path(path)
     kept = np.asarray(kept, dtype=bool)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import Field as PField
@@ -25,29 +25,55 @@ class RandomParams(Params):
         return self
 
 
+class Subset(NamedTuple):
+    """The keys a seeded subset keeps, and the draw it ranked every key by."""
+
+    #: the kept keys, in rank order
+    kept: list[str]
+    #: every key's draw in [0, 1) (:func:`key_uniform`)
+    draws: dict[str, float]
+
+
 def key_uniform(key: str, seed: int) -> float:
-    """A uniform number in [0, 1) fixed by (seed, key): order- and worker-independent."""
+    """A uniform number in [0, 1) fixed by (seed, key): order- and worker-independent.
+
+    Returns
+    -------
+    float
+        The draw, from a keyed hash: the same on every machine, worker and run.
+
+    Examples
+    --------
+    >>> from datapipe import ops
+    >>> draw = ops.draw_key_uniform("cats/tom_01", 0)
+    >>> 0 <= draw < 1, draw == ops.draw_key_uniform("cats/tom_01", 0)
+    (True, True)
+    """
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
 def random_subset(
     keys: Sequence[str], *, fraction: float | None = None, count: int | None = None, seed: int = 0
-) -> tuple[list[str], dict[str, float]]:
+) -> Subset:
     """Keep ``count`` keys, or ``round(fraction * len(keys))``, ranked by a seeded key hash.
 
-    Returns the kept keys in rank order and the draw of every key.
+    Returns
+    -------
+    Subset
+        ``kept``, the kept keys in rank order, and ``draws``, the draw of every key.
 
     Examples
     --------
-    >>> kept, draws = random_subset(["a", "b", "c", "d"], fraction=0.5, seed=1)
-    >>> len(kept), kept == random_subset(["d", "c", "b", "a"], count=2, seed=1)[0]
+    >>> from datapipe import ops
+    >>> kept, draws = ops.select_random_subset(["a", "b", "c", "d"], fraction=0.5, seed=1)
+    >>> len(kept), kept == ops.select_random_subset(["d", "c", "b", "a"], count=2, seed=1).kept
     (2, True)
     """
     budget = random_budget(len(keys), fraction, count)
     scores = {k: key_uniform(k, seed) for k in keys}
     ranked = sorted(keys, key=lambda k: (scores[k], k))
-    return ranked[:budget], scores
+    return Subset(ranked[:budget], scores)
 
 
 def random_budget(n: int, fraction: float | None, count: int | None) -> int:

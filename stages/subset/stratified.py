@@ -25,7 +25,7 @@ from datapipe.stages.subset.budget import (
     split_budget,
 )
 from datapipe.stages.subset.plot import plot_selection
-from datapipe.stages.subset.random_subset import key_uniform
+from datapipe.stages.subset.random_subset import Subset, key_uniform
 
 
 def stratum_budgets(counts: Mapping[str, int], budget: int) -> dict[str, int]:
@@ -36,9 +36,15 @@ def stratum_budgets(counts: Mapping[str, int], budget: int) -> dict[str, int]:
     number of classes, a class left at 0 takes one seat from the class most above its quota,
     so every class with a sample keeps at least one. Exact integer arithmetic throughout.
 
+    Returns
+    -------
+    dict[str, int]
+        Each class's share of ``budget``; the shares sum to ``budget``.
+
     Examples
     --------
-    >>> stratum_budgets({"a": 50, "b": 30, "c": 20}, 10)
+    >>> from datapipe import ops
+    >>> ops.allocate_stratum_budgets({"a": 50, "b": 30, "c": 20}, 10)
     {'a': 5, 'b': 3, 'c': 2}
     >>> stratum_budgets({"a": 5, "b": 3, "c": 2}, 3)
     {'a': 1, 'b': 1, 'c': 1}
@@ -71,18 +77,24 @@ def stratified_subset(
     keys: Sequence[str],
     labels: Sequence[Any],
     k: int | float,
+    *,
     seed: int = 0,
-) -> tuple[list[str], dict[str, float]]:
+) -> Subset:
     """Keep ``k`` keys (a count, or a fraction if a float), each class in proportion; within
     a class the keys with the smallest seeded draws (:func:`key_uniform`, as select.random).
 
-    Returns the kept keys (by class, then draw) and every key's draw. Raises ValueError for a
-    budget of 0 or above ``len(keys)`` and for fewer than two classes.
+    Raises ValueError for a budget of 0 or above ``len(keys)`` and for fewer than two classes.
+
+    Returns
+    -------
+    Subset
+        ``kept``, the kept keys (by class, then draw), and ``draws``, every key's draw.
 
     Examples
     --------
+    >>> from datapipe import ops
     >>> keys = [f"k{i}" for i in range(10)]
-    >>> kept, _ = stratified_subset(keys, ["a"] * 6 + ["b"] * 4, 0.5, seed=0)
+    >>> kept, _ = ops.select_stratified_subset(keys, ["a"] * 6 + ["b"] * 4, 0.5, seed=0)
     >>> sorted(Counter(k in keys[:6] for k in kept).values())
     [2, 3]
     """
@@ -101,7 +113,7 @@ def stratified_subset(
     for c in sorted(by_class):
         ranked = sorted(by_class[c], key=lambda key: (draws[key], key))
         kept += ranked[: quotas[c]]
-    return kept, draws
+    return Subset(kept, draws)
 
 
 class StratifiedParams(BudgetParams):

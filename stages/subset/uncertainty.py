@@ -52,16 +52,22 @@ class UncertaintyResult:
     held_out: np.ndarray
 
 
-def uncertainty_of(proba: np.ndarray, metric: Metric = "entropy") -> np.ndarray:
+def uncertainty_of(proba: np.ndarray, *, metric: Metric = "entropy") -> np.ndarray:
     """Uncertainty of each row of class probabilities, in [0, 1], higher = less sure.
 
     ``entropy``: normalised by log C; ``margin``: 1 - (p1 - p2) for the two likeliest
     classes; ``least_confidence``: (1 - p1) * C / (C - 1).
 
+    Returns
+    -------
+    numpy.ndarray
+        float64 (N,), one score per row of ``proba`` (N, C).
+
     Examples
     --------
+    >>> from datapipe import ops
     >>> p = np.array([[0.5, 0.5], [0.9, 0.1], [1.0, 0.0]])
-    >>> [uncertainty_of(p, m).round(3).tolist() for m in ("entropy", "margin")]
+    >>> [ops.score_uncertainty(p, metric=m).round(3).tolist() for m in ("entropy", "margin")]
     [[1.0, 0.469, 0.0], [1.0, 0.2, 0.0]]
     """
     p = np.clip(np.asarray(proba, dtype=np.float64), 0.0, 1.0)
@@ -145,10 +151,17 @@ def proxy_uncertainty(
     seed : folds and bootstrap samples.
     C, max_iter : the proxy's regularisation and iteration cap (kept small: a cheap proxy).
 
+    Returns
+    -------
+    UncertaintyResult
+        ``scores`` float64 (N,) in [0, 1], higher = less sure; the held-out class
+        probabilities ``proba`` (N, C) and their ``classes``.
+
     Examples
     --------
+    >>> from datapipe import ops
     >>> x = np.linspace(-1, 1, 40)[:, None]
-    >>> res = proxy_uncertainty(x, ["neg"] * 20 + ["pos"] * 20)
+    >>> res = ops.score_proxy_uncertainty(x, ["neg"] * 20 + ["pos"] * 20)
     >>> bool(res.scores[19] > res.scores[0])  # near the boundary beats far from it
     True
     """
@@ -190,7 +203,7 @@ def proxy_uncertainty(
     if len(unl_rows):
         proba[unl_rows] = _ensemble(xl, y, x[unl_rows], len(classes), ensemble, rng, C, max_iter)
     return UncertaintyResult(
-        scores=uncertainty_of(proba, metric),
+        scores=uncertainty_of(proba, metric=metric),
         proba=proba,
         classes=classes,
         held_out=np.ones(len(x), np.bool_),
