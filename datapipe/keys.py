@@ -28,7 +28,22 @@ def check_key(key: str, *, item: bool = False) -> str:
     """Refuse keys that could name a path outside the output or confuse a tar reader.
 
     ``item=True`` checks an input key, which may not contain '@' (reserved for the samples
-    an expanding stage derives from it: ``KEY@0003``)."""
+    an expanding stage derives from it: ``KEY@0003``).
+
+    Returns
+    -------
+    str
+        ``key`` itself; a bad key raises :class:`~datapipe.errors.ItemError` instead.
+
+    Examples
+    --------
+    >>> check_key("cats/tom_01")
+    'cats/tom_01'
+    >>> check_key("../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    datapipe.errors.ItemError: security: unsafe sample key '../etc/passwd': use letters, digits, _ - and /
+    """
     if item and isinstance(key, str) and "@" in key:
         raise ItemError("invalid", f"input key {key!r} contains '@', reserved for derived samples")
     if not isinstance(key, str) or not key:
@@ -45,6 +60,18 @@ def sanitize_key(relpath: str) -> str:
 
     When characters had to be replaced, a short hash of the original path is appended, so
     ``a b.jpg`` and ``a_b.jpg`` (or ``é.jpg`` and ``è.jpg``) still get different keys.
+
+    Returns
+    -------
+    str
+        The key: the relative path without its suffix, safe for tar members.
+
+    Examples
+    --------
+    >>> sanitize_key("cats/tom_01.jpg")
+    'cats/tom_01'
+    >>> sanitize_key("cats/tom 01.jpg")
+    'cats/tom_01_5c9c4c78'
     """
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
     parts = [p for p in stem.split("/") if p not in ("", ".")]

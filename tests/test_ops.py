@@ -29,9 +29,6 @@ VERBS = {
     "voxelize", "zigzag",
 }  # fmt: skip
 
-#: names whose docstrings live in the core (datapipe/keys.py), outside this refactor's files
-CORE_DOCS_PENDING = {"sanitize_key", "check_key"}
-
 
 def _docstring_test(obj: Any) -> doctest.DocTest | None:
     """The doctest that ``doctest.testmod`` (test_docs.py) runs for ``obj``'s docstring."""
@@ -76,12 +73,7 @@ def test_name_follows_the_convention(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="docstring in datapipe/keys"))
-        if n in CORE_DOCS_PENDING
-        else n
-        for n in ops.__all__
-    ],
+    ops.__all__,
 )
 def test_docstring_says_what_it_returns_and_has_an_example_that_runs(name: str) -> None:
     obj = getattr(ops, name)
