@@ -39,10 +39,10 @@ def check_key(key: str, *, item: bool = False) -> str:
     --------
     >>> check_key("cats/tom_01")
     'cats/tom_01'
-    >>> check_key("../etc/passwd")
+    >>> check_key("../x")
     Traceback (most recent call last):
     ...
-    datapipe.errors.ItemError: security: unsafe sample key '../etc/passwd': use letters, digits, _ - and /
+    datapipe.errors.ItemError: security: unsafe sample key '../x': use letters, digits, _ - and /
     """
     if item and isinstance(key, str) and "@" in key:
         raise ItemError("invalid", f"input key {key!r} contains '@', reserved for derived samples")
