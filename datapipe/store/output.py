@@ -98,8 +98,9 @@ class OutputStore:
 
     # -- recovery -------------------------------------------------------------------------
     def stash_dir(self) -> Path:
-        """Where records computed before a barrier wait for the main pass (one run only)."""
-        path = self.root / STASH_DIR
+        """Where records computed before a barrier wait for the main pass (one run only); an
+        absolute path, as workers of another working directory (Dask) read it too."""
+        path = (self.root / STASH_DIR).resolve()
         path.mkdir(exist_ok=True)
         return path
 
