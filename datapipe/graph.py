@@ -355,7 +355,10 @@ class Pipeline:
         written fields and ``fitted`` (Fit node -> digest of the state it learned). Shard
         sizes and run settings are not part of it. ``only`` restricts it to a sub-graph (e.g.
         what feeds a barrier)."""
-        scope = [n for n in self.nodes if only is None or n.id in only]
+        # sinks consume committed samples: their params never change an item's output
+        scope = [
+            n for n in self.nodes if (only is None or n.id in only) and n.kind is not StageKind.SINK
+        ]
         blob: dict[str, Any] = {
             "nodes": [
                 [n.id, n.stage.name, n.stage.version, n.stage.get_params(), list(n.inputs)]

@@ -120,6 +120,12 @@ class Context:
     node: str = ""
     #: state handed on by Fit nodes, by node name
     fitted: dict[str, Any] = field(default_factory=dict)
+    #: Sink nodes only: a folder of the sink's own (``OUT/train/NODE`` for a trainer), the
+    #: committed shards, and a digest of the committed samples (with the sink's params it
+    #: tells whether an earlier result still holds)
+    out_dir: Path | None = None
+    shards: list[Path] = field(default_factory=list)
+    samples_digest: str = ""
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
@@ -284,9 +290,19 @@ class Fit(Stage):
 
 
 class Sink(Stage):
-    """Consumes the committed records at the end of the DAG (a trainer, an exporter)."""
+    """Consumes the committed samples at the end of the DAG (a trainer, an exporter).
+
+    It runs after every item is committed, once per run. Besides one pass over the decoded
+    records, its context gives what a trainer needs to read them for many epochs: the
+    committed shards (``ctx.shards``, for a streaming loader), a folder of its own
+    (``ctx.out_dir``, which exists; checkpoints and models go there) and ``ctx.samples_digest``,
+    which changes exactly when the committed samples do. A sink's params are not part of the
+    items' fingerprint: changing them re-runs the sink, never the items.
+    """
 
     kind = StageKind.SINK
+    #: the folder under the output that holds each node's ``out_dir`` (``OUT/FOLDER/NODE``)
+    folder: ClassVar[str] = "sinks"
 
     def consume(self, records: Iterator[Record], ctx: Context) -> dict[str, Any]:
         """Consume every committed record; return a JSON-able summary for the run report."""

@@ -5,7 +5,7 @@ pipelines from instances."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from pydantic import Field as PField
 
 from datapipe.errors import ItemError
 from datapipe.fields import Field
-from datapipe.stage import Context, FilePath, Fit, Map, Params, Record
+from datapipe.stage import Context, FilePath, Fit, Map, Params, Record, Sink
 
 
 class ReadParams(Params):
@@ -82,3 +82,26 @@ class AddOffset(Map):
     def process(self, record: Record, ctx: Context) -> Record:
         offset = int(ctx.resolve(self.params.table).read_text())
         return {"shifted": record["nbytes"] + offset}
+
+
+class TallyParams(Params):
+    note: str = PField("", description="Has no effect on the items.")
+
+
+class Tally(Sink):
+    """Counts the committed samples and writes what its context gave it to its folder."""
+
+    name = "test.tally"
+    description = "Counts committed samples into its own folder."
+    Params = TallyParams
+
+    def consume(self, records: Iterator[Record], ctx: Context) -> dict:
+        keys = sorted(r["key"] for r in records)
+        assert ctx.out_dir is not None and ctx.out_dir.is_dir()
+        (ctx.out_dir / "seen.txt").write_text("\n".join(keys))
+        return {
+            "n": len(keys),
+            "digest": ctx.samples_digest,
+            "shards": len(ctx.shards),
+            "out_dir": str(ctx.out_dir),
+        }

@@ -237,3 +237,31 @@ def test_the_stream_excludes_a_missing_csv_file_with_its_reason(tmp_path: Path) 
     )
     assert sorted(s["key"] for s in ds) == ["a", "b"]
     assert "'gone.jpg' is listed in the labels CSV but does not exist" in ds.excluded["gone"]
+
+
+def test_a_sinks_params_rerun_the_sink_not_the_items(tmp_path: Path) -> None:
+    from engine_stages import Tally
+
+    _tree(tmp_path / "in", {"a.jpg": 1, "b.jpg": 2, "c.jpg": 3})
+
+    def pipeline(note: str) -> Pipeline:
+        return Pipeline(
+            [
+                Node("files", Files(root=str(tmp_path / "in"), kinds=["image"])),
+                Node("read", ReadBytes(), ("files",)),
+                Node("tally", Tally(note=note), ("read",)),
+            ]
+        )
+
+    first = run_local(pipeline("one"), tmp_path / "out")
+    again = run_local(pipeline("two"), tmp_path / "out")  # only the sink's params changed
+    assert again.counts["processed"] == 0 and again.fingerprint == first.fingerprint
+    assert again.sinks["tally"]["n"] == 3 and again.sinks["tally"]["shards"] == 1
+    assert again.sinks["tally"]["digest"] == first.sinks["tally"]["digest"]
+    out_dir = tmp_path / "out" / "sinks" / "tally"
+    assert again.sinks["tally"]["out_dir"] == str(out_dir)
+    assert (out_dir / "seen.txt").read_text().split() == ["a", "b", "c"]
+    (tmp_path / "in" / "b.jpg").write_bytes(b"yy")  # one sample changes: so does the digest
+    changed = run_local(pipeline("two"), tmp_path / "out")
+    assert changed.counts["processed"] == 1
+    assert changed.sinks["tally"]["digest"] != first.sinks["tally"]["digest"]

@@ -310,11 +310,17 @@ class RunDriver:
 
     # -- sinks and the end ------------------------------------------------------------------
     def _sinks(self) -> None:
-        for node in self.p.of_kind(StageKind.SINK):
+        sinks = self.p.of_kind(StageKind.SINK)
+        if not sinks:
+            return
+        shards = self.store.shard_paths()
+        digest = self.m.samples_digest()
+        for node in sinks:
             ctx = self.p.context(node.id, self.opts.epoch)
-            self.report.sinks[node.id] = node.stage.consume(
-                iter_samples(self.store.shard_paths()), ctx
-            )
+            ctx.out_dir = self.store.root / type(node.stage).folder / node.id
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            ctx.shards, ctx.samples_digest = list(shards), digest
+            self.report.sinks[node.id] = node.stage.consume(iter_samples(shards), ctx)
 
     def _finish(self, counts: dict[str, int], status: str) -> None:
         r = self.report

@@ -7,6 +7,7 @@ names complete shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -161,6 +162,19 @@ class Manifest:
             sql, args = sql + " WHERE status=?", (status,)
         for row in self.db.execute(sql + " ORDER BY key", args):
             yield ItemRow(*row)
+
+    def samples_digest(self) -> str:
+        """A digest of what the committed samples hold: per ok key its pipeline fingerprint,
+        input hash, label and sample count (not the shard names, which compaction changes)."""
+        h = hashlib.sha256()
+        cur = self.db.execute(
+            "SELECT key, fingerprint, hash, label, n_samples FROM items WHERE status='ok'"
+            " ORDER BY key"
+        )
+        for row in cur:
+            h.update(json.dumps(row).encode())
+            h.update(b"\n")
+        return h.hexdigest()[:20]
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
