@@ -124,6 +124,8 @@ class Context:
     #: committed shards, and a digest of the committed samples (with the sink's params it
     #: tells whether an earlier result still holds)
     out_dir: Path | None = None
+    #: Sink nodes only: the run's output directory (what ``datapipe.stream.from_shards`` reads)
+    run_dir: Path | None = None
     shards: list[Path] = field(default_factory=list)
     samples_digest: str = ""
 

@@ -98,6 +98,7 @@ class Tally(Sink):
     def consume(self, records: Iterator[Record], ctx: Context) -> dict:
         keys = sorted(r["key"] for r in records)
         assert ctx.out_dir is not None and ctx.out_dir.is_dir()
+        assert ctx.run_dir is not None and (ctx.run_dir / "manifest.sqlite").exists()
         (ctx.out_dir / "seen.txt").write_text("\n".join(keys))
         return {
             "n": len(keys),

@@ -320,6 +320,7 @@ class RunDriver:
             ctx.out_dir = self.store.root / type(node.stage).folder / node.id
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             ctx.shards, ctx.samples_digest = list(shards), digest
+            ctx.run_dir = self.store.root
             self.report.sinks[node.id] = node.stage.consume(iter_samples(shards), ctx)
 
     def _finish(self, counts: dict[str, int], status: str) -> None:
