@@ -1,0 +1,120 @@
+"""Tests for the training-size generators, checked with independent decoders and oracles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datapipe.demo.training_data import (
+    IMAGE_CLASSES,
+    VIDEO_CLASSES,
+    make_image_dataset,
+    make_video_dataset,
+)
+
+SIZE = (64, 160)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+class Images(NamedTuple):
+    """Two seed-0 runs (one in two processes), one seed-1 run, and the seed-0 counts."""
+
+    a: Path
+    b: Path
+    c: Path
+    counts: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
+    base = tmp_path_factory.mktemp("train_images")
+    counts = make_image_dataset(base / "a", classes=10, per_class=6, size=SIZE, seed=0)
+    make_image_dataset(base / "b", classes=10, per_class=6, size=SIZE, seed=0, workers=2)
+    make_image_dataset(base / "c", classes=10, per_class=6, size=SIZE, seed=1)
+    return Images(base / "a", base / "b", base / "c", counts)
+
+
+@pytest.fixture(scope="module")
+def full_images(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The full-size set (10 x 100): per image its mean RGB, its 16x16 grayscale, its label."""
+    root = tmp_path_factory.mktemp("train_images_full")
+    counts = make_image_dataset(root, seed=0)
+    assert counts == {name: 100 for name in IMAGE_CLASSES[:10]}
+    means, pixels, labels = [], [], []
+    for k, name in enumerate(counts):
+        for path in sorted((root / name).glob("*.jpg")):
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+                means.append(np.asarray(rgb, np.float64).reshape(-1, 3).mean(axis=0))
+                small = rgb.convert("L").resize((16, 16), Image.Resampling.BILINEAR)
+            g = np.asarray(small, np.float64).ravel()
+            pixels.append((g - g.mean()) / (g.std() + 1e-6))
+            labels.append(k)
+    return np.array(means), np.array(pixels), np.array(labels)
+
+
+def test_image_counts_and_layout(images: Images) -> None:
+    assert images.counts == {name: 6 for name in IMAGE_CLASSES[:10]}
+    files = sorted(images.a.rglob("*"))
+    jpgs = [p for p in files if p.is_file()]
+    assert len(jpgs) == 60 and all(p.suffix == ".jpg" for p in jpgs)
+    for p in jpgs:
+        assert p.parent.parent == images.a and p.parent.name in images.counts
+    for name in images.counts:
+        assert len(list((images.a / name).glob("*.jpg"))) == 6
+
+
+def test_images_decode_at_declared_sizes(images: Images) -> None:
+    sizes = set()
+    for p in images.a.rglob("*.jpg"):
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            im.load()
+            assert SIZE[0] <= min(im.size) and max(im.size) <= SIZE[1]
+            sizes.add(im.size)
+    assert len(sizes) > 20  # sizes vary
+
+
+def test_images_deterministic_per_seed(images: Images) -> None:
+    a, b, c = _files(images.a), _files(images.b), _files(images.c)
+    assert a == b  # same seed, serial or in processes
+    assert a.keys() == c.keys()
+    assert all(a[k] != c[k] for k in a)
+
+
+def test_mean_colour_does_not_separate_classes(full_images: tuple) -> None:
+    means, _, labels = full_images
+    train = np.arange(len(labels)) % 2 == 0
+    centres = np.stack([means[train & (labels == k)].mean(axis=0) for k in range(10)])
+    dist = ((means[~train, None] - centres[None]) ** 2).sum(axis=-1)
+    accuracy = (dist.argmin(axis=1) == labels[~train]).mean()
+    assert accuracy < 2 / 10
+
+
+def test_shape_separates_classes(full_images: tuple) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, pixels, labels = full_images
+    train = np.arange(len(labels)) % 2 == 0
+    knn = KNeighborsClassifier(n_neighbors=1).fit(pixels[train], labels[train])
+    assert knn.score(pixels[~train], labels[~train]) > 3 / 10  # chance is 1/10
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="classes"):
+        make_image_dataset("unused", classes=len(IMAGE_CLASSES) + 1)
+    with pytest.raises(ValueError, match="size"):
+        make_image_dataset("unused", size=(100, 50))
+    with pytest.raises(ValueError, match="frames"):
+        make_video_dataset("unused", frames=8)
+    with pytest.raises(ValueError, match="classes"):
+        make_video_dataset("unused", classes=len(VIDEO_CLASSES) + 1)
