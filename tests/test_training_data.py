@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import NamedTuple
 
+import av
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 from PIL import Image
 
 from datapipe.demo.training_data import (
     IMAGE_CLASSES,
+    PAN_DIRECTIONS,
     VIDEO_CLASSES,
     make_image_dataset,
     make_video_dataset,
@@ -118,3 +122,63 @@ def test_bad_arguments() -> None:
         make_video_dataset("unused", frames=8)
     with pytest.raises(ValueError, match="classes"):
         make_video_dataset("unused", classes=len(VIDEO_CLASSES) + 1)
+
+
+# --------------------------------------------------------------------------- videos
+
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Images:
+    base = tmp_path_factory.mktemp("train_videos")
+    kwargs = {"classes": 6, "per_class": 2, "frames": FRAMES, "size": (96, 96)}
+    counts = make_video_dataset(base / "a", seed=0, workers=1, **kwargs)
+    make_video_dataset(base / "b", seed=0, workers=2, **kwargs)
+    make_video_dataset(base / "c", seed=1, workers=1, **kwargs)
+    return Images(base / "a", base / "b", base / "c", counts)
+
+
+def test_video_counts_layout_and_determinism(videos: Images) -> None:
+    assert videos.counts == {name: 2 for name in VIDEO_CLASSES[:6]}
+    a, b, c = _files(videos.a), _files(videos.b), _files(videos.c)
+    assert sorted(a) == sorted(f"{n}/{n}_{i:04d}.mp4" for n in videos.counts for i in range(2))
+    assert a == b  # same seed, serial or in processes
+    assert a.keys() == c.keys() and all(a[k] != c[k] for k in a)
+
+
+def test_clips_have_bframes_gop_and_frame_count(videos: Images) -> None:
+    for path in sorted(videos.a.rglob("*.mp4")):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264"
+            assert (stream.width, stream.height) == (96, 96)
+            frames = list(container.decode(stream))
+        assert len(frames) == FRAMES
+        types = [PictureType(f.pict_type).name for f in frames]
+        assert "B" in types
+        keys = [i for i, f in enumerate(frames) if f.key_frame]
+        assert keys[0] == 0 and all(b - a >= 12 for a, b in pairwise(keys))
+        assert types.count("I") <= -(-FRAMES // 12)
+
+
+def _relative_motion(path: Path) -> np.ndarray:
+    """Mean codec motion (x, y) of the cells that move unlike the background (the per-frame
+    median), in pixels per frame."""
+    from datapipe.ops import read_motion_vectors
+
+    field = read_motion_vectors(path, block=8, normalize="per_frame")
+    mv = field.mv[field.has_vectors]
+    background = np.median(mv.reshape(len(mv), -1, 2), axis=1)
+    rel = mv - background[:, None, None]
+    moving = np.linalg.norm(rel, axis=-1) > 0.5
+    return rel[moving].mean(axis=0)
+
+
+@pytest.mark.parametrize("label", sorted(PAN_DIRECTIONS))
+def test_object_motion_relative_to_background_tells_pan_class(videos: Images, label: str) -> None:
+    ux, uy = PAN_DIRECTIONS[label]
+    for path in sorted((videos.a / label).glob("*.mp4")):
+        dx, dy = _relative_motion(path)
+        along, across = (dx * ux + dy * uy), abs(dx * uy + dy * ux)
+        assert along > 0.25 and along > across, (path.name, dx, dy)
