@@ -1,0 +1,34 @@
+"""Plain PyTorch models, usable in any training script (no engine imports).
+
+- :func:`resnet`: a small CIFAR-style ResNet family sized for CPU;
+- :func:`build_model` / :func:`model_spec`: a model from a JSON-able spec and back, so a
+  saved ``state_dict`` plus its spec rebuilds the model without the pipeline;
+- :func:`count_params`, :func:`count_macs`: size and cost.
+
+Examples
+--------
+>>> from datapipe.models import build_model, model_spec, resnet
+>>> spec = model_spec(resnet(depth=8, width=16, num_classes=10))
+>>> spec
+{'arch': 'resnet', 'depth': 8, 'width': 16, 'num_classes': 10, 'in_channels': 3, 'stem': 'pixels'}
+>>> build_model(spec).spec == spec
+True
+"""
+
+from __future__ import annotations
+
+from datapipe.models.measure import count_macs, count_params
+from datapipe.models.resnet import BasicBlock, ResNet, ResNetTrunk, resnet
+from datapipe.models.spec import ARCHS, build_model, model_spec
+
+__all__ = [
+    "ARCHS",
+    "BasicBlock",
+    "ResNet",
+    "ResNetTrunk",
+    "build_model",
+    "count_macs",
+    "count_params",
+    "model_spec",
+    "resnet",
+]

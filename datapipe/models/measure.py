@@ -1,0 +1,60 @@
+"""Model size and cost: parameters and multiply-accumulates (MACs).
+
+:func:`count_macs` counts the multiply-accumulates of ``nn.Conv2d`` and ``nn.Linear`` layers
+only, by forward hooks on one sample: a convolution costs ``out.numel() * (in_channels /
+groups) * kh * kw``, a linear layer ``out.numel() * in_features``. Batch norm, activations,
+pooling, additions and biases are not counted (they are a small share in these CNNs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameters (all, or only those that require grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of the convs and linears for ONE input of ``input_shape`` (C, H, W).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    >>> count_macs(net, (3, 4, 4)) == 8 * 4 * 4 * 3 * 3 * 3 + 2 * 8 * 4 * 4
+    True
+    """
+    total = 0
+
+    def conv_hook(m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Conv2d)
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Linear)
+        total += out.numel() * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total

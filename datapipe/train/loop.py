@@ -1,0 +1,289 @@
+"""The training loop: :func:`fit` (one ``train_one_epoch`` and one :func:`evaluate` per epoch,
+a checkpoint after each) in the manner of torchvision's reference ``train.py``."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from datapipe.models.measure import count_macs, count_params
+from datapipe.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from datapipe.train.config import RESUME_KEYS, TrainConfig, TrainResult
+from datapipe.train.data import channel_stats, normalize, prepare_batch
+from datapipe.train.report import cpu_latency_ms
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint was written with settings that define a different schedule."""
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _timed(loader: Iterable[Any]) -> Iterator[tuple[Any, float]]:
+    """Each batch with the seconds spent waiting for it."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t0
+
+
+def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
+    dataset = getattr(loader, "dataset", loader)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+class _Batches:
+    """Turns loader batches into (normalised images, labels), counting skipped samples."""
+
+    def __init__(self, config: TrainConfig, shape: tuple[int, ...] | None = None) -> None:
+        self.config = config
+        self.shape = shape
+        self.skipped: Counter = Counter()
+
+    def __call__(self, batch: Any, norm: bool = True) -> tuple[Tensor, Tensor]:
+        x, y, self.shape = prepare_batch(
+            batch,
+            field=self.config.field,
+            label=self.config.label,
+            shape=self.shape,
+            skipped=self.skipped,
+        )
+        if norm and len(y):
+            x = normalize(x, self.config.mean or (), self.config.std or ())
+        return x, y
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    batches: _Batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    total_steps: int,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns loss, accuracy, samples, steps and timings."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    loss_sum, correct, samples, steps, data_s = 0.0, 0, 0, 0, 0.0
+    t0 = time.perf_counter()
+    for batch, wait in _timed(loader):
+        data_s += wait
+        x, y = batches(batch)
+        if not len(y):
+            continue
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler.last_epoch < total_steps:
+            scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        samples += len(y)
+        steps += 1
+    return {
+        "train_loss": loss_sum / max(samples, 1),
+        "train_accuracy": correct / max(samples, 1),
+        "samples": samples,
+        "steps": steps,
+        "train_s": time.perf_counter() - t0,
+        "data_s": data_s,
+    }
+
+
+def evaluate(
+    model: nn.Module, loader: Iterable[Any], config: TrainConfig, *, num_classes: int | None = None
+) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy (None for a class with no sample) and the confusion
+    matrix (rows: true class, columns: predicted) over ``loader``, with ``config``'s
+    normalisation (``TrainResult.config`` after :func:`fit`)."""
+    if config.mean is None:
+        raise ValueError("evaluate needs config.mean and config.std: pass TrainResult.config")
+    batches = _Batches(config)
+    was_training = model.training
+    model.eval()
+    loss_sum, n = 0.0, 0
+    confusion: Tensor | None = None
+    with torch.no_grad():
+        for batch in loader:
+            x, y = batches(batch)
+            if not len(y):
+                continue
+            logits = model(x)
+            k = num_classes or logits.shape[1]
+            if confusion is None:
+                confusion = torch.zeros(k, k, dtype=torch.int64)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
+            idx = y * k + logits.argmax(1)
+            confusion += torch.bincount(idx, minlength=k * k).view(k, k)
+    model.train(was_training)
+    if confusion is None:
+        return {"val_loss": None, "val_accuracy": None, "per_class_accuracy": [], "confusion": [],
+                "val_samples": 0, "skipped": dict(batches.skipped)}  # fmt: skip
+    per_class = confusion.diag() / confusion.sum(1).clamp_min(1)
+    return {
+        "val_loss": loss_sum / n,
+        "val_accuracy": int(confusion.diag().sum()) / n,
+        "per_class_accuracy": [
+            float(a) if int(c) else None for a, c in zip(per_class, confusion.sum(1), strict=True)
+        ],
+        "confusion": confusion.tolist(),
+        "val_samples": n,
+        "skipped": dict(batches.skipped),
+    }
+
+
+def _check_resume(saved: dict[str, Any], config: TrainConfig, steps_per_epoch: int) -> None:
+    old = saved["config"]
+    diffs = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
+             if old.get(k) != getattr(config, k)]  # fmt: skip
+    if saved["steps_per_epoch"] != steps_per_epoch:
+        diffs.append(f"steps per epoch: {saved['steps_per_epoch']} -> {steps_per_epoch}")
+    if diffs:
+        raise ResumeMismatch(
+            "the checkpoint was written with other settings (" + "; ".join(diffs) + "); "
+            "resume with the same ones, or pass resume=False (or another checkpoint_dir) to "
+            "start again"
+        )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any],
+    config: TrainConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``model`` on CPU, deterministically; returns a :class:`TrainResult`.
+
+    Seeds torch, numpy and ``random`` with ``config.seed``, sets ``config.threads`` and
+    ``torch.use_deterministic_algorithms(True)`` (both restored on return), and calls
+    ``set_epoch(epoch)`` on the loader's dataset when it has one. The initial weights are
+    the model's: seed before building it. After every epoch ``checkpoint_dir/checkpoint.pt``
+    is replaced and ``log`` receives the epoch's record. With an existing checkpoint (and
+    ``resume``), training goes on from it and ends with the same weights, bit for bit, as an
+    uninterrupted run; one written with other settings is a :class:`ResumeMismatch`.
+    ``len(train_loader)`` sets the length of the cosine schedule.
+    """
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _fit(model, train_loader, val_loader, config, checkpoint_dir, log, resume)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any],
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None,
+    log: Callable[[dict[str, Any]], None] | None,
+    resume: bool,
+) -> TrainResult:
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    total_steps = config.epochs * steps_per_epoch
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
+    start, history, skipped = 0, [], Counter()
+    shape: tuple[int, ...] | None = None
+    if saved is not None:
+        _check_resume(saved, config, steps_per_epoch)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"])
+        config = TrainConfig.from_dict(saved["config"])
+        start, history = saved["epoch"], list(saved["history"])
+        skipped.update(saved["skipped"])
+        shape = tuple(saved["shape"])
+        logger.info("resuming from %s after epoch %d", checkpoint_dir, start)
+    elif config.mean is None:
+        _set_epoch(train_loader, 0)
+        stats = _Batches(config)
+        xs = []
+        for batch in islice(train_loader, config.stats_batches):
+            x, y = stats(batch, norm=False)
+            if len(y):
+                xs.append(x)
+        mean, std = channel_stats(xs)
+        config = TrainConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
+    batches = _Batches(config, shape)
+    batches.skipped = skipped
+    for epoch in range(start, config.epochs):
+        _set_epoch(train_loader, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        record.update(
+            train_one_epoch(model, train_loader, batches, optimizer, scheduler, total_steps)
+        )
+        t0 = time.perf_counter()
+        _set_epoch(val_loader, 0)
+        val = evaluate(model, val_loader, config)
+        record.update(val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
+        record["val_s"] = time.perf_counter() - t0
+        history.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                "history": history, "config": config.to_dict(), "skipped": dict(skipped),
+                "steps_per_epoch": steps_per_epoch, "shape": list(batches.shape or ()),
+                "spec": dict(getattr(model, "spec", {})),
+            })  # fmt: skip
+        logger.info("epoch %d: %s", epoch, {k: record[k] for k in ("train_loss", "val_accuracy")})
+        if log is not None:
+            log(record)
+    final = evaluate(model, val_loader, config)
+    input_shape = [batches.shape[2], batches.shape[0], batches.shape[1]] if batches.shape else []
+    train_s = sum(r["train_s"] for r in history)
+    return TrainResult(
+        config=config,
+        history=history,
+        final=final,
+        steps=sum(r["steps"] for r in history),
+        wall_s=sum(r["train_s"] + r["val_s"] for r in history),
+        train_samples_per_s=sum(r["samples"] for r in history) / max(train_s, 1e-9),
+        data_wait_fraction=sum(r["data_s"] for r in history) / max(train_s, 1e-9),
+        params=count_params(model),
+        macs=count_macs(model, input_shape) if input_shape else 0,
+        cpu_latency_ms=cpu_latency_ms(model, input_shape) if input_shape else {},
+        input_shape=input_shape,
+        skipped=dict(skipped),
+        resumed_from_epoch=start,
+    )
