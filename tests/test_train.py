@@ -347,7 +347,6 @@ def test_resnet_trunk_entry_and_specs() -> None:
 
 
 def test_plots_write_pngs(trained: dict[str, Any], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     result = trained["result"]
     curves = plot_curves(result.history, tmp_path / "curves.png")
     confusion = plot_confusion(result.final["confusion"], CLASSES, tmp_path / "confusion.png")
