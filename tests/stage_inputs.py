@@ -192,6 +192,7 @@ CASES: dict[str, Case] = {
     "image.resize": Case("images"),
     "jpeg.dct": Case("images", tolerated=("truncated",)),
     "represent.resize": Case("images", {"allow_upscale": True}),  # schedule starts at 64
+    "train.image": Case("images", {"epochs": 2, "width": 4, "batch_size": 4}, (RESIZED,)),
     "embed.pixels": Case("images", upstream=(RESIZED,)),
     "embed.torch": Case("images", upstream=(RESIZED,)),
     "select.random": Case("images", upstream=EMBEDDED),

@@ -75,7 +75,34 @@ def run(stage: Stage, records: list[Record], data: SampleData, fitted: dict[str,
         return stage.select(keys, view, ctx)  # type: ignore[attr-defined]
     if stage.kind is StageKind.FIT:
         return stage.fit(keys, view, ctx)  # type: ignore[attr-defined]
+    if stage.kind is StageKind.SINK:
+        return consume_committed(stage, records, ctx)
     pytest.fail(f"no conformance check for {stage.kind.value} stages: add one")
+
+
+def consume_committed(stage: Stage, records: list[Record], ctx: Any) -> Any:
+    """What a Sink returns for ``records`` committed as the driver commits them (one shard
+    in a fresh output), with the context the driver gives it."""
+    import tempfile
+    from pathlib import Path
+
+    from datapipe.store import OutputStore, iter_samples
+    from datapipe.store.manifest import ItemRow
+
+    with tempfile.TemporaryDirectory() as tmp, OutputStore(Path(tmp) / "out") as store:
+        writer = store.shard_writer(1, 1, 10_000, 2**30)
+        rows = []
+        for rec in records:
+            writer.add(encode_sample(rec["key"], rec, exclude=("path", "mtime_ns")))
+            rows.append(
+                ItemRow(rec["key"], "ok", fingerprint="f", n_samples=1, label=str(rec.get("label")))
+            )
+        store.commit_shard(writer, rows, 1)
+        ctx.out_dir = store.root / type(stage).folder / "n"
+        ctx.out_dir.mkdir(parents=True)
+        ctx.run_dir, ctx.shards = store.root, store.shard_paths()
+        ctx.samples_digest = store._m.samples_digest()
+        return stage.consume(iter_samples(ctx.shards), ctx)  # type: ignore[attr-defined]
 
 
 def parts(output: Record | list[Record]) -> list[Record]:

@@ -32,7 +32,7 @@ def stage_imports(path: Path) -> set[str]:
 
 def test_the_families_are_the_documented_ones() -> None:
     assert FAMILIES == sorted(
-        ["common", "compressed", "io", "keyframes", "points", "represent", "subset"]
+        ["common", "compressed", "io", "keyframes", "points", "represent", "subset", "train"]
     )
 
 
