@@ -265,3 +265,29 @@ def test_a_sinks_params_rerun_the_sink_not_the_items(tmp_path: Path) -> None:
     changed = run_local(pipeline("two"), tmp_path / "out")
     assert changed.counts["processed"] == 1
     assert changed.sinks["tally"]["digest"] != first.sinks["tally"]["digest"]
+
+
+def test_a_rerun_decodes_only_what_the_barrier_keeps(tmp_path: Path) -> None:
+    """A change after the barrier redoes the kept items; the ones it removed are recorded
+    as filtered without being decoded (their light view is cached)."""
+    _tree(tmp_path / "in", {f"p{i}.jpg": i + 1 for i in range(8)})
+    log, table = tmp_path / "calls.log", tmp_path / "offset.txt"
+    table.write_text("1")
+    p = Pipeline(
+        [
+            Node("files", Files(root=str(tmp_path / "in"), kinds=["image"])),
+            Node("read", ReadBytes(log=str(log)), ("files",)),
+            Node("sel", RandomSubset(fraction=0.5), ("read",)),
+            Node("shift", AddOffset(table=str(table)), ("sel",)),
+        ]
+    )
+    run_local(p, tmp_path / "out")
+    kept = sorted(_samples(tmp_path / "out"))
+    log.write_text("")
+    table.write_text("2")  # every item's output changes; the barrier's inputs do not
+    again = run_local(p, tmp_path / "out")
+    assert sorted(log.read_text().split()) == kept
+    assert again.counts["filtered"] == 8 - len(kept) and again.counts["ok"] == len(kept)
+    assert {k: int(s["shifted"][0]) for k, s in _samples(tmp_path / "out").items()} == {
+        k: int(k[1:]) + 1 + 2 for k in kept
+    }

@@ -81,6 +81,7 @@ class RunDriver:
         self.run_id, self.fp, self.signatures = run_id, fp, signatures
         self._pools = _SharedPool(lambda fitted: self.pool_factory(self.p, fitted, run_id))
         self._scores: dict[str, float] = {}
+        self._hashes: dict[str, str] = {}  # content hashes read while planning
         try:
             rows = self.m.all_items()
             barriers = self._barriers(listing, rows)
@@ -90,7 +91,14 @@ class RunDriver:
                 )
                 self.report.fingerprint = fp
                 self.m.set_run_fingerprint(run_id, fp)
-            plan = plan_run(listing, rows, fp, retry_errors=self.opts.retry_errors, run_id=run_id)
+            plan = plan_run(
+                listing,
+                rows,
+                fp,
+                retry_errors=self.opts.retry_errors,
+                run_id=run_id,
+                hashes=self._hashes,
+            )
             self._apply_plan_bookkeeping(plan)
             todo, refiltered, stopped = self._final_tasks(plan, barriers)
             counts = self._process(todo, stopped, barriers.fitted)
@@ -139,7 +147,9 @@ class RunDriver:
         are recomputed for inputs that changed on disk (or were relabelled) only."""
         if not self.p.of_kind(StageKind.SELECT, StageKind.FIT):
             return BarrierOutcome()
-        changed = plan_run(listing, rows, None, retry_errors=self.opts.retry_errors)
+        changed = plan_run(
+            listing, rows, None, retry_errors=self.opts.retry_errors, hashes=self._hashes
+        )
         outcome = evaluate_barriers(
             self.p,
             changed.records,
@@ -160,7 +170,8 @@ class RunDriver:
         self, plan: Plan, barriers: BarrierOutcome
     ) -> tuple[list[ItemTask], list[ItemRow], list[ItemResult]]:
         """Tasks to run now, rows of unchanged keys a barrier newly removed, and the results
-        of keys to redo that already failed on their way to a barrier (not decoded again)."""
+        of keys to redo that are decided already: failed on their way to a barrier, or removed
+        by one (neither is decoded again)."""
         filtered_by = barriers.filtered_by
         self._listed = plan.records
         todo_keys = {rec["key"] for _, rec in plan.todo}
@@ -176,17 +187,21 @@ class RunDriver:
                 refiltered.append(self._filtered_row(key, plan.records[key], node, reason))
             elif not decision and row.status == "filtered" and row.stage in self._barrier_ids():
                 todo_keys.add(key)  # a barrier now keeps it: produce it
+        # decided already: failed on the way to a barrier, or dropped by one (no task needed)
         stopped = [barriers.stopped[k] for k in sorted(todo_keys) if k in barriers.stopped]
+        dropped = sorted(k for k in todo_keys - barriers.stopped.keys() if k in filtered_by)
+        for key in dropped:
+            node, reason = next(iter(filtered_by[key].items()))
+            stopped.append(ItemResult(key, "filtered", stage=node, message=reason))
         stash_dir = str(self.store.stash_dir()) if self._barrier_ids() else None
         tasks = []
-        for key in sorted(todo_keys - barriers.stopped.keys()):
+        for key in sorted(todo_keys - barriers.stopped.keys() - set(dropped)):
             source, rec = plan.records[key]
             tasks.append(
                 ItemTask(
                     key,
                     source,
                     rec,
-                    filtered_by=filtered_by.get(key, {}),
                     need_hash=True,
                     stash=stash_path(stash_dir, key) if stash_dir else None,
                 )

@@ -64,9 +64,13 @@ def plan_run(
     *,
     retry_errors: bool = False,
     run_id: int | None = None,
+    hashes: dict[str, str] | None = None,
 ) -> Plan:
     """Split the listed inputs into work to do and work already done. ``fingerprint=None``
-    compares inputs only (what changed on disk), whatever the rows' fingerprints."""
+    compares inputs only (what changed on disk), whatever the rows' fingerprints.
+    ``hashes`` (path -> content hash) is filled and reused, so planning twice in one run
+    reads a moved file once."""
+    hashes = {} if hashes is None else hashes
     plan = Plan(rows=rows)
     seen: set[str] = set()
     for source, rec in listing:
@@ -103,7 +107,10 @@ def plan_run(
             continue
         if row.hash and rec.get("path"):
             try:
-                same = file_hash(rec["path"]) == row.hash
+                path = rec["path"]
+                if path not in hashes:
+                    hashes[path] = file_hash(path)
+                same = hashes[path] == row.hash
             except OSError:
                 same = False
             if same:

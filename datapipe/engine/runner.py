@@ -32,8 +32,6 @@ class ItemTask:
     key: str
     source: str
     record: Record
-    #: select node -> reason, for keys a barrier has already removed
-    filtered_by: dict[str, str] = field(default_factory=dict)
     #: compute only up to this barrier node and return its light fields
     light_for: str | None = None
     need_hash: bool = False
@@ -262,10 +260,6 @@ class ItemRunner:
                             task.stash, {n: v for n, v in values.items() if n != task.source}
                         )
                     return self._light(task, node.stage.consumes(), inputs, digest)
-                if nid in task.filtered_by:
-                    return ItemResult(
-                        task.key, "filtered", stage=nid, message=task.filtered_by[nid], hash=digest
-                    )
                 values[nid] = inputs
                 continue
             started = time.perf_counter()
