@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-from datapipe.train.checkpoint import load_checkpoint, save_checkpoint
+from datapipe.train.checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from datapipe.train.config import TrainConfig, TrainResult
 from datapipe.train.data import KeyFilter, key_labels, prepare_batch, split_by_key
 from datapipe.train.loop import ResumeMismatch, evaluate, fit, train_one_epoch
@@ -37,4 +37,5 @@ __all__ = [
     "save_checkpoint",
     "split_by_key",
     "train_one_epoch",
+    "write_atomic",
 ]

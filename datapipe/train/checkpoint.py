@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -51,13 +52,20 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT
-    tmp = directory / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    write_atomic(path, lambda f: torch.save({"version": VERSION, **state}, f))
+    return path
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` all or nothing: ``write`` fills a temporary file beside it, which is
+    fsynced and renamed into place (a reader sees the old file or the complete new one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        torch.save({"version": VERSION, **state}, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any] | None:

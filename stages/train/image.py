@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,15 +183,16 @@ class TrainImage(Sink):
 def _save_model(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    from datapipe.train import write_atomic
+
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from datapipe.train import write_atomic
+
+    text = json.dumps(data, indent=1, sort_keys=True).encode()
+    write_atomic(path, lambda f: f.write(text))
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
