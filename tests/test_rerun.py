@@ -291,3 +291,20 @@ def test_a_rerun_decodes_only_what_the_barrier_keeps(tmp_path: Path) -> None:
     assert {k: int(s["shifted"][0]) for k, s in _samples(tmp_path / "out").items()} == {
         k: int(k[1:]) + 1 + 2 for k in kept
     }
+
+
+def test_touched_inputs_a_barrier_removed_are_not_redone(tmp_path: Path) -> None:
+    _tree(tmp_path / "in", {f"p{i}.jpg": i + 1 for i in range(6)})
+    p = Pipeline(
+        [
+            Node("files", Files(root=str(tmp_path / "in"), kinds=["image"])),
+            Node("read", ReadBytes(), ("files",)),
+            Node("sel", RandomSubset(fraction=0.5), ("read",)),
+        ]
+    )
+    first = run_local(p, tmp_path / "out")
+    assert 0 < first.counts["filtered"] < 6
+    for f in (tmp_path / "in").glob("*.jpg"):  # same bytes, new mtime
+        f.write_bytes(f.read_bytes())
+    again = run_local(p, tmp_path / "out")
+    assert again.counts["processed"] == 0 and again.counts["touched"] == 6

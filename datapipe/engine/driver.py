@@ -18,7 +18,7 @@ from datapipe.digest import state_digest
 from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.report import RunReport, package_versions
-from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
+from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard, file_hash
 from datapipe.engine.sources import list_sources
 from datapipe.engine.stash import stash_path
 from datapipe.graph import Pipeline
@@ -192,7 +192,8 @@ class RunDriver:
         dropped = sorted(k for k in todo_keys - barriers.stopped.keys() if k in filtered_by)
         for key in dropped:
             node, reason = next(iter(filtered_by[key].items()))
-            stopped.append(ItemResult(key, "filtered", stage=node, message=reason))
+            digest = self._content_hash(plan.records[key][1])
+            stopped.append(ItemResult(key, "filtered", stage=node, message=reason, hash=digest))
         stash_dir = str(self.store.stash_dir()) if self._barrier_ids() else None
         tasks = []
         for key in sorted(todo_keys - barriers.stopped.keys() - set(dropped)):
@@ -207,6 +208,19 @@ class RunDriver:
                 )
             )
         return tasks, refiltered, stopped
+
+    def _content_hash(self, rec: Record) -> str | None:
+        """The input's content hash, as a task would record it (so a re-run that finds the
+        file touched but unchanged keeps its row); None when it cannot be read."""
+        path = rec.get("path")
+        if not path:
+            return None
+        if path not in self._hashes:
+            try:
+                self._hashes[path] = file_hash(path)
+            except OSError:
+                return None
+        return self._hashes[path]
 
     def _barrier_ids(self) -> set[str]:
         return {n.id for n in self.p.of_kind(StageKind.SELECT, StageKind.FIT)}
