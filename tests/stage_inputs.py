@@ -193,6 +193,12 @@ CASES: dict[str, Case] = {
     "jpeg.dct": Case("images", tolerated=("truncated",)),
     "represent.resize": Case("images", {"allow_upscale": True}),  # schedule starts at 64
     "train.image": Case("images", {"epochs": 2, "width": 4, "batch_size": 4}, (RESIZED,)),
+    "train.dct": Case(
+        "images",
+        {"epochs": 2, "width": 4, "batch_size": 4},
+        (("jpeg.dct", {"layout": "channels", "keep": 8}),),
+        tolerated=("truncated",),
+    ),
     "embed.pixels": Case("images", upstream=(RESIZED,)),
     "embed.torch": Case("images", upstream=(RESIZED,)),
     "select.random": Case("images", upstream=EMBEDDED),

@@ -55,7 +55,8 @@ def test_train_image_writes_its_folder_and_reuses_it(images: Path, tmp_path: Pat
     spec = json.loads((folder / "model.json").read_text())
     model = build_model(spec["model"])
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-    assert spec["classes"] == list(range(CLASSES))
+    # class names by index: the labels' folders, in the sorted order label_id numbers them
+    assert spec["classes"] == sorted(d.name for d in images.iterdir() if d.is_dir())
     again = run_local(_pipeline(images), out, workers=0)
     assert again.counts["processed"] == 0 and again.sinks["classifier"]["reused"] is True
     assert json.loads((folder / "report.json").read_text())["reused"] is True

@@ -1,6 +1,7 @@
 """Plain PyTorch models, usable in any training script (no engine imports).
 
-- :func:`resnet`: a small CIFAR-style ResNet family sized for CPU;
+- :func:`resnet`: a small ResNet family sized for CPU (3 stages CIFAR style, or 4);
+- :func:`dct_resnet`: its twin on JPEG DCT coefficients (Gueguen et al. 2018);
 - :func:`build_model` / :func:`model_spec`: a model from a JSON-able spec and back, so a
   saved ``state_dict`` plus its spec rebuilds the model without the pipeline;
 - :func:`count_params`, :func:`count_macs`: size and cost.
@@ -17,6 +18,7 @@ True
 
 from __future__ import annotations
 
+from datapipe.models.dct_resnet import DctResNet, dct_resnet
 from datapipe.models.measure import count_macs, count_params
 from datapipe.models.resnet import BasicBlock, ResNet, ResNetTrunk, resnet
 from datapipe.models.spec import ARCHS, build_model, model_spec
@@ -24,11 +26,13 @@ from datapipe.models.spec import ARCHS, build_model, model_spec
 __all__ = [
     "ARCHS",
     "BasicBlock",
+    "DctResNet",
     "ResNet",
     "ResNetTrunk",
     "build_model",
     "count_macs",
     "count_params",
+    "dct_resnet",
     "model_spec",
     "resnet",
 ]

@@ -19,8 +19,16 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of the convs and linears for ONE input of ``input_shape`` (C, H, W).
+def zero_inputs(input_shape: Sequence[int] | Sequence[Sequence[int]], batch: int) -> list[Tensor]:
+    """Zero tensors of a batch for a model of one input (``input_shape`` a shape such as
+    ``(C, H, W)``) or of several (a list of shapes, one per ``forward`` argument)."""
+    shapes = input_shape if input_shape and not isinstance(input_shape[0], int) else [input_shape]
+    return [torch.zeros(batch, *shape) for shape in shapes]  # type: ignore[misc]
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]]) -> int:
+    """Multiply-accumulates of the convs and linears for ONE sample of ``input_shape`` (C, H, W),
+    or of one sample of each input for a model of several (a list of shapes).
 
     Examples
     --------
@@ -52,7 +60,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(*zero_inputs(input_shape, 1))
     finally:
         for h in handles:
             h.remove()

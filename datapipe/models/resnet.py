@@ -1,7 +1,11 @@
-"""A small CIFAR-style ResNet family sized for CPU training.
+"""A small ResNet family sized for CPU training.
 
-Three stages of BasicBlocks with widths ``w, 2w, 4w`` (strides 1, 2, 2), global average pool
-and a linear head (He et al. 2016, section 4.2). The stem is a module apart from the trunk:
+``stages=3`` (CIFAR style, He et al. 2016, section 4.2): a 3x3 stem at full resolution and
+three stages of BasicBlocks with widths ``w, 2w, 4w`` (strides 1, 2, 2; feature maps at
+strides 1, 2, 4). ``stages=4`` (ImageNet style, scaled down): a 3x3 stride-2 stem and four
+stages ``w, 2w, 4w, 8w`` (strides 1, 2, 2, 2; feature maps at strides 2, 4, 8, 16): the twin
+of :class:`~datapipe.models.dct_resnet.DctResNet`, whose 8x8 DCT blocks enter at stride 8.
+Both end in a global average pool and a linear head. The stem is a module apart from the trunk:
 ``stem="pixels"`` is a 3x3 convolution at full resolution, ``stem="none"`` feeds the input
 straight into the first stage (its first block projects ``in_channels`` to ``w``).
 :meth:`ResNet.trunk_from` returns the stages from one index on, so another input adaptation
@@ -22,7 +26,31 @@ DEPTHS: dict[int, tuple[int, int, int]] = {
     18: (3, 3, 2),
     20: (3, 3, 3),
 }
+#: blocks per stage of the 4-stage layout (depth 18 is torchvision's ResNet-18 block count)
+DEPTHS4: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),
+    18: (2, 2, 2, 2),
+    26: (3, 3, 3, 3),
+}
 STEMS = ("pixels", "none")
+
+
+def blocks_for(depth: int, stages: int) -> tuple[int, ...]:
+    """Blocks per stage of a depth in the 3- or 4-stage layout (ValueError when unknown)."""
+    table: dict[int, tuple[int, ...]] = dict(DEPTHS if stages == 3 else DEPTHS4)
+    if stages not in (3, 4) or depth not in table:
+        raise ValueError(
+            f"The 'depth' parameter of resnet must be one of {sorted(DEPTHS)} with 3 stages "
+            f"or {sorted(DEPTHS4)} with 4. Got depth={depth!r}, stages={stages!r} instead."
+        )
+    return table[depth]
+
+
+def res_stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+    """``blocks`` BasicBlocks from ``cin`` to ``cout`` channels, the first with ``stride``."""
+    return nn.Sequential(
+        *(BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(blocks))
+    )
 
 
 class BasicBlock(nn.Module):
@@ -55,11 +83,7 @@ class ResNetTrunk(nn.Module):
         stages = []
         for i, n in enumerate(blocks):
             cout = width * 2**i
-            stride = 1 if i == 0 else 2
-            layers = [
-                BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1) for j in range(n)
-            ]
-            stages.append(nn.Sequential(*layers))
+            stages.append(res_stage(cin, cout, n, 1 if i == 0 else 2))
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.out_channels = cin
@@ -77,8 +101,6 @@ class ResNet(nn.Module):
     JSON-able arguments that rebuild it.
     """
 
-    stage_strides = (1, 2, 2)
-
     def __init__(
         self,
         *,
@@ -87,9 +109,10 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         stem: str = "pixels",
+        stages: int = 3,
     ) -> None:
         super().__init__()
-        _check(depth, width, num_classes, in_channels, stem)
+        _check(depth, width, num_classes, in_channels, stem, stages)
         self.spec: dict[str, Any] = {
             "arch": "resnet",
             "depth": depth,
@@ -98,9 +121,14 @@ class ResNet(nn.Module):
             "in_channels": in_channels,
             "stem": stem,
         }
+        if stages != 3:
+            self.spec["stages"] = stages
+        #: stride of each stage's first block; the stem's stride is ``stem_stride``
+        self.stage_strides = (1, 2, 2) if stages == 3 else (1, 2, 2, 2)
+        self.stem_stride = 1 if stages == 3 or stem == "none" else 2
         if stem == "pixels":
             self.stem: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                nn.Conv2d(in_channels, width, 3, self.stem_stride, 1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             )
@@ -108,7 +136,7 @@ class ResNet(nn.Module):
         else:
             self.stem = nn.Identity()
             trunk_in = in_channels
-        self.trunk = ResNetTrunk(trunk_in, width, DEPTHS[depth])
+        self.trunk = ResNetTrunk(trunk_in, width, blocks_for(depth, stages))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.trunk.out_channels, num_classes)
         for m in self.modules():
@@ -119,7 +147,8 @@ class ResNet(nn.Module):
         """The stages from ``stage_index`` on, with pool and head: an entry for another stem.
 
         Its input has ``width * 2**(stage_index - 1)`` channels (``stage_index >= 1``) at the
-        cumulative stride ``prod(stage_strides[:stage_index])`` of the pixel input.
+        cumulative stride ``stem_stride * prod(stage_strides[:stage_index])`` of the pixel
+        input.
         """
         if not 0 <= stage_index < len(self.trunk.stages):
             raise ValueError(
@@ -136,13 +165,17 @@ class ResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-def _check(depth: int, width: int, num_classes: int, in_channels: int, stem: str) -> None:
+def _check(
+    depth: int, width: int, num_classes: int, in_channels: int, stem: str, stages: int
+) -> None:
     def bad(name: str, must: str, got: object) -> str:
         return f"The '{name}' parameter of resnet must be {must}. Got {got!r} instead."
 
     problems = []
-    if depth not in DEPTHS:
-        problems.append(bad("depth", f"one of {sorted(DEPTHS)}", depth))
+    try:
+        blocks_for(depth, stages)
+    except ValueError as exc:
+        problems.append(str(exc))
     for name, value in (
         ("width", width),
         ("num_classes", num_classes),
@@ -162,8 +195,10 @@ def resnet(
     num_classes: int = 10,
     in_channels: int = 3,
     stem: str = "pixels",
+    stages: int = 3,
 ) -> ResNet:
-    """A CIFAR-style ResNet (depth 8, 14, 18 or 20; width 16..64 is the intended range).
+    """A small ResNet: 3 stages (depth 8, 14, 18 or 20) or 4 (depth 10, 18 or 26); width
+    16..64 is the intended range.
 
     Examples
     --------
@@ -176,5 +211,10 @@ def resnet(
     77652
     """
     return ResNet(
-        depth=depth, width=width, num_classes=num_classes, in_channels=in_channels, stem=stem
+        depth=depth,
+        width=width,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stem=stem,
+        stages=stages,
     )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 CHECKPOINT = "checkpoint.pt"
-VERSION = 1
+VERSION = 2
 
 
 def rng_state() -> dict[str, Any]:

@@ -103,7 +103,7 @@ class TrainResult:
     params: int
     macs: int
     cpu_latency_ms: dict[str, float]
-    input_shape: list[int]
+    input_shape: list[Any]
     skipped: dict[str, int] = field(default_factory=dict)
     resumed_from_epoch: int = 0
 

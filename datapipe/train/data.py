@@ -18,8 +18,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-#: the reasons :func:`prepare_batch` skips a sample for
-SKIP_REASONS = ("missing_field", "missing_label", "not_finite", "wrong_shape")
+from datapipe.train.inputs import SKIP_REASONS, PixelInputs
+
+__all__ = [
+    "SKIP_REASONS",
+    "KeyFilter",
+    "channel_stats",
+    "key_labels",
+    "normalize",
+    "prepare_batch",
+    "split_by_key",
+]
 
 
 def _unit(seed: int, key: str) -> float:
@@ -115,23 +124,6 @@ class KeyFilter(IterableDataset):
                 yield sample
 
 
-def _samples(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], field: str, label: str):
-    """Per sample ``(image or None, label or None)`` from a collated dict or a list of dicts."""
-    if isinstance(batch, Mapping):
-        n = len(batch.get("key", ())) or len(batch.get(label, ()))
-        images = batch.get(field)
-        mask = batch.get(field + "_mask")
-        labels = batch.get(label)
-        for i in range(n):
-            image = None if images is None else images[i]
-            if image is not None and mask is not None and not bool(mask[i].all()):
-                image = "padded"  # a smaller image padded by the collate: the wrong shape
-            yield image, None if labels is None else labels[i]
-    else:
-        for sample in batch:
-            yield sample.get(field), sample.get(label)
-
-
 def prepare_batch(
     batch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
@@ -145,54 +137,33 @@ def prepare_batch(
 
     ``shape`` is the ``H W C`` every image must have (None: the first good image's, returned).
     Bad samples are left out and counted in ``skipped`` by reason (:data:`SKIP_REASONS`).
+    :class:`~datapipe.train.inputs.PixelInputs` does the work (it also crops and flips).
     """
-    images: list[Tensor] = []
-    labels: list[int] = []
-    for image, y in _samples(batch, field, label):
-        if image is None:
-            skipped["missing_field"] += 1
-            continue
-        if isinstance(image, str) or not isinstance(image, Tensor) or image.dim() not in (2, 3):
-            skipped["wrong_shape"] += 1
-            continue
-        if image.dim() == 2:
-            image = image[:, :, None]
-        if shape is not None and tuple(image.shape) != shape:
-            skipped["wrong_shape"] += 1
-            continue
-        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-            skipped["not_finite"] += 1
-            continue
-        value = y.item() if isinstance(y, Tensor) else y
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            skipped["missing_label"] += 1
-            continue
-        shape = tuple(image.shape) if shape is None else shape
-        images.append(image)
-        labels.append(value)
-    if not images:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64), shape
-    x = torch.stack(images).permute(0, 3, 1, 2)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return x.contiguous(), torch.tensor(labels, dtype=torch.int64), shape
+    inputs = PixelInputs(field, label)
+    inputs.shape = shape
+    (x,), y = inputs(batch, train=False, skipped=skipped)
+    return x, y, inputs.shape
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """``(x - mean) / std`` per channel of an ``N C H W`` batch."""
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    """``(x - mean) / std`` per channel; the channels are dim -3 (``N C H W``, ``N S C H W``)."""
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
     return (x - m) / s
 
 
 def channel_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (float64 sums) over ``N C H W`` batches in [0, 1]."""
+    """Per-channel mean and std (float64 sums) over batches whose channels are dim -3.
+
+    For pixels scaled to [0, 1] these are the usual colour statistics; for DCT channels the
+    per-frequency ones (the DC channel's spread dwarfs the others' without them)."""
     total = sq = None
     count = 0
     for x in batches:
-        x = x.double()
-        s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        x = x.double().movedim(-3, 0).reshape(x.shape[-3], -1)
+        s, q = x.sum(dim=1), (x * x).sum(dim=1)
         total, sq = (s, q) if total is None else (total + s, sq + q)
-        count += x.shape[0] * x.shape[2] * x.shape[3]
+        count += x.shape[1]
     if total is None or count == 0:
         raise ValueError("no good training samples to compute the normalisation from")
     mean = total / count

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from datapipe.models.measure import count_macs, count_params
 from datapipe.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from datapipe.train.config import RESUME_KEYS, TrainConfig, TrainResult
-from datapipe.train.data import channel_stats, normalize, prepare_batch
+from datapipe.train.data import channel_stats, normalize
+from datapipe.train.inputs import Inputs, PixelInputs
 from datapipe.train.report import cpu_latency_ms
 
 logger = logging.getLogger(__name__)
@@ -56,24 +57,41 @@ def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
 
 
 class _Batches:
-    """Turns loader batches into (normalised images, labels), counting skipped samples."""
+    """Turns loader batches into (normalised inputs, labels), counting skipped samples.
 
-    def __init__(self, config: TrainConfig, shape: tuple[int, ...] | None = None) -> None:
+    ``config.mean`` / ``config.std`` hold the channels of every input one after the other
+    (the channels of input i follow those of inputs 0..i-1)."""
+
+    def __init__(self, config: TrainConfig, inputs: Inputs) -> None:
         self.config = config
-        self.shape = shape
+        self.inputs = inputs
         self.skipped: Counter = Counter()
 
-    def __call__(self, batch: Any, norm: bool = True) -> tuple[Tensor, Tensor]:
-        x, y, self.shape = prepare_batch(
-            batch,
-            field=self.config.field,
-            label=self.config.label,
-            shape=self.shape,
-            skipped=self.skipped,
-        )
+    def __call__(
+        self, batch: Any, *, train: bool, norm: bool = True
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        xs, y = self.inputs(batch, train=train, skipped=self.skipped)
         if norm and len(y):
-            x = normalize(x, self.config.mean or (), self.config.std or ())
-        return x, y
+            mean, std, at, out = self.config.mean or (), self.config.std or (), 0, []
+            for x in xs:
+                c = x.shape[-3]
+                out.append(normalize(x, mean[at : at + c], std[at : at + c]))
+                at += c
+            xs = tuple(out)
+        return xs, y
+
+
+def input_stats(batches: list[tuple[Tensor, ...]]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of each input over ``batches``, concatenated in input order."""
+    mean: list[float] = []
+    std: list[float] = []
+    for i in range(len(batches[0]) if batches else 0):
+        m, s = channel_stats(xs[i] for xs in batches)
+        mean += m
+        std += s
+    if not mean:
+        raise ValueError("no good training samples to compute the normalisation from")
+    return mean, std
 
 
 def train_one_epoch(
@@ -91,10 +109,10 @@ def train_one_epoch(
     t0 = time.perf_counter()
     for batch, wait in _timed(loader):
         data_s += wait
-        x, y = batches(batch)
+        xs, y = batches(batch, train=True)
         if not len(y):
             continue
-        logits = model(x)
+        logits = model(*xs)
         loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,24 +134,30 @@ def train_one_epoch(
 
 
 def evaluate(
-    model: nn.Module, loader: Iterable[Any], config: TrainConfig, *, num_classes: int | None = None
+    model: nn.Module,
+    loader: Iterable[Any],
+    config: TrainConfig,
+    *,
+    num_classes: int | None = None,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy (None for a class with no sample) and the confusion
     matrix (rows: true class, columns: predicted) over ``loader``, with ``config``'s
-    normalisation (``TrainResult.config`` after :func:`fit`)."""
+    normalisation (``TrainResult.config`` after :func:`fit`) and ``inputs`` (default:
+    :class:`~datapipe.train.inputs.PixelInputs` of ``config.field``; no augmentation)."""
     if config.mean is None:
         raise ValueError("evaluate needs config.mean and config.std: pass TrainResult.config")
-    batches = _Batches(config)
+    batches = _Batches(config, inputs or PixelInputs(config.field, config.label))
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
     confusion: Tensor | None = None
     with torch.no_grad():
         for batch in loader:
-            x, y = batches(batch)
+            xs, y = batches(batch, train=False)
             if not len(y):
                 continue
-            logits = model(x)
+            logits = model(*xs)
             k = num_classes or logits.shape[1]
             if confusion is None:
                 confusion = torch.zeros(k, k, dtype=torch.int64)
@@ -181,8 +205,13 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = True,
+    inputs: Inputs | None = None,
 ) -> TrainResult:
     """Train ``model`` on CPU, deterministically; returns a :class:`TrainResult`.
+
+    ``inputs`` turns each batch into the model's arguments (default:
+    :class:`~datapipe.train.inputs.PixelInputs` of ``config.field`` and ``config.label``);
+    its augmentation draws from torch's RNG, which the checkpoints carry.
 
     Seeds torch, numpy and ``random`` with ``config.seed``, sets ``config.threads`` and
     ``torch.use_deterministic_algorithms(True)`` (both restored on return), and calls
@@ -197,7 +226,8 @@ def fit(
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _fit(model, train_loader, val_loader, config, checkpoint_dir, log, resume)
+        inputs = inputs or PixelInputs(config.field, config.label)
+        return _fit(model, train_loader, val_loader, config, inputs, checkpoint_dir, log, resume)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -208,6 +238,7 @@ def _fit(
     train_loader: Iterable[Any],
     val_loader: Iterable[Any],
     config: TrainConfig,
+    inputs: Inputs,
     checkpoint_dir: str | Path | None,
     log: Callable[[dict[str, Any]], None] | None,
     resume: bool,
@@ -221,7 +252,6 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     start, history, skipped = 0, [], Counter()
-    shape: tuple[int, ...] | None = None
     if saved is not None:
         _check_resume(saved, config, steps_per_epoch)
         model.load_state_dict(saved["model"])
@@ -231,19 +261,19 @@ def _fit(
         config = TrainConfig.from_dict(saved["config"])
         start, history = saved["epoch"], list(saved["history"])
         skipped.update(saved["skipped"])
-        shape = tuple(saved["shape"])
+        inputs.load_state(saved["inputs"])
         logger.info("resuming from %s after epoch %d", checkpoint_dir, start)
     elif config.mean is None:
         _set_epoch(train_loader, 0)
-        stats = _Batches(config)
-        xs = []
+        stats = _Batches(config, inputs)
+        seen = []
         for batch in islice(train_loader, config.stats_batches):
-            x, y = stats(batch, norm=False)
+            xs, y = stats(batch, train=False, norm=False)
             if len(y):
-                xs.append(x)
-        mean, std = channel_stats(xs)
+                seen.append(xs)
+        mean, std = input_stats(seen)
         config = TrainConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
-    batches = _Batches(config, shape)
+    batches = _Batches(config, inputs)
     batches.skipped = skipped
     for epoch in range(start, config.epochs):
         _set_epoch(train_loader, epoch)
@@ -254,7 +284,7 @@ def _fit(
         )
         t0 = time.perf_counter()
         _set_epoch(val_loader, 0)
-        val = evaluate(model, val_loader, config)
+        val = evaluate(model, val_loader, config, inputs=inputs)
         record.update(val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
         record["val_s"] = time.perf_counter() - t0
         history.append(record)
@@ -263,14 +293,15 @@ def _fit(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                 "history": history, "config": config.to_dict(), "skipped": dict(skipped),
-                "steps_per_epoch": steps_per_epoch, "shape": list(batches.shape or ()),
+                "steps_per_epoch": steps_per_epoch, "inputs": inputs.state(),
                 "spec": dict(getattr(model, "spec", {})),
             })  # fmt: skip
         logger.info("epoch %d: %s", epoch, {k: record[k] for k in ("train_loss", "val_accuracy")})
         if log is not None:
             log(record)
-    final = evaluate(model, val_loader, config)
-    input_shape = [batches.shape[2], batches.shape[0], batches.shape[1]] if batches.shape else []
+    final = evaluate(model, val_loader, config, inputs=inputs)
+    shapes = inputs.describe()["shapes"]
+    input_shape: list[Any] = shapes[0] if len(shapes) == 1 else shapes
     train_s = sum(r["train_s"] for r in history)
     return TrainResult(
         config=config,

@@ -11,9 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from datapipe.models.measure import zero_inputs
+
 
 def cpu_latency_ms(
-    model: nn.Module, input_shape: Sequence[int], batches: Sequence[int] = (1, 64), runs: int = 5
+    model: nn.Module,
+    input_shape: Sequence[int] | Sequence[Sequence[int]],
+    batches: Sequence[int] = (1, 64),
+    runs: int = 5,
 ) -> dict[str, float]:
     """Median forward time in ms per batch size (``batch_1``, ``batch_64``) at the current
     ``torch.get_num_threads()``, after one warm-up run. A measurement, not a guarantee."""
@@ -22,12 +27,12 @@ def cpu_latency_ms(
     out: dict[str, float] = {}
     with torch.no_grad():
         for b in batches:
-            x = torch.zeros(b, *input_shape)
-            model(x)
+            xs = zero_inputs(input_shape, b)
+            model(*xs)
             times = []
             for _ in range(runs):
                 t0 = time.perf_counter()
-                model(x)
+                model(*xs)
                 times.append((time.perf_counter() - t0) * 1000)
             out[f"batch_{b}"] = round(statistics.median(times), 3)
     model.train(was_training)

@@ -1,0 +1,286 @@
+"""What every ``train.*`` stage shares: the common params, the reuse and resume logic, the
+split, the loop call and the files a trainer writes (OUT/train/NODE/).
+
+A concrete trainer says which fields it reads (:meth:`Trainer.consumes`), how a batch
+becomes tensors (:meth:`Trainer.make_inputs`, a :class:`~datapipe.train.inputs.Inputs`) and
+which model it trains on them (:meth:`Trainer.make_model`); the rest is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field as PField
+
+from datapipe.errors import ConfigError, Problem
+from datapipe.stage import Context, Params, Record, Sink
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from datapipe.train import TrainResult
+    from datapipe.train.inputs import Inputs
+
+#: the report keys a trainer's sink summary (run report, manifest, ``datapipe show``) carries
+SUMMARY_KEYS = ("val_accuracy", "reused", "epochs_run", "params", "model_bytes", "skipped")
+
+
+class TrainParams(Params):
+    """Params every ``train.*`` stage accepts."""
+
+    label: str = PField("label_id", description="Integer class field (-1: unlabelled, left out).")
+    epochs: int = PField(10, ge=1, le=10_000, description="Passes over the training split.")
+    batch_size: int = PField(64, ge=1, le=8192, description="Samples per step.")
+    lr: float = PField(0.1, gt=0, description="Peak learning rate (cosine decay).")
+    optimizer: Literal["sgd", "adamw"] = PField("sgd", description="SGD momentum 0.9, or AdamW.")
+    seed: int = PField(0, ge=0, description="Seed of the split, the order and the weights.")
+    val_fraction: float = PField(
+        0.2, gt=0, lt=1, description="Share of keys held out (by key hash)."
+    )
+    threads: int = PField(2, ge=1, le=256, description="torch threads.")
+    workers: int = PField(0, ge=0, le=64, description="DataLoader worker processes.")
+    export: list[Literal["onnx", "pt2"]] = PField(
+        [], description="Also write model.onnx (ONNX, the export extra) / model.pt2 (torch.export)."
+    )
+
+
+class Trainer(Sink):
+    """A Sink that trains a model on the committed samples (see the module docstring)."""
+
+    folder: ClassVar[str] = "train"
+    #: bump when the training code changes what a run of the same params produces
+    CODE_VERSION: ClassVar[str] = "2"
+
+    # -- what a concrete trainer provides ---------------------------------------------------
+    def read_fields(self) -> list[str]:
+        """The sample fields training reads (the label is added)."""
+        raise NotImplementedError
+
+    def make_inputs(self) -> Inputs:
+        """A fresh inputs object (batch -> tensors) for this trainer's params."""
+        raise NotImplementedError
+
+    def make_model(self, num_classes: int, shapes: list[list[int]]) -> nn.Module:
+        """The model to train, for the per-input sample shapes the inputs found."""
+        raise NotImplementedError
+
+    # -- the shared part ---------------------------------------------------------------------
+    def fingerprint(self, ctx: Context) -> str:
+        """What the trained model depends on: the committed samples, the params, the code."""
+        blob = json.dumps([ctx.samples_digest, self.name, self.token(), self.CODE_VERSION])
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def consume(self, records: Iterator[Record], ctx: Context) -> dict[str, Any]:
+        assert ctx.out_dir is not None and ctx.run_dir is not None
+        out, fp = ctx.out_dir, self.fingerprint(ctx)
+        report_path = out / "report.json"
+        if (out / "model.pt").exists() and report_path.exists():
+            report = json.loads(report_path.read_text())
+            if report.get("fingerprint") == fp:
+                report["reused"] = True
+                write_json(report_path, report)
+                return summary(report)
+        # a checkpoint per training setup: a killed run resumes its own, never another's
+        checkpoints = out / "checkpoints"
+        for old in checkpoints.glob("*"):
+            if old.name != fp:
+                shutil.rmtree(old, ignore_errors=True)
+        report = self._train(ctx, out, checkpoints / fp)
+        report.update(fingerprint=fp, reused=False, dataset_fingerprint=ctx.samples_digest)
+        write_json(report_path, report)
+        return summary(report)
+
+    def _labels(self, ctx: Context) -> tuple[dict[str, int], dict[int, str]]:
+        """``{key: class index}`` of the labelled samples and the class names by index."""
+        from datapipe.stream import from_shards
+        from datapipe.train import key_labels
+
+        p = self.params
+        assert ctx.run_dir is not None
+        names: dict[int, str] = {}
+        fields = [p.label, "label"] if p.label != "label" else [p.label]
+        labelled: dict[str, int] = {}
+        for sample in from_shards(ctx.run_dir, shuffle=False, fields=fields):
+            value = key_labels([sample], p.label).get(sample["key"])
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                labelled[sample["key"]] = value
+                name = sample.get("label")
+                if isinstance(name, str) and name:
+                    names.setdefault(value, name)
+        return labelled, names
+
+    def _split(self, ctx: Context, labelled: dict[str, int]) -> tuple[set[str], set[str]]:
+        from datapipe.train import split_by_key
+
+        p = self.params
+        classes = sorted(set(labelled.values()))
+        if len(classes) < 2:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"nodes.{ctx.node}.params.label",
+                        f"training needs 2 classes in {p.label!r}; "
+                        f"the committed samples have {len(classes)}",
+                    )
+                ]
+            )
+        val_keys = split_by_key(labelled, labelled.values(), p.val_fraction, p.seed)
+        train_keys = set(labelled) - val_keys
+        if not train_keys or not val_keys:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"nodes.{ctx.node}.params.val_fraction",
+                        f"an empty split: {len(train_keys)} training, "
+                        f"{len(val_keys)} validation keys",
+                    )
+                ]
+            )
+        return train_keys, val_keys
+
+    def _train(self, ctx: Context, out: Path, checkpoint_dir: Path) -> dict[str, Any]:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from datapipe.stream import from_shards
+        from datapipe.train import KeyFilter, TrainConfig, fit
+
+        p = self.params
+        assert ctx.run_dir is not None
+        labelled, names = self._labels(ctx)
+        train_keys, val_keys = self._split(ctx, labelled)
+        num_classes = max(labelled.values()) + 1
+        fields = [*self.read_fields(), p.label]
+        train = KeyFilter(from_shards(ctx.run_dir, seed=p.seed, fields=fields), train_keys)
+        val = KeyFilter(from_shards(ctx.run_dir, shuffle=False, fields=fields), val_keys)
+        shapes = self._probe(val, ctx.node)
+        config = TrainConfig(
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            optimizer=p.optimizer,
+            seed=p.seed,
+            threads=p.threads,
+            label=p.label,
+            field=self.read_fields()[0],
+        )
+        torch.manual_seed(p.seed)
+        model = self.make_model(num_classes, shapes)
+        loader = {"num_workers": p.workers, "persistent_workers": False}
+        result = fit(
+            model,
+            DataLoader(train, batch_size=p.batch_size, collate_fn=train.collate, **loader),
+            DataLoader(val, batch_size=max(p.batch_size, 256), collate_fn=val.collate, **loader),
+            config,
+            checkpoint_dir=checkpoint_dir,
+            inputs=self.make_inputs(),
+        )
+        class_names = [names.get(i, str(i)) for i in range(num_classes)]
+        self._write_model(out, model, result, class_names, shapes)
+        return self._report(out, result, class_names, train, val, len(train_keys))
+
+    def _probe(self, val: Any, node: str) -> list[list[int]]:
+        """The per-input sample shapes, from the first validation samples that make a batch."""
+        inputs = self.make_inputs()
+        batch: list[dict[str, Any]] = []
+        for sample in val:
+            batch.append(sample)
+            _, y = inputs(batch[-1:], train=False, skipped=Counter())
+            if len(y):
+                return inputs.describe()["shapes"]
+            if len(batch) >= 64:
+                break
+        raise ConfigError(
+            [
+                Problem(
+                    f"nodes.{node}",
+                    f"no validation sample has usable {self.read_fields()} fields",
+                )
+            ]
+        )
+
+    def _write_model(
+        self,
+        out: Path,
+        model: nn.Module,
+        result: TrainResult,
+        class_names: list[str],
+        shapes: list[list[int]],
+    ) -> None:
+        import torch
+
+        from datapipe.models import model_spec
+        from datapipe.train import write_atomic
+
+        state = model.state_dict()
+        write_atomic(out / "model.pt", lambda f: torch.save(state, f))
+        inputs = self.make_inputs().describe()
+        spec = {
+            "model": model_spec(model),
+            "trainer": self.name,
+            "params": self.params.model_dump(mode="json"),
+            "label": self.params.label,
+            "inputs": {**inputs, "shapes": shapes},
+            "normalize": {
+                "mean": list(result.config.mean or []),
+                "std": list(result.config.std or []),
+            },
+            "classes": class_names,
+        }
+        write_json(out / "model.json", spec)
+        for fmt in self.params.export:
+            from datapipe.train.export import export_model
+
+            export_model(model, shapes, out, fmt)
+
+    def _report(
+        self,
+        out: Path,
+        result: TrainResult,
+        class_names: list[str],
+        train: Any,
+        val: Any,
+        train_samples: int,
+    ) -> dict[str, Any]:
+        from datapipe.train import plot_confusion, plot_curves
+
+        plot_curves(result.history, out / "curves.png")
+        plot_confusion(result.final["confusion"], class_names, out / "confusion.png")
+        skipped = Counter(result.skipped)
+        skipped.update(result.final.get("skipped", {}))
+        skipped["unreadable"] += len(train.skipped) + len(val.skipped)  # the stream's
+        report = result.to_dict()
+        report.update(
+            trainer=self.name,
+            val_accuracy=result.final["val_accuracy"],
+            val_loss=result.final["val_loss"],
+            per_class_accuracy=result.final["per_class_accuracy"],
+            confusion=result.final["confusion"],
+            classes=class_names,
+            epochs_run=len(result.history),
+            model_bytes=(out / "model.pt").stat().st_size,
+            seed=self.params.seed,
+            train_samples=train_samples,
+            val_samples=result.final["val_samples"],
+            skipped={k: v for k, v in sorted(skipped.items()) if v},
+        )
+        return report
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as indented JSON, written atomically."""
+    from datapipe.train import write_atomic
+
+    text = json.dumps(data, indent=1, sort_keys=True).encode()
+    write_atomic(path, lambda f: f.write(text))
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a trainer's report the run report and the manifest carry."""
+    return {k: report.get(k) for k in SUMMARY_KEYS}
