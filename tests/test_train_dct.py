@@ -24,7 +24,14 @@ from datapipe.stages.common.jpeg_header import ZIGZAG
 from datapipe.stages.compressed.jpeg_dct import read_jpeg_dct, zigzag_channels
 from datapipe.stream import from_shards
 from datapipe.train import KeyFilter, TrainConfig, fit, split_by_key
-from datapipe.train.inputs import DctInputs, flip_dct, odd_horizontal, zigzag_columns
+from datapipe.train.inputs import (
+    DctInputs,
+    PixelInputs,
+    flip_dct,
+    inputs_from_spec,
+    odd_horizontal,
+    zigzag_columns,
+)
 
 CLASSES = 4
 
@@ -233,3 +240,30 @@ def test_an_augmented_dct_run_resumes_bit_for_bit(jpegs: Path, tmp_path: Path) -
     resumed = run(tmp_path / "b")
     sa, sb = whole.state_dict(), resumed.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_inputs_rebuild_from_their_description() -> None:
+    y, cb, cr = torch.ones(8, 10, 4), torch.ones(4, 5, 4), torch.ones(4, 5, 4)
+    trained = DctInputs(crop=4)
+    trained(
+        [{"dct_y": y, "dct_cb": cb, "dct_cr": cr, "label_id": 0}], train=True, skipped=Counter()
+    )
+    rebuilt = inputs_from_spec(json.loads(json.dumps(trained.describe())))
+    assert isinstance(rebuilt, DctInputs) and rebuilt.shape == trained.shape == (4, 4, 4, 2, 2, 8)
+    pixels = PixelInputs("image", crop=None)
+    pixels(
+        [{"image": torch.zeros(6, 7, 3, dtype=torch.uint8), "label_id": 1}],
+        train=False,
+        skipped=Counter(),
+    )
+    again = inputs_from_spec(pixels.describe())
+    skipped: Counter = Counter()
+    # the rebuilt inputs refuse an image of another shape, as the trained ones would
+    again(
+        [{"image": torch.zeros(7, 7, 3, dtype=torch.uint8), "label_id": 1}],
+        train=False,
+        skipped=skipped,
+    )
+    assert skipped == Counter(wrong_shape=1)
+    with pytest.raises(ValueError, match="unknown inputs kind"):
+        inputs_from_spec({"kind": "audio"})

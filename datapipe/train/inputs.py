@@ -191,6 +191,15 @@ class PixelInputs:
         chw = [shape[2], shape[0], shape[1]] if shape else []
         return {"kind": "pixels", "fields": [self.field], "shapes": [chw], "crop": self.crop}
 
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], label: str = "label_id") -> PixelInputs:
+        """Rebuilt from :meth:`describe` (with its shapes: new images must match them)."""
+        inputs = cls(spec["fields"][0], label, crop=spec.get("crop"))
+        if spec.get("shapes") and spec["shapes"][0]:
+            c, h, w = spec["shapes"][0]
+            inputs.shape = (h, w, c)
+        return inputs
+
 
 def zigzag_columns() -> list[int]:
     """The horizontal frequency (block column) of each of the 64 zigzag positions of JPEG:
@@ -310,3 +319,27 @@ class DctInputs:
         s = self.shape
         shapes = [[s[2], s[0], s[1]], [s[5], s[3], s[4]]] if s else []
         return {"kind": "dct", "fields": self.fields, "shapes": shapes, "crop": self.crop}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], label: str = "label_id") -> DctInputs:
+        """Rebuilt from :meth:`describe` (with its shapes: new samples must match them)."""
+        inputs = cls(spec["fields"], label, crop=spec.get("crop"))
+        if spec.get("shapes"):
+            (k, hb, wb), (kc, hc, wc) = spec["shapes"]
+            inputs.shape = (hb, wb, k, hc, wc, kc)
+        return inputs
+
+
+#: ``describe()["kind"]`` -> the inputs class that rebuilds from ``describe()`` (see
+#: :func:`inputs_from_spec`); other kinds register here
+INPUT_KINDS: dict[str, type] = {"pixels": PixelInputs, "dct": DctInputs}
+
+
+def inputs_from_spec(spec: Mapping[str, Any], label: str = "label_id") -> Inputs:
+    """The inputs object a model was trained with, from its ``model.json`` ``inputs`` entry
+    (``describe()`` plus the ``shapes`` seen), ready to prepare new samples for prediction."""
+    kind = spec.get("kind")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"unknown inputs kind {kind!r}; known: {sorted(INPUT_KINDS)}")
+    cls = INPUT_KINDS[kind]
+    return cls.from_spec(spec, label)  # type: ignore[attr-defined,no-any-return]
