@@ -1,7 +1,7 @@
-"""JSON Schemas shipped with datapipe: the pipeline file and the run report.
+"""JSON Schemas shipped with datapipe: the pipeline file, the run report and a trainer's report.
 
 >>> sorted(p.name for p in schema_files())
-['pipeline.schema.json', 'run_report.schema.json']
+['pipeline.schema.json', 'run_report.schema.json', 'train_report.schema.json']
 """
 
 from __future__ import annotations

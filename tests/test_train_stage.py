@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import torch
 
@@ -15,6 +16,8 @@ from datapipe.demo.training_data import make_image_dataset
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.models import build_model
+from datapipe.schemas import load_schema
+from runs import cli
 
 CLASSES = 4
 
@@ -60,6 +63,27 @@ def test_train_image_writes_its_folder_and_reuses_it(images: Path, tmp_path: Pat
     again = run_local(_pipeline(images), out, workers=0)
     assert again.counts["processed"] == 0 and again.sinks["classifier"]["reused"] is True
     assert json.loads((folder / "report.json").read_text())["reused"] is True
+
+
+def test_the_report_follows_its_schema_and_the_manifest_carries_the_summary(
+    images: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    run_local(_pipeline(images, epochs=2), out, workers=0)
+    report = json.loads((out / "train" / "classifier" / "report.json").read_text())
+    jsonschema.validate(report, load_schema("train_report"))
+    assert report["steps"] == sum(r["steps"] for r in report["history"])
+    n = report["val_samples"]
+    assert sum(map(sum, report["confusion"])) == n and len(report["confusion"]) == CLASSES
+    hits = sum(report["confusion"][i][i] for i in range(CLASSES))
+    assert report["val_accuracy"] == pytest.approx(hits / n)
+    # the manifest keeps the last run's sink summaries; `datapipe manifest` prints them
+    proc = cli("manifest", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    acc = report["val_accuracy"]
+    assert f"classifier: val_accuracy {acc:.3f}, trained, 2 epochs" in proc.stdout
+    index = json.loads((out / "index.json").read_text())
+    assert index["last_run"]["sinks"]["classifier"]["val_accuracy"] == acc
 
 
 def test_new_trainer_params_retrain_without_decoding(images: Path, tmp_path: Path) -> None:

@@ -196,10 +196,15 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 f"  {len(runs)} runs; last: #{last['id']} {last['status']}, {took:.1f} s, "
                 f"fingerprint {last['fingerprint']}"
             )
-            from datapipe.summary import skipped_lines
+            from datapipe.summary import sink_lines, skipped_lines
 
             for line in skipped_lines(last["counts"].get("skipped")):
                 print(line)
+            sinks = last["counts"].get("sinks")
+            if sinks:
+                print("  sinks of the last run:")
+                for line in sink_lines(sinks, indent="    "):
+                    print(line)
         damaged = m.damaged()
         if damaged:
             print(

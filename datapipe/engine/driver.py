@@ -362,13 +362,13 @@ class RunDriver:
             r.errors_by_class[f["error_class"]] = r.errors_by_class.get(f["error_class"], 0) + 1
         shards = self.m.shards()
         r.shards, r.samples = len(shards), sum(n for n, _ in shards.values())
-        self.m.finish_run(self.run_id, status, {**counts, "skipped": r.skipped})
+        self.m.finish_run(self.run_id, status, {**counts, "skipped": r.skipped, "sinks": r.sinks})
         changed = any(
             counts.get(k)
             for k in ("processed", "vanished", "newly_filtered", "rejected", "touched")
         )
         self.store.write_exports(
-            {"run_id": self.run_id, "status": status, "counts": counts},
+            {"run_id": self.run_id, "status": status, "counts": counts, "sinks": r.sinks},
             rows_changed=changed,
             fields=[f.to_dict() for f in self.p.written_fields().values()],
         )
