@@ -234,6 +234,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not (root / MANIFEST).is_file():
         what = "does not exist" if not root.exists() else f"is no datapipe output (no {MANIFEST})"
         raise UsageError(f"{args.dir} {what}")
+    if not args.key:
+        for line in trainer_lines(root):
+            print(line)
     paths = sorted((root / SHARD_DIR).glob("*.tar"))
     shown = 0
     for rec in iter_samples(paths):
@@ -255,6 +258,81 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.key and not shown:
         raise UsageError(f"no sample {args.key!r} in {args.dir}")
     return EXIT_OK
+
+
+#: what ``datapipe show`` prints of a trainer's summary, in this order
+TRAINER_KEYS = ("val_accuracy", "reused", "epochs_run", "params", "model_bytes", "skipped")
+
+
+def trainer_summaries(root: Path) -> dict[str, dict[str, Any]]:
+    """Per trainer node its summary: the last run's ``sinks`` in the manifest where it keeps
+    them, else the trainer's own ``OUT/train/NODE/report.json``."""
+    from datapipe.store.output import open_manifest_readonly
+
+    m = open_manifest_readonly(root)
+    try:
+        runs = m.runs()
+    finally:
+        m.close()
+    last = runs[-1] if runs else {}
+    kept = last.get("sinks") or last.get("counts", {}).get("sinks") or {}
+    found = {node: dict(s) for node, s in kept.items() if isinstance(s, dict)}
+    for report in sorted(root.glob("train/*/report.json")):
+        node = report.parent.name
+        if node in found:
+            continue
+        try:
+            data = json.loads(report.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found[node] = {k: data.get(k) for k in TRAINER_KEYS if k in data}
+    return found
+
+
+def trainer_lines(root: Path) -> list[str]:
+    """The trainer section of ``datapipe show``: one line per trainer node (none: no lines)."""
+    summaries = trainer_summaries(root)
+    if not summaries:
+        return []
+    lines = ["trainers:"]
+    for node, summary in summaries.items():
+        keys = [k for k in TRAINER_KEYS if k in summary] + sorted(
+            k for k in summary if k not in TRAINER_KEYS
+        )
+        parts = []
+        for k in keys:
+            value = summary[k]
+            if k == "val_accuracy" and isinstance(value, float):
+                value = f"{value:.4f}"
+            elif k == "skipped" and isinstance(value, dict):
+                value = ", ".join(f"{r} {n}" for r, n in value.items()) or "none"
+            parts.append(f"{k} {value}")
+        lines.append(f"  {node}: " + ", ".join(parts))
+    return lines
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from datapipe.predict import PredictError, predict
+
+    try:
+        results = predict(
+            args.trainer,
+            args.files,
+            pipeline=args.pipeline,
+            vars=_vars(args.var),
+            workers=args.workers,
+            threads=args.threads,
+            timeout_s=args.timeout_s,
+            epoch=args.epoch,
+        )
+    except PredictError as exc:
+        raise UsageError(str(exc)) from None
+    failed = 0
+    for result in results:
+        failed += "error" in result
+        print(json.dumps(result), flush=True)
+    return EXIT_ITEMS if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -151,6 +151,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=c.cmd_show)
 
+    p = command("predict", "classify files with a trained train.* node, as JSON lines")
+    p.add_argument(
+        "trainer", type=Path, metavar="TRAINER_DIR", help="a trainer's folder, OUT/train/NODE"
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="files to classify")
+    p.add_argument(
+        "--pipeline",
+        type=Path,
+        metavar="FILE",
+        help="the pipeline file that produced OUT (default: the copy OUT keeps)",
+    )
+    p.add_argument(
+        "--var", action="append", metavar="NAME=VALUE", help="set ${NAME} in the file (repeat)"
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=c.count_type(1),
+        help="isolated worker processes that run the Map stages, >= 1 (default: the file's "
+        "run.workers, at least 1)",
+    )
+    p.add_argument(
+        "--threads", metavar="T", type=c.count_type(1), help="torch threads for the model, >= 1"
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        dest="timeout_s",
+        type=c.setting_type("timeout_s", float),
+        help=f"time limit per file, {limit_text('timeout_s')} (default: run.timeout_s)",
+    )
+    p.add_argument(
+        "--epoch",
+        metavar="N",
+        type=c.setting_type("epoch", int),
+        default=0,
+        help="the epoch the stages see (ctx.epoch; default: 0)",
+    )
+    p.set_defaults(func=c.cmd_predict)
+
     p = command("demo", "generate the built-in sample data and run the demo pipelines")
     p.add_argument(
         "--out",
