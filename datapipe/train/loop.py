@@ -20,6 +20,15 @@ from datapipe.models.measure import count_macs, count_params
 from datapipe.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from datapipe.train.config import RESUME_KEYS, TrainConfig, TrainResult
 from datapipe.train.data import channel_stats, normalize
+from datapipe.train.distributed import (
+    barrier,
+    broadcast_object,
+    rank,
+    sum_over_ranks,
+    sync_buffers,
+    unwrap,
+    wrap,
+)
 from datapipe.train.inputs import Inputs, PixelInputs
 from datapipe.train.report import cpu_latency_ms
 
@@ -102,7 +111,9 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     total_steps: int,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns loss, accuracy, samples, steps and timings."""
+    """One pass over ``loader``; returns loss, accuracy, samples, steps and timings.
+
+    Distributed, loss, accuracy and samples are those of every rank's share together."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     loss_sum, correct, samples, steps, data_s = 0.0, 0, 0, 0, 0.0
@@ -123,6 +134,7 @@ def train_one_epoch(
         correct += int((logits.argmax(1) == y).sum())
         samples += len(y)
         steps += 1
+    loss_sum, correct, samples = sum_over_ranks(loss_sum, correct, samples)
     return {
         "train_loss": loss_sum / max(samples, 1),
         "train_accuracy": correct / max(samples, 1),
@@ -144,7 +156,11 @@ def evaluate(
     """Loss, accuracy, per-class accuracy (None for a class with no sample) and the confusion
     matrix (rows: true class, columns: predicted) over ``loader``, with ``config``'s
     normalisation (``TrainResult.config`` after :func:`fit`) and ``inputs`` (default:
-    :class:`~datapipe.train.inputs.PixelInputs` of ``config.field``; no augmentation)."""
+    :class:`~datapipe.train.inputs.PixelInputs` of ``config.field``; no augmentation).
+
+    Under ``torch.distributed`` (a process group of more than one process) every rank must
+    call it (fit does): each evaluates its share of ``loader`` and the figures are summed over
+    ranks, so every rank returns the same report."""
     if config.mean is None:
         raise ValueError("evaluate needs config.mean and config.std: pass TrainResult.config")
     batches = _Batches(config, inputs or PixelInputs(config.field, config.label))
@@ -166,9 +182,10 @@ def evaluate(
             idx = y * k + logits.argmax(1)
             confusion += torch.bincount(idx, minlength=k * k).view(k, k)
     model.train(was_training)
+    confusion, loss_sum, n, skipped = sum_over_ranks(confusion, loss_sum, n, dict(batches.skipped))
     if confusion is None:
         return {"val_loss": None, "val_accuracy": None, "per_class_accuracy": [], "confusion": [],
-                "val_samples": 0, "skipped": dict(batches.skipped)}  # fmt: skip
+                "val_samples": 0, "skipped": skipped}  # fmt: skip
     per_class = confusion.diag() / confusion.sum(1).clamp_min(1)
     return {
         "val_loss": loss_sum / n,
@@ -178,7 +195,7 @@ def evaluate(
         ],
         "confusion": confusion.tolist(),
         "val_samples": n,
-        "skipped": dict(batches.skipped),
+        "skipped": skipped,
     }
 
 
@@ -221,6 +238,19 @@ def fit(
     ``resume``), training goes on from it and ends with the same weights, bit for bit, as an
     uninterrupted run; one written with other settings is a :class:`ResumeMismatch`.
     ``len(train_loader)`` sets the length of the cosine schedule.
+
+    Distributed (under ``torchrun``, once ``torch.distributed.init_process_group`` ran with
+    more than one process), pass the plain model (or one already in
+    ``DistributedDataParallel``): fit wraps it in DDP for training, which starts every rank
+    from rank 0's weights and averages the gradients, and keeps ``model`` (its ``.module``)
+    for everything else. Each rank passes its own share of the data (``from_shards`` splits
+    it by rank) and every rank must yield the same number of training batches (a filtered
+    stream such as :class:`~datapipe.train.KeyFilter` does not promise that: train on an
+    output of its own). The normalisation is rank 0's, broadcast; after each epoch the
+    buffers are rank 0's on every rank; training and validation figures are summed over
+    ranks, so every rank returns the same result and the same weights. Only rank 0 writes
+    the checkpoint (the others wait for it); ``checkpoint_dir`` must be on storage every
+    rank reads, and a resume restores rank 0's RNG state on every rank.
     """
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
@@ -246,6 +276,7 @@ def _fit(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
+    model = unwrap(model)  # the module itself: saved, loaded, measured and evaluated
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total_steps = config.epochs * steps_per_epoch
     optimizer = _optimizer(model, config)
@@ -271,24 +302,27 @@ def _fit(
             xs, y = stats(batch, train=False, norm=False)
             if len(y):
                 seen.append(xs)
-        mean, std = input_stats(seen)
+        mean, std = broadcast_object(input_stats(seen))
         config = TrainConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
     batches = _Batches(config, inputs)
-    batches.skipped = skipped
+    net = wrap(model)  # DistributedDataParallel when distributed
     for epoch in range(start, config.epochs):
         _set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        batches.skipped = Counter()
         record.update(
-            train_one_epoch(model, train_loader, batches, optimizer, scheduler, total_steps)
+            train_one_epoch(net, train_loader, batches, optimizer, scheduler, total_steps)
         )
+        skipped.update(sum_over_ranks(dict(batches.skipped))[0])
+        sync_buffers(model)
         t0 = time.perf_counter()
         _set_epoch(val_loader, 0)
         val = evaluate(model, val_loader, config, inputs=inputs)
         record.update(val_loss=val["val_loss"], val_accuracy=val["val_accuracy"])
         record["val_s"] = time.perf_counter() - t0
         history.append(record)
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and rank() == 0:
             save_checkpoint(checkpoint_dir, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
@@ -296,6 +330,7 @@ def _fit(
                 "steps_per_epoch": steps_per_epoch, "inputs": inputs.state(),
                 "spec": dict(getattr(model, "spec", {})),
             })  # fmt: skip
+        barrier()  # a resume on any rank finds the complete checkpoint
         logger.info("epoch %d: %s", epoch, {k: record[k] for k in ("train_loss", "val_accuracy")})
         if log is not None:
             log(record)
