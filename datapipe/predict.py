@@ -237,7 +237,7 @@ def predict(
     threads: int | None = None,
     timeout_s: float | None = None,
     memory_mb: int | None = None,
-    epoch: int = 0,
+    epoch: int | None = None,
     batch_size: int = 64,
 ) -> Iterator[dict[str, Any]]:
     """Classify ``paths`` with the model of ``trainer_dir`` (OUT/train/NODE); one dict per
@@ -247,6 +247,8 @@ def predict(
     ``pipeline``: the pipeline file that produced OUT (default: a copy kept in OUT; ``vars``
     fill its ``${name}``). ``workers`` (>= 1; default: its ``run.workers``), ``timeout_s``
     and ``memory_mb`` bound the isolated worker processes; ``threads``: torch threads here.
+    ``epoch`` (what stages see as ``ctx.epoch``; default: the trainer's last epoch when a
+    stage on the way depends on it, as its validation did, else 0).
     Raises :class:`PredictError` (or ``ConfigError``) before any file is read when the
     folder, the pipeline or the model cannot be used."""
     from datapipe.engine.pool import PoolSettings
@@ -260,6 +262,9 @@ def predict(
 
         torch.set_num_threads(max(1, threads))
     model = _Model(trained)
+    if epoch is None:
+        scheduled = any(n.stage.epoch_dependent for n in chain.nodes)
+        epoch = int((trained.spec.get("params") or {}).get("epochs", 1)) - 1 if scheduled else 0
     settings = PoolSettings.from_pipeline(
         chain, workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, epoch=epoch
     )

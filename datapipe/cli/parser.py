@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epoch",
         metavar="N",
         type=c.setting_type("epoch", int),
-        default=0,
-        help="the epoch the stages see (ctx.epoch; default: 0)",
+        help="the epoch the stages see (ctx.epoch; default: the trainer's last epoch when a "
+        "stage depends on it, as its validation did, else 0)",
     )
     p.set_defaults(func=c.cmd_predict)
 
