@@ -78,6 +78,23 @@ class ExecutorError(DatapipeError):
         super().__init__(message)
 
 
+class SinkError(DatapipeError):
+    """A Sink cannot do its work with the committed samples (a trainer given one class, or
+    an empty split). The items stay committed; the run reports the sink's error (its
+    ``sinks.NODE`` becomes ``{"error": CLASS, "message": ...}``) and the CLI exits 3.
+
+    Parameters
+    ----------
+    error_class : a short name for the kind of problem (``too_few_classes``, ...).
+    message : what is wrong and what would fix it, for a person.
+    """
+
+    def __init__(self, error_class: str, message: str) -> None:
+        self.error_class = error_class
+        self.message = message
+        super().__init__(f"{error_class}: {message}")
+
+
 class ItemError(DatapipeError):
     """A single item cannot be processed; becomes an error row, the run goes on.
 

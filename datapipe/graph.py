@@ -115,6 +115,8 @@ class Pipeline:
         self.run = run or RunSpec()
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.source = source
+        #: the spec it was built from, ``${var}``s filled in (None for ``Pipeline.chain``)
+        self.spec: PipelineSpec | None = None
         self._duplicates: list[Problem] = []
         self._undeclared: set[str] = set()
         for node in nodes:
@@ -231,7 +233,21 @@ class Pipeline:
         if problems:  # in the order of the file's sections: nodes, output, run
             raise ConfigError(in_file_order(problems, list(PipelineSpec.model_fields)), source)
         p.compress = p._resolve_compress()
+        p.spec = spec
         return p
+
+    def stored(self) -> dict[str, Any] | None:
+        """What a run keeps of its pipeline (``OUT/pipeline.json``): the spec with its
+        variables filled in and the folder relative paths start from; None without a spec.
+        :meth:`from_stored` rebuilds the pipeline from it."""
+        if self.spec is None:
+            return None
+        return {"base_dir": str(self.base_dir), "pipeline": self.spec.model_dump(mode="json")}
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any], source: str | None = None) -> Pipeline:
+        """The pipeline :meth:`stored` describes."""
+        return cls.from_dict(data["pipeline"], source=source, base_dir=data["base_dir"])
 
     # -- validation -----------------------------------------------------------------------
     def _check_structure(self, broken: frozenset[str] = frozenset()) -> list[Problem]:

@@ -101,7 +101,13 @@ def find_pipeline(
                 f"{' or '.join(STORED_PIPELINES)}); pass --pipeline FILE"
             )
         pipeline = stored[0]
-    p = pipeline if isinstance(pipeline, Pipeline) else Pipeline.from_yaml(pipeline, vars)
+    if isinstance(pipeline, Pipeline):
+        p = pipeline
+    elif Path(pipeline).name == "pipeline.json" and Path(pipeline).parent == trained.out:
+        # the copy `datapipe run` keeps: variables filled in, paths relative to its base_dir
+        p = Pipeline.from_stored(json.loads(Path(pipeline).read_text()), source=str(pipeline))
+    else:
+        p = Pipeline.from_yaml(pipeline, vars)
     node = p.nodes_by_id.get(trained.node)
     where = p.source or p.name
     if node is None or node.kind is not StageKind.SINK:

@@ -128,6 +128,11 @@ class Context:
     run_dir: Path | None = None
     shards: list[Path] = field(default_factory=list)
     samples_digest: str = ""
+    #: Sink nodes only: the run's pipeline, and whether a stage upstream of the sink depends
+    #: on the epoch (a resize schedule): a trainer then recomputes its inputs every epoch
+    #: (``datapipe.stream.from_pipeline``) instead of reading the committed shards
+    pipeline: Any = None
+    epoch_dependent: bool = False
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()

@@ -39,6 +39,9 @@ def sink_lines(sinks: dict[str, Any] | None, indent: str = "  ") -> list[str]:
         if not isinstance(summary, dict):
             lines.append(f"{indent}{node}: {summary!r}"[:200])
             continue
+        if "error" in summary:
+            lines.append(f"{indent}{node}: failed ({summary['error']}): {summary.get('message')}")
+            continue
         if "val_accuracy" not in summary:
             parts = [f"{k} {v}" for k, v in sorted(summary.items())]
             lines.append(f"{indent}{node}: {', '.join(parts)}"[:200])

@@ -130,20 +130,29 @@ def test_predict_image_matches_the_model_by_hand(
         assert lines[i]["probability"] == pytest.approx(want_p, abs=1e-4)
 
 
-def test_predict_all_good_exits_0_with_a_stored_pipeline(
+def test_predict_all_good_exits_0_with_the_pipeline_the_run_kept(
     images: Path, image_model: tuple[Path, Path], tmp_path: Path
 ) -> None:
     pipeline, folder = image_model
     out = folder.parent.parent
     files = sorted(images.glob("*/*.jpg"))[::4]
-    missing = cli("predict", folder, *files, cwd=tmp_path)  # OUT keeps no pipeline yet
-    assert missing.returncode == 2 and "--pipeline" in missing.stderr
-    assert missing.stdout == ""
-    shutil.copy(pipeline, out / "pipeline.yaml")
+    stored = out / "pipeline.json"  # the run keeps its pipeline, variables filled in
+    assert json.loads(stored.read_text())["pipeline"]["nodes"]["classifier"]["stage"] == (
+        "train.image"
+    )
+    proc = cli("predict", folder, *files, "--threads", "1", cwd=tmp_path)
+    kept = stored.read_bytes()
+    stored.unlink()
     try:
-        proc = cli("predict", folder, *files, "--threads", "1", cwd=tmp_path)
+        missing = cli("predict", folder, *files, cwd=tmp_path)
+        assert missing.returncode == 2 and "--pipeline" in missing.stderr
+        assert missing.stdout == ""
+        shutil.copy(pipeline, out / "pipeline.yaml")  # a copy put there by hand serves too
+        by_hand = cli("predict", folder, *files, "--threads", "1", cwd=tmp_path)
+        assert by_hand.returncode == 0 and by_hand.stdout == proc.stdout
     finally:
-        (out / "pipeline.yaml").unlink()
+        stored.write_bytes(kept)
+        (out / "pipeline.yaml").unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stderr
     lines = _lines(proc.stdout)
     classes = json.loads((folder / "model.json").read_text())["classes"]

@@ -17,6 +17,7 @@ from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.models import build_model
 from datapipe.schemas import load_schema
+from datapipe.stream import from_shards
 from runs import cli
 
 CLASSES = 4
@@ -98,3 +99,59 @@ def test_new_trainer_params_retrain_without_decoding(images: Path, tmp_path: Pat
 def test_the_trainer_learns_above_chance(images: Path, tmp_path: Path) -> None:
     report = run_local(_pipeline(images, epochs=8, width=16), tmp_path / "out", workers=0)
     assert report.sinks["classifier"]["val_accuracy"] > 1.5 / CLASSES
+
+
+def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Path) -> None:
+    schedule = {"start_size": 16, "end_size": 32, "start_epoch": 0, "end_epoch": 2, "multiple": 8}
+    pipeline = Pipeline.from_dict(
+        {
+            "nodes": {
+                "photos": {"stage": "files", "params": {"root": str(images), "kinds": ["image"]}},
+                "resize": {
+                    "stage": "represent.resize",
+                    "inputs": "photos",
+                    "params": {"schedule": schedule},
+                },
+                "classifier": {
+                    "stage": "train.image",
+                    "inputs": "resize",
+                    "params": {"epochs": 3, "width": 4, "batch_size": 16, "lr": 0.05},
+                },
+            }
+        }
+    )
+    out = tmp_path / "out"
+    report = run_local(pipeline, out, workers=0)
+    assert report.sinks["classifier"]["epochs_run"] == 3
+    folder = out / "train" / "classifier"
+    full = json.loads((folder / "report.json").read_text())
+    # the schedule's ramp: 16 at epoch 0, 32 from epoch 2 on, 24 between (multiples of 8)
+    assert [r["input_shapes"] for r in full["history"]] == [
+        [[3, 16, 16]],
+        [[3, 24, 24]],
+        [[3, 32, 32]],
+    ]
+    assert full["skipped"] == {}
+    # the committed samples are epoch 0's; the model takes the last epoch's size
+    spec = json.loads((folder / "model.json").read_text())
+    assert spec["input_epoch"] == 2 and spec["inputs"]["shapes"] == [[3, 32, 32]]
+    sample = next(iter(from_shards(out, shuffle=False, fields=["image"])))
+    assert tuple(sample["image"].shape) == (16, 16, 3)
+
+
+def test_a_trainer_that_cannot_train_says_why_and_the_run_exits_3(tmp_path: Path) -> None:
+    one = tmp_path / "one_class"
+    make_image_dataset(one, classes=1, per_class=6, size=(32, 40), seed=0)
+    spec = _pipeline(one, epochs=1).stored()
+    assert spec is not None
+    (tmp_path / "p.json").write_text(json.dumps(spec["pipeline"]))
+    proc = cli("run", tmp_path / "p.json", "--out", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "classifier: failed (too_few_classes): training needs 2 classes" in proc.stdout
+    assert "processed 6 of 6" in proc.stdout  # the items are committed all the same
+    assert not (tmp_path / "out" / "train" / "classifier" / "model.pt").exists()
+    # a label field the pipeline does not produce is caught before anything runs
+    spec["pipeline"]["nodes"]["classifier"]["params"]["label"] = "species"
+    (tmp_path / "q.json").write_text(json.dumps(spec["pipeline"]))
+    proc = cli("validate", tmp_path / "q.json", cwd=tmp_path)
+    assert proc.returncode == 2 and "consumes field 'species'" in proc.stderr

@@ -99,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write(args.report, json.dumps(report.to_dict(), indent=2, sort_keys=True))
     if not args.quiet:
         print(summary_text(report, earlier_failures(report)))
-    return EXIT_ITEMS if report.counts.get("error") else EXIT_OK
+    failed_sink = any(isinstance(s, dict) and "error" in s for s in report.sinks.values())
+    return EXIT_ITEMS if report.counts.get("error") or failed_sink else EXIT_OK
 
 
 def summary_text(report: Any, earlier_failed: int = 0) -> str:

@@ -21,10 +21,11 @@ from datapipe.engine.report import RunReport, package_versions
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard, file_hash
 from datapipe.engine.sources import list_sources
 from datapipe.engine.stash import stash_path
+from datapipe.errors import SinkError
 from datapipe.graph import Pipeline
 from datapipe.hooks import RunHooks
 from datapipe.stage import Record, StageKind
-from datapipe.store.files import remove_temporaries
+from datapipe.store.files import atomic_write, remove_temporaries
 from datapipe.store.manifest import ItemRow
 from datapipe.store.output import OutputStore
 from datapipe.store.shards import ShardWriter, iter_samples
@@ -350,7 +351,15 @@ class RunDriver:
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             ctx.shards, ctx.samples_digest = list(shards), digest
             ctx.run_dir = self.store.root
-            self.report.sinks[node.id] = node.stage.consume(iter_samples(shards), ctx)
+            ctx.pipeline = self.p
+            ctx.epoch_dependent = any(
+                self.p.nodes_by_id[n].stage.epoch_dependent for n in self.p.upstream(node.id)
+            )
+            try:
+                self.report.sinks[node.id] = node.stage.consume(iter_samples(shards), ctx)
+            except SinkError as exc:  # the items stay committed; the run reports it
+                logger.error("sink %s: %s", node.id, exc)
+                self.report.sinks[node.id] = {"error": exc.error_class, "message": exc.message}
 
     def _finish(self, counts: dict[str, int], status: str) -> None:
         r = self.report
@@ -367,6 +376,9 @@ class RunDriver:
             counts.get(k)
             for k in ("processed", "vanished", "newly_filtered", "rejected", "touched")
         )
+        stored = self.p.stored()
+        if stored is not None:  # what `datapipe predict` runs new files through
+            atomic_write(self.store.root / "pipeline.json", json.dumps(stored, indent=1))
         self.store.write_exports(
             {"run_id": self.run_id, "status": status, "counts": counts, "sinks": r.sinks},
             rows_changed=changed,

@@ -44,6 +44,7 @@ from datapipe.engine.pool import PoolSettings, make_pool
 from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
 from datapipe.engine.sources import list_sources, preflight
 from datapipe.graph import Pipeline
+from datapipe.keys import item_key_of
 from datapipe.stage import Record
 from datapipe.stream.base import BadUnit, Sample, StreamDataset, Transform, to_torch
 from datapipe.stream.collate import Collate, merge_specs
@@ -104,6 +105,7 @@ class PipelineDataset(StreamDataset):
         *,
         variables: Mapping[str, str] | None = None,
         fields: Iterable[str] | None = None,
+        keys: Iterable[str] | None = None,
         **kw: Any,
     ) -> None:
         self.shown = frozenset(fields) | {"key"} if fields is not None else None
@@ -113,9 +115,11 @@ class PipelineDataset(StreamDataset):
         excluded: dict[str, str] = {}
         records = list_inputs(pipeline, excluded)
         self.fitted = run_barriers(pipeline, records, excluded)
-        keys = sorted(records)
-        super().__init__(keys, **kw)
-        self.records = [records[k] for k in keys]
+        if keys is not None:  # after the barriers: they see every input, as in a run
+            wanted = {item_key_of(k) for k in keys}
+            records = {k: v for k, v in records.items() if k in wanted}
+        super().__init__(sorted(records), **kw)
+        self.records = [records[k] for k in self.keys]
         self.excluded = excluded
         #: the ``collate_fn`` for these samples: masks by the leaves' declared shapes
         self.collate = Collate(leaf_specs(pipeline))
@@ -156,6 +160,7 @@ def from_pipeline(
     even: str = "pad",
     transform: Transform | None = None,
     errors_path: str | Path | None = None,
+    keys: Iterable[str] | None = None,
 ) -> PipelineDataset:
     """Stream a pipeline's output, computed on the fly, as a torch ``IterableDataset``.
 
@@ -169,6 +174,8 @@ def from_pipeline(
     variables : ``${name}`` values for a YAML pipeline (like ``--var``).
     fields : the fields a sample carries (``key`` always comes); default: what ``datapipe
         run`` would write (the pipeline's ``output.fields`` / ``output.exclude``).
+    keys : only the inputs of these keys (a sample key ``KEY@NNNN`` names input ``KEY``); the
+        Fit and Select stages still see every input, so their states equal a run's.
 
     Returns
     -------
@@ -198,4 +205,5 @@ def from_pipeline(
         even=even,
         transform=transform,
         errors_path=errors_path,
+        keys=keys,
     )

@@ -22,6 +22,7 @@ from datapipe.train.inputs import SKIP_REASONS, PixelInputs
 
 __all__ = [
     "SKIP_REASONS",
+    "FixedEpoch",
     "KeyFilter",
     "channel_stats",
     "key_labels",
@@ -122,6 +123,31 @@ class KeyFilter(IterableDataset):
         for sample in self.dataset:
             if self._passes(sample["key"]):
                 yield sample
+
+
+class FixedEpoch(IterableDataset):
+    """``dataset`` held at one epoch: ``set_epoch`` is ignored. For validation on a stream
+    whose samples change with the epoch (a resize schedule): score at the final size."""
+
+    def __init__(self, dataset: IterableDataset, epoch: int) -> None:
+        super().__init__()
+        self.dataset, self.epoch = dataset, epoch
+        self.collate = getattr(dataset, "collate", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the dataset stays at its fixed epoch."""
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return list(getattr(self.dataset, "skipped", []))
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        return iter(self.dataset)
 
 
 def prepare_batch(

@@ -126,16 +126,19 @@ def _coin(train: bool, enabled: bool) -> bool:
 class PixelInputs:
     """uint8 (or float) ``H W C`` images -> one float ``N C H W`` input in [0, 1].
 
-    Without ``crop`` every image must have the first good image's shape. With ``crop`` (a
-    side in pixels) images at least that large are cropped: at random in training, centred
-    in evaluation. ``flip``: a horizontal flip with probability 1/2 in training.
+    Without ``crop`` every image must have the first good image's shape (with
+    ``per_batch=True``: the first good image *of its batch*, for sizes that change between
+    epochs). With ``crop`` (a side in pixels) images at least that large are cropped: at
+    random in training, centred in evaluation. ``flip``: a horizontal flip with probability
+    1/2 in training.
     """
 
     def __init__(
         self, field: str = "image", label: str = "label_id", crop: int | None = None,
-        flip: bool = False,
+        flip: bool = False, per_batch: bool = False,
     ) -> None:  # fmt: skip
         self.field, self.label, self.crop, self.flip = field, label, crop, flip
+        self.per_batch = per_batch
         self.shape: tuple[int, ...] | None = None
 
     def __call__(
@@ -143,6 +146,8 @@ class PixelInputs:
     ) -> tuple[tuple[Tensor, ...], Tensor]:
         images: list[Tensor] = []
         labels: list[int] = []
+        if self.per_batch and self.crop is None:
+            self.shape = None
         for value, y in batch_samples(batch, [self.field], self.label):
             image = _check(value, (2, 3), skipped)
             if image is None:
@@ -189,12 +194,14 @@ class PixelInputs:
     def describe(self) -> dict[str, Any]:
         shape = list(self.shape or ())
         chw = [shape[2], shape[0], shape[1]] if shape else []
-        return {"kind": "pixels", "fields": [self.field], "shapes": [chw], "crop": self.crop}
+        return {"kind": "pixels", "fields": [self.field], "shapes": [chw], "crop": self.crop,
+                "per_batch": self.per_batch}  # fmt: skip
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], label: str = "label_id") -> PixelInputs:
         """Rebuilt from :meth:`describe` (with its shapes: new images must match them)."""
         inputs = cls(spec["fields"][0], label, crop=spec.get("crop"))
+        # prediction takes every image at the trained (final) size, even after a schedule
         if spec.get("shapes") and spec["shapes"][0]:
             c, h, w = spec["shapes"][0]
             inputs.shape = (h, w, c)

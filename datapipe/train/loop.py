@@ -314,6 +314,7 @@ def _fit(
         record.update(
             train_one_epoch(net, train_loader, batches, optimizer, scheduler, total_steps)
         )
+        record["input_shapes"] = inputs.describe()["shapes"]  # sizes can change by epoch
         skipped.update(sum_over_ranks(dict(batches.skipped))[0])
         sync_buffers(model)
         t0 = time.perf_counter()

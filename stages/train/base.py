@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field as PField
 
-from datapipe.errors import ConfigError, Problem
+from datapipe.errors import SinkError
 from datapipe.stage import Context, Params, Record, Sink
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ class Trainer(Sink):
     """A Sink that trains a model on the committed samples (see the module docstring)."""
 
     folder: ClassVar[str] = "train"
+    #: whether the current training reads an epoch-dependent upstream (set by consume)
+    epoch_dependent: bool = False
     #: bump when the training code changes what a run of the same params produces
     CODE_VERSION: ClassVar[str] = "2"
 
@@ -121,26 +123,18 @@ class Trainer(Sink):
         p = self.params
         classes = sorted(set(labelled.values()))
         if len(classes) < 2:
-            raise ConfigError(
-                [
-                    Problem(
-                        f"nodes.{ctx.node}.params.label",
-                        f"training needs 2 classes in {p.label!r}; "
-                        f"the committed samples have {len(classes)}",
-                    )
-                ]
+            raise SinkError(
+                "too_few_classes",
+                f"training needs 2 classes in {p.label!r}; the committed samples have "
+                f"{len(classes)} ({len(labelled)} labelled samples)",
             )
         val_keys = split_by_key(labelled, labelled.values(), p.val_fraction, p.seed)
         train_keys = set(labelled) - val_keys
         if not train_keys or not val_keys:
-            raise ConfigError(
-                [
-                    Problem(
-                        f"nodes.{ctx.node}.params.val_fraction",
-                        f"an empty split: {len(train_keys)} training, "
-                        f"{len(val_keys)} validation keys",
-                    )
-                ]
+            raise SinkError(
+                "empty_split",
+                f"an empty split: {len(train_keys)} training, {len(val_keys)} validation "
+                f"keys (val_fraction {p.val_fraction}); more samples per class are needed",
             )
         return train_keys, val_keys
 
@@ -148,18 +142,16 @@ class Trainer(Sink):
         import torch
         from torch.utils.data import DataLoader
 
-        from datapipe.stream import from_shards
-        from datapipe.train import KeyFilter, TrainConfig, fit
+        from datapipe.train import TrainConfig, fit
 
         p = self.params
         assert ctx.run_dir is not None
         labelled, names = self._labels(ctx)
         train_keys, val_keys = self._split(ctx, labelled)
         num_classes = max(labelled.values()) + 1
-        fields = [*self.read_fields(), p.label]
-        train = KeyFilter(from_shards(ctx.run_dir, seed=p.seed, fields=fields), train_keys)
-        val = KeyFilter(from_shards(ctx.run_dir, shuffle=False, fields=fields), val_keys)
-        shapes = self._probe(val, ctx.node)
+        self.epoch_dependent = ctx.epoch_dependent
+        train, val = self._streams(ctx, train_keys, val_keys)
+        shapes = self._probe(val)
         config = TrainConfig(
             epochs=p.epochs,
             batch_size=p.batch_size,
@@ -172,7 +164,10 @@ class Trainer(Sink):
         )
         torch.manual_seed(p.seed)
         model = self.make_model(num_classes, shapes)
-        loader = {"num_workers": p.workers, "persistent_workers": False}
+        # an epoch-dependent upstream decodes media every epoch: in worker processes, never
+        # in this one (and only inputs the isolated run already read without error)
+        workers = max(p.workers, 1) if ctx.epoch_dependent else p.workers
+        loader = {"num_workers": workers, "persistent_workers": False}
         result = fit(
             model,
             DataLoader(train, batch_size=p.batch_size, collate_fn=train.collate, **loader),
@@ -185,7 +180,26 @@ class Trainer(Sink):
         self._write_model(out, model, result, class_names, shapes)
         return self._report(out, result, class_names, train, val, len(train_keys))
 
-    def _probe(self, val: Any, node: str) -> list[list[int]]:
+    def _streams(self, ctx: Context, train_keys: set[str], val_keys: set[str]) -> tuple[Any, Any]:
+        """The training and validation streams: the committed shards, or, when a stage
+        upstream depends on the epoch (a resize schedule), the pipeline recomputed every
+        epoch (``from_pipeline``; validation held at the last epoch: the final size)."""
+        from datapipe.stream import from_pipeline, from_shards
+        from datapipe.train import KeyFilter
+        from datapipe.train.data import FixedEpoch
+
+        p = self.params
+        fields = [*self.read_fields(), p.label]
+        if not ctx.epoch_dependent:
+            train = from_shards(ctx.run_dir, seed=p.seed, fields=fields)
+            val = from_shards(ctx.run_dir, shuffle=False, fields=fields)
+            return KeyFilter(train, train_keys), KeyFilter(val, val_keys)
+        train = from_pipeline(ctx.pipeline, seed=p.seed, fields=fields, keys=train_keys)
+        val = from_pipeline(ctx.pipeline, shuffle=False, fields=fields, keys=val_keys)
+        last = p.epochs - 1
+        return KeyFilter(train, train_keys), FixedEpoch(KeyFilter(val, val_keys), last)
+
+    def _probe(self, val: Any) -> list[list[int]]:
         """The per-input sample shapes, from the first validation samples that make a batch."""
         inputs = self.make_inputs()
         batch: list[dict[str, Any]] = []
@@ -196,13 +210,10 @@ class Trainer(Sink):
                 return inputs.describe()["shapes"]
             if len(batch) >= 64:
                 break
-        raise ConfigError(
-            [
-                Problem(
-                    f"nodes.{node}",
-                    f"no validation sample has usable {self.read_fields()} fields",
-                )
-            ]
+        raise SinkError(
+            "no_usable_samples",
+            f"none of the first validation samples has usable {self.read_fields()} fields "
+            "(missing, wrongly shaped or not finite)",
         )
 
     def _write_model(
@@ -232,6 +243,8 @@ class Trainer(Sink):
                 "std": list(result.config.std or []),
             },
             "classes": class_names,
+            # the epoch whose upstream output the model takes (the last of a resize schedule)
+            "input_epoch": self.params.epochs - 1 if self.epoch_dependent else 0,
         }
         write_json(out / "model.json", spec)
         for fmt in self.params.export:

@@ -53,7 +53,9 @@ class TrainImage(Trainer):
         from datapipe.train.inputs import PixelInputs
 
         p = self.params
-        return PixelInputs(p.field, p.label, crop=p.crop, flip=p.flip)
+        return PixelInputs(
+            p.field, p.label, crop=p.crop, flip=p.flip, per_batch=self.epoch_dependent
+        )
 
     def make_model(self, num_classes: int, shapes: list[list[int]]) -> nn.Module:
         from datapipe.models import resnet
