@@ -267,3 +267,18 @@ def test_inputs_rebuild_from_their_description() -> None:
     assert skipped == Counter(wrong_shape=1)
     with pytest.raises(ValueError, match="unknown inputs kind"):
         inputs_from_spec({"kind": "audio"})
+
+
+def test_pixel_inputs_take_the_frame_of_a_one_frame_clip() -> None:
+    frame = torch.arange(4 * 5 * 3, dtype=torch.uint8).reshape(4, 5, 3)
+    skipped: Counter = Counter()
+    (x,), y = PixelInputs("keyframes")(
+        [
+            {"keyframes": frame[None], "label_id": 2},  # 1 H W C: its frame
+            {"keyframes": torch.stack([frame, frame]), "label_id": 1},  # 2 frames: which?
+        ],
+        train=False,
+        skipped=skipped,
+    )
+    assert y.tolist() == [2] and skipped == Counter(wrong_shape=1)
+    assert torch.equal(x[0], frame.permute(2, 0, 1).float() / 255)

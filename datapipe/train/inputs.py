@@ -124,7 +124,9 @@ def _coin(train: bool, enabled: bool) -> bool:
 
 
 class PixelInputs:
-    """uint8 (or float) ``H W C`` images -> one float ``N C H W`` input in [0, 1].
+    """uint8 (or float) ``H W C`` images -> one float ``N C H W`` input in [0, 1]. A clip
+    field of one frame (``1 H W C``, e.g. the centre frame ``keyframes.tsn`` picks) counts as
+    its frame; ``H W`` as one channel.
 
     Without ``crop`` every image must have the first good image's shape (with
     ``per_batch=True``: the first good image *of its batch*, for sizes that change between
@@ -149,9 +151,14 @@ class PixelInputs:
         if self.per_batch and self.crop is None:
             self.shape = None
         for value, y in batch_samples(batch, [self.field], self.label):
-            image = _check(value, (2, 3), skipped)
+            image = _check(value, (2, 3, 4), skipped)
             if image is None:
                 continue
+            if image.dim() == 4:  # one frame of a clip field (1 H W C), e.g. a centre frame
+                if image.shape[0] != 1:
+                    skipped["wrong_shape"] += 1
+                    continue
+                image = image[0]
             if image.dim() == 2:
                 image = image[:, :, None]
             image = self._fit(image, train)

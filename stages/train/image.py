@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 class TrainImageParams(TrainParams):
-    field: str = PField("image", description="Pixel field (uint8 H W C) to train on.")
+    field: str = PField(
+        "image", description="Pixel field to train on: H W C (uint8, or float), or 1 H W C."
+    )
     stages: Literal[3, 4] = PField(
         3, description="3: CIFAR-style ResNet; 4: the 4-stage twin of train.dct (stride-2 stem)."
     )
@@ -42,7 +44,7 @@ class TrainImage(Trainer):
 
     def consumes(self) -> tuple[Field, ...]:
         return (
-            Field(self.params.field, "uint8", "H W C", "pixels"),
+            Field(self.params.field, "uint8|float32", "* H W C", "pixels (or one frame)"),
             Field(self.params.label, "int", "", "class index"),
         )
 
