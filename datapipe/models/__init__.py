@@ -2,6 +2,8 @@
 
 - :func:`resnet`: a small ResNet family sized for CPU (3 stages CIFAR style, or 4);
 - :func:`dct_resnet`: its twin on JPEG DCT coefficients (Gueguen et al. 2018);
+- :func:`coviar_net`: CoViAR's streams (I-frames, motion, residuals, RGB) with TSN
+  consensus and weighted score fusion (Wu et al. 2018);
 - :func:`build_model` / :func:`model_spec`: a model from a JSON-able spec and back, so a
   saved ``state_dict`` plus its spec rebuilds the model without the pipeline;
 - :func:`count_params`, :func:`count_macs`: size and cost.
@@ -18,6 +20,7 @@ True
 
 from __future__ import annotations
 
+from datapipe.models.coviar import CoviarNet, coviar_net
 from datapipe.models.dct_resnet import DctResNet, dct_resnet
 from datapipe.models.measure import count_macs, count_params
 from datapipe.models.resnet import BasicBlock, ResNet, ResNetTrunk, resnet
@@ -26,12 +29,14 @@ from datapipe.models.spec import ARCHS, build_model, model_spec
 __all__ = [
     "ARCHS",
     "BasicBlock",
+    "CoviarNet",
     "DctResNet",
     "ResNet",
     "ResNetTrunk",
     "build_model",
     "count_macs",
     "count_params",
+    "coviar_net",
     "dct_resnet",
     "model_spec",
     "resnet",

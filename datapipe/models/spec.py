@@ -7,11 +7,16 @@ from typing import Any
 
 from torch import nn
 
+from datapipe.models.coviar import coviar_net
 from datapipe.models.dct_resnet import dct_resnet
 from datapipe.models.resnet import resnet
 
 #: arch name -> factory taking the rest of the spec as keyword arguments
-ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet": resnet, "dct_resnet": dct_resnet}
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "resnet": resnet,
+    "dct_resnet": dct_resnet,
+    "coviar": coviar_net,
+}
 
 
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
