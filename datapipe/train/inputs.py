@@ -352,6 +352,8 @@ INPUT_KINDS: dict[str, type] = {"pixels": PixelInputs, "dct": DctInputs}
 def inputs_from_spec(spec: Mapping[str, Any], label: str = "label_id") -> Inputs:
     """The inputs object a model was trained with, from its ``model.json`` ``inputs`` entry
     (``describe()`` plus the ``shapes`` seen), ready to prepare new samples for prediction."""
+    import datapipe.train.video_inputs  # noqa: F401  (registers the "video" kind)
+
     kind = spec.get("kind")
     if kind not in INPUT_KINDS:
         raise ValueError(f"unknown inputs kind {kind!r}; known: {sorted(INPUT_KINDS)}")
