@@ -12,13 +12,15 @@ Methods:
   the C row filter (the optional ``_jpeg_filter`` extension, when built) and with the ctypes
   Python callback used when no compiler was available at install time;
 - ours, stage: ``jpeg.dct`` from the file path, channels layout K=24, dequantized, chroma on
-  the luma grid (what a frequency-domain model consumes);
+  the luma grid (what a frequency-domain model consumes; issue target: <= 0.7x), and with
+  chroma on its own grid;
 - jpeglib: ``jpeglib.read_dct(path)`` + ``.Y .Cb .Cr`` (its default libjpeg 6b; the oracle);
 - PIL full: ``np.asarray(Image.open(...))``, the RGB decode;
 - PIL draft 1/8: the DCT-scaled 1/8 decode, a proxy for the entropy-decoding floor;
 - simplejpeg: ``simplejpeg.decode_jpeg`` to RGB, the fastest pixel decoder a user could pick.
 
-    python scripts/bench/bench_jpeg_dct.py [--images 8] [--rounds 15] [--noise 2] [--json out.json]
+    python scripts/bench/bench_jpeg_dct.py [--images 8] [--rounds 15] [--noise 2]
+        [--sizes 224x224,1024x768] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from datapipe.stage import Context
 from datapipe.stages.common import libturbojpeg
 from datapipe.stages.compressed.jpeg_dct import JpegDCTStage, read_jpeg_dct
 
-SIZES = ((224, 224), (1024, 768))
 MODES = {"baseline": {}, "progressive": {"progressive": True}}
 
 
@@ -74,9 +75,9 @@ def encode(arr: np.ndarray, **options: object) -> bytes:
 
 def methods(files: list[bytes], paths: list[str]) -> dict[str, Callable[[], object]]:
     import jpeglib
-    import simplejpeg
 
     stage = JpegDCTStage(layout="channels", keep=24, dequantize=True, chroma="luma_grid")
+    own = JpegDCTStage(layout="channels", keep=24, dequantize=True, chroma="own_grid")
     ctx = Context()
 
     def draft(b: bytes) -> np.ndarray:
@@ -101,18 +102,28 @@ def methods(files: list[bytes], paths: list[str]) -> dict[str, Callable[[], obje
     found = {}
     if libturbojpeg.NATIVE_FILTER is not None:
         found["ours: read_jpeg_dct (bytes), C filter"] = ours(libturbojpeg.NATIVE_FILTER)
+    peers = {}
+    try:
+        import simplejpeg
+
+        peers["simplejpeg decode -> RGB"] = lambda: [simplejpeg.decode_jpeg(b) for b in files]
+    except ImportError:  # the [bench] extra is not installed
+        pass
     return {
         **found,
         "ours: read_jpeg_dct (bytes), Python filter": ours(None),
         "ours: jpeg.dct stage (path, K=24, deq, luma grid)": lambda: [
             stage.process({"path": p}, ctx) for p in paths
         ],
+        "ours: jpeg.dct stage (path, K=24, deq, own grid)": lambda: [
+            own.process({"path": p}, ctx) for p in paths
+        ],
         "jpeglib read_dct + .Y .Cb .Cr": lambda: [jpeglib_read(p) for p in paths],
         "PIL full decode -> RGB ndarray": lambda: [
             np.asarray(Image.open(io.BytesIO(b))) for b in files
         ],
         "PIL draft 1/8 (entropy floor proxy)": lambda: [draft(b) for b in files],
-        "simplejpeg decode -> RGB": lambda: [simplejpeg.decode_jpeg(b) for b in files],
+        **peers,
     }
 
 
@@ -134,16 +145,26 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per size and mode")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--noise", type=float, default=2.0, help="sensor noise sigma (0: none)")
+    parser.add_argument(
+        "--sizes", default="224x224,1024x768", help="comma-separated WxH (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
 
     import jpeglib
-    import simplejpeg
+
+    try:
+        import simplejpeg
+
+        peer = f"simplejpeg {simplejpeg.__version__}"
+    except ImportError:
+        peer = "simplejpeg not installed"
 
     print(
         f"Python {platform.python_version()}, numpy {np.__version__}, Pillow "
-        f"{Image.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')}), simplejpeg "
-        f"{simplejpeg.__version__}, jpeglib {jpeglib.__version__} ({jpeglib.version.get()}); "
+        f"{Image.__version__} (libjpeg-turbo {features.version('libjpeg_turbo')}), {peer}, "
+        f"jpeglib {jpeglib.__version__} ({jpeglib.version.get()}); "
         f"{args.images} images per cell, {args.rounds} rounds, median ms per image; C row "
         f"filter {'built' if libturbojpeg.NATIVE_FILTER else 'NOT built'}; stage row uses the "
         f"{'C' if libturbojpeg.NATIVE_FILTER else 'Python'} filter"
@@ -151,7 +172,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     columns = []
     with tempfile.TemporaryDirectory() as tmp:
-        for w, h in SIZES:
+        for w, h in sizes:
             photos = make_photos(args.images, (w, h), args.noise)
             for mode, options in MODES.items():
                 col = f"{w}x{h} {mode}"

@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from datapipe.errors import ItemError
+from datapipe.stages.common.jpeg_header import ZIGZAG
+from datapipe.stages.common.libturbojpeg import Layout, layout
 
 _SUBSAMPLING = {(1, 1): "4:4:4", (1, 2): "4:2:2", (2, 2): "4:2:0", (2, 1): "4:4:0", (1, 4): "4:1:1"}
 
@@ -60,12 +63,7 @@ class JpegDCT:
         (1, 1) for 4:4:4. Raises ItemError when chroma does not tile the luma grid."""
         if self.grayscale:
             return (1, 1)
-        (yh, yv), (bh, bv), (rh, rv) = self.sampling
-        if (bh, bv) != (rh, rv) or yh % bh or yv % bv:
-            raise ItemError(
-                "unsupported", f"sampling {self.sampling} does not map chroma onto the luma grid"
-            )
-        return (yv // bv, yh // bh)
+        return chroma_ratio(self.sampling)
 
     @property
     def subsampling(self) -> str:
@@ -76,3 +74,36 @@ class JpegDCT:
             return _SUBSAMPLING.get(self.chroma_ratio, str(self.sampling))
         except ItemError:
             return str(self.sampling)
+
+
+def chroma_ratio(sampling: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """Luma blocks per chroma block along (rows, cols) for the (h, v) ``sampling`` factors of
+    Y, Cb, Cr; ItemError ``unsupported`` when chroma does not tile the luma grid."""
+    (yh, yv), (bh, bv), (rh, rv) = sampling
+    if (bh, bv) != (rh, rv) or yh % bh or yv % bv:
+        raise ItemError(
+            "unsupported", f"sampling {sampling} does not map chroma onto the luma grid"
+        )
+    return (yv // bv, yh // bh)
+
+
+@functools.lru_cache(maxsize=1024)
+def stage_layout(
+    grid: tuple[int, int],
+    out_grid: tuple[int, int],
+    ratio: tuple[int, int],
+    k: int,
+    channels: bool,
+    qt: bytes | None,
+) -> Layout:
+    """How the C row filter writes one component for ``jpeg.dct``: the first ``k`` zigzag
+    coefficients, as channels (zigzag order) or in place in an 8x8 block (the rest 0), times
+    ``qt`` (uint16 natural order, as bytes) when given, each block repeated over ``ratio``
+    blocks of ``out_grid``. Cached: a dataset's images mostly share grids and tables."""
+    if channels:
+        src, dst, block = ZIGZAG[:k], np.arange(k), (k,)
+    else:  # in place, in natural order (all 64: a plain copy)
+        src = dst = np.sort(ZIGZAG[:k])
+        block = (8, 8)
+    mul = None if qt is None else np.frombuffer(qt, np.uint16)[src].astype(np.float32)
+    return layout(grid, out_grid, ratio, src, dst, block, mul)

@@ -13,6 +13,7 @@ samples, CMYK/YCCK and RGB-coded files, and declared sizes over the pixel budget
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -84,6 +85,11 @@ class JpegHeader:
     def progressive(self) -> bool:
         return self.process == "progressive"
 
+    @property
+    def sampling(self) -> tuple[tuple[int, int], ...]:
+        """The (h, v) sampling factors of each component."""
+        return tuple((c.h, c.v) for c in self.components)
+
 
 def sniff_format(data: bytes) -> str | None:
     """Name of a well-known non-JPEG format ``data`` starts with, or None."""
@@ -98,7 +104,39 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def parse_header(data: bytes, max_pixels: int) -> JpegHeader:
-    """Parse and check the markers of ``data``; raise ItemError for what cannot be read."""
+    """Parse and check the markers of ``data``; raise ItemError for what cannot be read.
+
+    Files from one encoder at one size share their markers up to the first scan: a parse
+    that ends there depends on those bytes alone (and ``max_pixels``), so it is kept, keyed
+    by them, and only ``has_eoi`` is looked up again for the next file that starts alike."""
+    key = None
+    sos = data.find(b"\xff\xda", 2, _CACHED_PREFIX)
+    if sos > 0:
+        end = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+        if end <= min(len(data), _CACHED_PREFIX):
+            key = (bytes(data[:end]), max_pixels)
+            known = _parsed.get(key)
+            if known is not None:
+                has_eoi = data.rfind(b"\xff\xd9", end) >= 0
+                return JpegHeader(*known[:4], known[4].copy(), has_eoi, known[6])
+    header, pos = _parse(data, max_pixels)
+    if key is not None and pos == len(key[0]):
+        h = header
+        with _parsed_lock:
+            if len(_parsed) >= _CACHED_HEADERS:
+                del _parsed[next(iter(_parsed))]  # the oldest
+            _parsed[key] = (h.width, h.height, h.process, h.components, h.qt.copy(), 0, h.grids)
+    return header
+
+
+#: headers kept (see parse_header), and the longest prefix kept
+_CACHED_HEADERS, _CACHED_PREFIX = 64, 4096
+_parsed: dict[tuple[bytes, int], tuple] = {}
+_parsed_lock = threading.Lock()
+
+
+def _parse(data: bytes, max_pixels: int) -> tuple[JpegHeader, int]:
+    """The header, and where the parse stopped."""
     n = len(data)
     if n == 0:
         raise ItemError("empty", "zero-byte input")
@@ -182,7 +220,7 @@ def parse_header(data: bytes, max_pixels: int) -> JpegHeader:
     grids = tuple(
         ((-(-height * c.v // vmax) + 7) // 8, (-(-width * c.h // hmax) + 7) // 8) for c in comps
     )
-    return JpegHeader(width, height, process, comps, qt, has_eoi, grids)
+    return JpegHeader(width, height, process, comps, qt, has_eoi, grids), pos
 
 
 def _read_dqt(seg: bytes, tables: dict[int, np.ndarray]) -> None:

@@ -7,7 +7,9 @@ Route: ``tjTransform`` with no transform and ``TJXOPT_NOOUTPUT`` runs libjpeg's
 custom filter callback, which copies it into a numpy array. The callback is the C function of
 the optional extension ``_jpeg_filter`` when it was built at install time, else a ctypes
 Python callback (same result, about a microsecond more per block row). Either way only the
-shared library is needed at run time (Debian/Ubuntu package ``libturbojpeg0``).
+shared library is needed at run time (Debian/Ubuntu package ``libturbojpeg0``). The C filter
+can also write a :class:`Layout` (:func:`read_layouts`): ``jpeg.dct``'s output arrays, filled
+from the rows as they come.
 
 Safety: TurboJPEG installs its own libjpeg error manager (setjmp/longjmp), so a corrupt file
 makes ``tjTransform`` return -1 with a message; it never reaches libjpeg's default
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +76,16 @@ _FILTER = ctypes.CFUNCTYPE(
     ctypes.c_int,  # componentIndex
     ctypes.c_int,  # transformIndex
     ctypes.c_void_p,  # tjtransform *
+)
+
+
+#: the int64 fields of a target (dp_target in _jpeg_filter.c), in order
+_TARGET_INTS = (
+    *("address", "row_bytes", "rows", "copied", "mode", "out_rows", "out_cols"),
+    *("ry", "rx", "stride", "n", "zero_blocks"),
+)
+_ADDRESS, _ROWS, _COPIED, _ZERO_BLOCKS = (
+    _TARGET_INTS.index(k) for k in ("address", "rows", "copied", "zero_blocks")
 )
 
 
@@ -144,13 +158,14 @@ def load_library() -> ctypes.CDLL:
 
 
 class _Target(ctypes.Structure):
-    """Where one component's rows go (mirrors ``dp_target`` in ``_jpeg_filter.c``)."""
+    """Where one component's rows go and in what layout (mirrors ``dp_target`` in
+    ``_jpeg_filter.c``; modes 1 and 2 only there)."""
 
     _fields_ = [
-        ("address", ctypes.c_int64),
-        ("row_bytes", ctypes.c_int64),
-        ("rows", ctypes.c_int64),
-        ("copied", ctypes.c_int64),
+        *((name, ctypes.c_int64) for name in _TARGET_INTS),
+        ("src", ctypes.c_int32 * 64),
+        ("dst", ctypes.c_int32 * 64),
+        ("mul", ctypes.c_float * 64),
     ]
 
 
@@ -173,8 +188,48 @@ def _native_filter() -> int | None:
 NATIVE_FILTER: int | None = _native_filter()
 
 
+class Layout(NamedTuple):
+    """What the C filter writes for one component instead of its raw blocks (see
+    :func:`layout`): an array of ``shape`` and ``dtype``, zeroed first when ``zeros``."""
+
+    shape: tuple[int, ...]
+    dtype: type
+    zeros: bool
+    target: bytes  # the filled-in _Target, but for its address
+
+
+def layout(
+    grid: tuple[int, int],
+    out_grid: tuple[int, int],
+    ratio: tuple[int, int],
+    src: np.ndarray,
+    dst: np.ndarray,
+    block: tuple[int, ...],
+    mul: np.ndarray | None,
+) -> Layout:
+    """A component of block ``grid`` written as an ``(*out_grid, *block)`` array: coefficient
+    ``src[j]`` (natural order) of each block goes to flat position ``dst[j]`` of its output
+    block, as int16, or as float32 times ``mul[j]``; each block fills ``ratio`` (rows, cols)
+    output blocks, cut at the edge of ``out_grid``. Unnamed positions are 0."""
+    (rows, cols), (ry, rx), stride = grid, ratio, int(np.prod(block))
+    n = len(src)
+    if not (1 <= stride <= 64 and n == len(dst) <= stride and ry >= 1 and rx >= 1):
+        raise ValueError(f"bad layout: {n} of {stride} coefficients, ratio {ratio}")
+    if not ((0 <= src) & (src < 64)).all() or not ((0 <= dst) & (dst < stride)).all():
+        raise ValueError("layout indices outside a block")
+    if rows * ry < out_grid[0] or cols * rx < out_grid[1]:
+        raise ValueError(f"grid {grid} x {ratio} does not cover {out_grid}")
+    t = _Target(0, cols * 128, rows, 0, 1 if mul is None else 2, *out_grid, ry, rx, stride, n)
+    t.src[:n], t.dst[:n] = src.tolist(), dst.tolist()
+    if mul is not None:
+        t.mul[:n] = np.asarray(mul, np.float32).tolist()
+    covered = n == stride and len(set(dst.tolist())) == n
+    dtype = np.int16 if mul is None else np.float32
+    return Layout((*out_grid, *block), dtype, not covered, bytes(t))
+
+
 def _row_copier(table: _Targets) -> _FILTER:
-    """The Python filter callback: the same work as ``copy_rows`` in ``_jpeg_filter.c``."""
+    """The Python filter callback: the raw copy (mode 0) of ``copy_rows`` in ``_jpeg_filter.c``."""
     memmove = ctypes.memmove
     targets = table.t
 
@@ -187,7 +242,7 @@ def _row_copier(table: _Targets) -> _FILTER:
             g = targets[ci]
             row_bytes, rows = g.row_bytes, g.rows
             # the header parser and libjpeg must agree on the plane, or the copy would overrun
-            if region.w * 16 != row_bytes or plane.h != rows * 8 or region.y < 0:
+            if g.mode != 0 or region.w * 16 != row_bytes or plane.h != rows * 8 or region.y < 0:
                 return -1
             row = region.y >> 3
             if row < rows:
@@ -200,10 +255,15 @@ def _row_copier(table: _Targets) -> _FILTER:
     return _FILTER(copy_row)
 
 
+@functools.lru_cache(maxsize=256)
+def _raw_target(rows: int, cols: int) -> bytes:
+    return bytes(_Target(0, cols * 128, rows))
+
+
 class _Reader:
     """One TurboJPEG handle and its filter; used by one thread at a time."""
 
-    def __init__(self, native: bool) -> None:
+    def __init__(self, native_filter: int | None) -> None:
         self.lib = load_library()
         self.handle = self.lib.tjInitTransform()
         if not self.handle:
@@ -212,35 +272,39 @@ class _Reader:
         self.transform = _Transform()
         self.transform.options = TJXOPT_NOOUTPUT | TJXOPT_COPYNONE
         self.transform.data = ctypes.addressof(self.table)
-        if native and NATIVE_FILTER is not None:
+        if native_filter is not None:
             self.callback = None
-            self.transform.customFilter = NATIVE_FILTER
+            self.transform.customFilter = native_filter
         else:
             self.callback = _row_copier(self.table)
             self.transform.customFilter = ctypes.cast(self.callback, ctypes.c_void_p).value
         self.dst = ctypes.c_void_p()
         self.dst_size = ctypes.c_ulong()
+        self.refs = (ctypes.byref(self.dst), ctypes.byref(self.dst_size))
+        self.transform_ref = ctypes.byref(self.transform)
+        # where each target starts, and a view of its int64 fields
+        self.slots = [ctypes.addressof(t) for t in self.table.t]
+        self.ints = [(ctypes.c_int64 * len(_TARGET_INTS)).from_address(a) for a in self.slots]
 
     def read(
-        self, data: bytes, grids: Sequence[tuple[int, int]], strict: bool
-    ) -> tuple[list[np.ndarray], str | None]:
-        if not 1 <= len(grids) <= 4:
-            raise TurboJPEGError(f"{len(grids)} components", warning=False)
-        arrays = [np.empty((rows, cols, 8, 8), np.int16) for rows, cols in grids]
-        for g, a in zip(self.table.t, arrays, strict=False):
-            g.address, g.row_bytes, g.rows, g.copied = _address(a), a.shape[1] * 128, a.shape[0], 0
-        self.table.n = len(arrays)
+        self,
+        data: bytes,
+        targets: Sequence[tuple[np.ndarray, bytes]],
+        strict: bool,
+    ) -> tuple[list[int], str | None]:
+        """Decode ``data`` into each (array, target image); returns the all-zero blocks seen
+        per component (modes 1 and 2) and the first warning."""
+        if not 1 <= len(targets) <= 4:
+            raise TurboJPEGError(f"{len(targets)} components", warning=False)
+        memmove = ctypes.memmove
+        for slot, ints, (array, image) in zip(self.slots, self.ints, targets, strict=False):
+            memmove(slot, image, len(image))
+            ints[_ADDRESS] = _address(array)
+        self.table.n = len(targets)
         flags = TJFLAG_LIMITSCANS | (TJFLAG_STOPONWARNING if strict else 0)
         try:
             status = self.lib.tjTransform(
-                self.handle,
-                data,
-                len(data),
-                1,
-                ctypes.byref(self.dst),
-                ctypes.byref(self.dst_size),
-                ctypes.byref(self.transform),
-                flags,
+                self.handle, data, len(data), 1, *self.refs, self.transform_ref, flags
             )
         finally:
             self.table.n = 0
@@ -251,10 +315,11 @@ class _Reader:
             warning = self.lib.tjGetErrorCode(self.handle) == TJERR_WARNING
             if strict or not warning:
                 raise TurboJPEGError(message, warning)
-        if any(g.copied != a.shape[0] for g, a in zip(self.table.t, arrays, strict=False)):
+        counts = [self.ints[ci] for ci in range(len(targets))]
+        if any(ints[_COPIED] != ints[_ROWS] for ints in counts):
             # a fatal error after a warning still reads as a warning in tjGetErrorCode
             raise TurboJPEGError(message or "libjpeg did not deliver every block row", False)
-        return arrays, message
+        return [ints[_ZERO_BLOCKS] for ints in counts], message
 
     def __del__(self) -> None:
         if getattr(self, "handle", None):
@@ -284,12 +349,36 @@ def read_coefficients(
     for any warning when ``strict``. ``native`` picks the C filter (default: when built) or
     the Python callback (False).
     """
-    native = NATIVE_FILTER is not None if native is None else native
+    arrays = [np.empty((rows, cols, 8, 8), np.int16) for rows, cols in grids]
+    targets = [(a, _raw_target(*grid)) for a, grid in zip(arrays, grids, strict=True)]
+    _, warning = _reader(NATIVE_FILTER is not None if native is None else native).read(
+        data, targets, strict
+    )
+    return arrays, warning
+
+
+def read_layouts(
+    data: bytes, layouts: Sequence[Layout], *, strict: bool = False
+) -> tuple[list[np.ndarray], list[int], str | None]:
+    """Like :func:`read_coefficients`, but each component comes out as its :class:`Layout`
+    says, in one pass, with the count of its all-zero blocks. Needs the C filter
+    (``NATIVE_FILTER`` set)."""
+    if NATIVE_FILTER is None:
+        raise TurboJPEGError("the C row filter (_jpeg_filter) is not built", warning=False)
+    arrays = [(np.zeros if t.zeros else np.empty)(t.shape, t.dtype) for t in layouts]
+    targets = [(a, t.target) for a, t in zip(arrays, layouts, strict=True)]
+    zeros, warning = _reader(True).read(data, targets, strict)
+    return arrays, zeros, warning
+
+
+def _reader(native: bool) -> _Reader:
+    """This thread's reader with the C filter (``native``, when built) or the Python one."""
+    key = NATIVE_FILTER if native else None
     readers = _local.__dict__.setdefault("readers", {})
-    reader = readers.get(native)
+    reader = readers.get(key)
     if reader is None:
-        reader = readers[native] = _Reader(native)
-    return reader.read(data, grids, strict)
+        reader = readers[key] = _Reader(key)
+    return reader
 
 
 def is_warning(message: str) -> bool:

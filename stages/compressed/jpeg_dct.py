@@ -14,6 +14,10 @@ markers are parsed and checked in Python first (see
 :mod:`~datapipe.stages.common.jpeg_header`), so absurd declared sizes and unsupported kinds of
 JPEG are refused before anything is allocated. The coefficients come back as a
 :class:`~datapipe.stages.common.jpeg_coefficients.JpegDCT`.
+
+The stage itself, when the C filter is built, has libjpeg's block rows written straight into
+its output layout (zigzag cut, dequantization and chroma placement in one pass, no
+intermediate arrays); without it, numpy does the same from the raw blocks, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,9 +33,15 @@ from pydantic import Field as PField
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Map, Params, Record
-from datapipe.stages.common.jpeg_coefficients import JpegDCT
-from datapipe.stages.common.jpeg_header import ZIGZAG, parse_header
-from datapipe.stages.common.libturbojpeg import TurboJPEGError, read_coefficients
+from datapipe.stages.common import libturbojpeg
+from datapipe.stages.common.jpeg_coefficients import JpegDCT, chroma_ratio, stage_layout
+from datapipe.stages.common.jpeg_header import ZIGZAG, JpegHeader, parse_header
+from datapipe.stages.common.libturbojpeg import (
+    Layout,
+    TurboJPEGError,
+    read_coefficients,
+    read_layouts,
+)
 
 DEFAULT_MAX_PIXELS = 50_000_000
 #: libjpeg's warning for data that ends before the image does (JWRN_JPEG_EOF)
@@ -75,41 +85,57 @@ def read_jpeg_dct(
     >>> dct.y.shape, dct.cb.shape, dct.subsampling
     ((3, 5, 8, 8), (2, 3, 8, 8), '4:2:0')
     """
-    data = _load(path_or_bytes)
-    header = parse_header(data, max_pixels)
-    grids = header.grids
-    if not header.has_eoi:
-        raise ItemError("truncated", "the JPEG data ends before its EOI marker")
-    if not header.progressive and len(data) * 8 < 2 * sum(r * c for r, c in grids):
-        # every block of a sequential file costs at least a DC code and an EOB code
-        raise ItemError(
-            "decode_bomb",
-            f"declared size {header.width}x{header.height} needs more data than the "
-            f"{len(data)} bytes of the file",
-        )
+    data, header = _prepare(path_or_bytes, max_pixels)
+    return _decode(data, header, strict)
+
+
+def _decode(data: bytes, header: JpegHeader, strict: bool) -> JpegDCT:
     try:
-        arrays, warning = read_coefficients(data, grids, strict=strict)
+        arrays, warning = read_coefficients(data, header.grids, strict=strict)
     except TurboJPEGError as exc:
         raise ItemError(_error_class(exc), f"cannot read the JPEG: {exc.message}") from None
     damaged = 0
     if warning is not None:
-        if _EOF_WARNING in warning:
-            raise ItemError("truncated", f"cannot read the JPEG: {warning}")
         zero = sum(int(np.count_nonzero(~a.reshape(-1, 64).any(axis=1))) for a in arrays)
-        damaged = max(1, zero)
+        damaged = _damage(warning, zero)
     y, *chroma = arrays
     return JpegDCT(
         y=y,
         cb=chroma[0] if chroma else None,
         cr=chroma[1] if chroma else None,
         qt=header.qt,
-        sampling=tuple((c.h, c.v) for c in header.components),
+        sampling=header.sampling,
         width=header.width,
         height=header.height,
         progressive=header.progressive,
         warnings=(warning,) if warning else (),
         damaged_blocks=damaged,
     )
+
+
+def _prepare(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, max_pixels: int
+) -> tuple[bytes, JpegHeader]:
+    """The data and its checked header: every refusal that comes before libjpeg runs."""
+    data = _load(source)
+    header = parse_header(data, max_pixels)
+    if not header.has_eoi:
+        raise ItemError("truncated", "the JPEG data ends before its EOI marker")
+    if not header.progressive and len(data) * 8 < 2 * sum(r * c for r, c in header.grids):
+        # every block of a sequential file costs at least a DC code and an EOB code
+        raise ItemError(
+            "decode_bomb",
+            f"declared size {header.width}x{header.height} needs more data than the "
+            f"{len(data)} bytes of the file",
+        )
+    return data, header
+
+
+def _damage(warning: str, zero_blocks: int) -> int:
+    """Blocks counted as damaged after libjpeg's ``warning``; a premature end is an error."""
+    if _EOF_WARNING in warning:
+        raise ItemError("truncated", f"cannot read the JPEG: {warning}")
+    return max(1, zero_blocks)
 
 
 def zigzag_channels(blocks: np.ndarray, *, k: int = 64) -> np.ndarray:
@@ -263,27 +289,90 @@ class JpegDCTStage(Map):
         if record.get("size") == 0:
             raise ItemError("empty", "zero-byte file")
         p = self.params
-        dct = read_jpeg_dct(record["path"], strict=p.strict, max_pixels=p.max_pixels)
-        k_luma, k_chroma = p.keep, p.keep_chroma or p.keep
-        y = self._convert(dct.y, dct.qt[0], k_luma)
+        data, header = _prepare(record["path"], p.max_pixels)
+        layouts = self._layouts(header) if libturbojpeg.NATIVE_FILTER is not None else None
+        if layouts is None:
+            return self._from_dct(_decode(data, header, p.strict))
+        # the C filter writes the output layout straight from libjpeg's rows: one pass
+        try:
+            arrays, zeros, warning = read_layouts(data, layouts, strict=p.strict)
+        except TurboJPEGError as exc:
+            raise ItemError(_error_class(exc), f"cannot read the JPEG: {exc.message}") from None
+        damage = 0 if warning is None else _damage(warning, sum(zeros))
+        y, *chroma = arrays
+        return self._record(y, *(chroma or self._no_chroma()), header.qt, header, damage)
+
+    def _layouts(self, header: JpegHeader) -> list[Layout] | None:
+        """The C filter's layout of each component, or None where the numpy path must run
+        (chroma that does not tile the luma grid: refused after the decode, as it always
+        was). Kept per grids, sampling and tables: a dataset's images mostly share them."""
+        p = self.params
+        key = (header.grids, header.components, header.qt.tobytes() if p.dequantize else None)
+        plans = self.__dict__.setdefault("_plans", {})
+        if key in plans:
+            return plans[key]
+        ratio = (1, 1)
+        if len(header.components) > 1 and p.chroma == "luma_grid":
+            try:
+                ratio = chroma_ratio(header.sampling)
+            except ItemError:
+                return None
+        found = [self._layout(header, ci, ratio) for ci in range(len(header.components))]
+        if len(plans) >= 64:
+            plans.clear()
+        plans[key] = found
+        return found
+
+    def _layout(self, header: JpegHeader, ci: int, ratio: tuple[int, int]) -> Layout:
+        p = self.params
+        own = ci == 0 or p.chroma == "own_grid"
+        return stage_layout(
+            header.grids[ci],
+            header.grids[ci] if own else header.grids[0],
+            (1, 1) if own else ratio,
+            p.keep if ci == 0 else p.keep_chroma or p.keep,
+            p.layout == "channels",
+            header.qt[ci].tobytes() if p.dequantize else None,
+        )
+
+    def _from_dct(self, dct: JpegDCT) -> Record:
+        """The outputs computed with numpy from the raw blocks (no C filter)."""
+        p = self.params
+        y = self._convert(dct.y, dct.qt[0], p.keep)
         if dct.grayscale:
-            dtype = np.float32 if p.dequantize else np.int16
-            cb = cr = np.zeros((0, 0, *self._tails()[1]), dtype)
+            cb, cr = self._no_chroma()
         else:
-            cb = self._convert(dct.cb, dct.qt[1], k_chroma)  # type: ignore[arg-type]
-            cr = self._convert(dct.cr, dct.qt[2], k_chroma)  # type: ignore[arg-type]
+            k = p.keep_chroma or p.keep
+            cb = self._convert(dct.cb, dct.qt[1], k)  # type: ignore[arg-type]
+            cr = self._convert(dct.cr, dct.qt[2], k)  # type: ignore[arg-type]
             if p.chroma == "luma_grid":
                 ratio = dct.chroma_ratio
                 cb = align_chroma(cb, y.shape[:2], ratio)
                 cr = align_chroma(cr, y.shape[:2], ratio)
+        return self._record(y, cb, cr, dct.qt, dct, dct.damaged_blocks)
+
+    def _no_chroma(self) -> tuple[np.ndarray, np.ndarray]:
+        dtype = np.float32 if self.params.dequantize else np.int16
+        empty = np.zeros((0, 0, *self._tails()[1]), dtype)
+        return empty, empty.copy()
+
+    @staticmethod
+    def _record(
+        y: np.ndarray,
+        cb: np.ndarray,
+        cr: np.ndarray,
+        qt: np.ndarray,
+        image: JpegHeader | JpegDCT,
+        damage: int,
+    ) -> Record:
         return {
             "dct_y": y,
             "dct_cb": cb,
             "dct_cr": cr,
-            "dct_qt": dct.qt,
-            "jpeg_size": np.array([dct.height, dct.width], np.int32),
-            "jpeg_sampling": np.array(dct.sampling, np.uint8),
-            "jpeg_damage": dct.damaged_blocks,
+            "dct_qt": qt,
+            "jpeg_size": np.array([image.height, image.width], np.int32),
+            "jpeg_sampling": np.array(image.sampling, np.uint8),
+            "jpeg_damage": damage,
         }
 
     def _convert(self, blocks: np.ndarray, qt: np.ndarray, k: int) -> np.ndarray:
@@ -303,18 +392,32 @@ def _lowpass_mask(k: int) -> np.ndarray:
 
 
 def _load(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> bytes:
+    """The bytes of ``source``, read with one open, one fstat and (mostly) one read."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
-    path = Path(source)
     try:
-        info = path.stat()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat refuses it next
+        fd = os.open(source, os.O_RDONLY | _O_NONBLOCK | _O_BINARY)
+    except OSError as exc:
+        raise ItemError("io", f"cannot read {Path(source)}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ItemError("io", f"{path} is not a regular file")
+            raise ItemError("io", f"{Path(source)} is not a regular file")
         if info.st_size == 0:
             raise ItemError("empty", "zero-byte file")
-        return path.read_bytes()
+        data = os.read(fd, info.st_size)
+        while more := os.read(fd, 1 << 20):  # a short read, or the file grew
+            data += more
+        return data
     except OSError as exc:
-        raise ItemError("io", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ItemError("io", f"cannot read {Path(source)}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 def _error_class(exc: TurboJPEGError) -> str:
