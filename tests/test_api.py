@@ -114,7 +114,7 @@ def test_demo_runs_every_pipeline_through_datapipe_run(
     monkeypatch.setattr(
         "datapipe.demo.sample_data.generate_sample_data", lambda root, seed: {"images": 0}
     )
-    code = demos.run_demo(tmp_path / "d", seed=3, quiet=True, workers=0)
+    code = demos.run_demo(tmp_path / "d", seed=3, quiet=True, workers=0, train=False)
     assert code == 0
     names = [p.stem for p in demo_pipelines()]
     assert [out for _, out, _ in record.calls] == [tmp_path / "d" / n for n in names]

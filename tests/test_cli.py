@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from datapipe import registry
-from datapipe.demo.demos import demo_pipelines
+from datapipe.demo.demos import demo_pipelines, training_demo_pipelines
 from datapipe.store import OutputStore
 from runs import cli
 
@@ -285,12 +285,20 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
         assert (a / pipeline / "manifest.sqlite").exists()
     snap = {p: shard_members(a / p) for p in names}
     assert any(name.endswith(".image.npy") for name in snap["images"])
+    # one short training run per trainer family, each printing its validation accuracy
+    trainers = [path.stem for path in training_demo_pipelines()]
+    assert {"train_image", "train_dct"} <= set(trainers)
+    for pipeline in trainers:
+        report = json.loads((a / pipeline / "train/classifier/report.json").read_text())
+        line = f"classifier: val_accuracy {report['val_accuracy']:.3f}, trained"
+        assert line in first.stdout
 
     again = cli("demo", "--out", a, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("nothing to do") == len(names)
+    assert again.stdout.count("nothing to do") == len(names) + len(trainers)
+    assert again.stdout.count(", reused, ") == len(trainers)  # nothing changed: no training
     assert {p: shard_members(a / p) for p in snap} == snap
 
-    fresh = cli("demo", "--out", b, cwd=tmp_path)
+    fresh = cli("demo", "--out", b, "--no-train", cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     assert {p: shard_members(b / p) for p in snap} == snap

@@ -339,4 +339,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from datapipe.demo.demos import run_demo
 
-    return run_demo(args.out, seed=args.seed, quiet=args.quiet, **_run_options(args))
+    return run_demo(
+        args.out, seed=args.seed, quiet=args.quiet, train=not args.no_train, **_run_options(args)
+    )

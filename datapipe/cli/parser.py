@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seed of the sample data, >= 0 (default: 0)",
     )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="skip the short training runs at the end (train_image, train_dct, ...)",
+    )
     _add_exec_args(p)
     p.set_defaults(func=c.cmd_demo)
     return parser
