@@ -5,6 +5,10 @@ again) when only its params did."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from datapipe.graph import Pipeline
 from datapipe.models import build_model
 from datapipe.schemas import load_schema
 from datapipe.stream import from_shards
-from runs import cli
+from runs import cli, datapipe_cmd
 
 CLASSES = 4
 
@@ -155,3 +159,34 @@ def test_a_trainer_that_cannot_train_says_why_and_the_run_exits_3(tmp_path: Path
     (tmp_path / "q.json").write_text(json.dumps(spec["pipeline"]))
     proc = cli("validate", tmp_path / "q.json", cwd=tmp_path)
     assert proc.returncode == 2 and "consumes field 'species'" in proc.stderr
+
+
+def test_sigkill_during_training_then_the_same_command_resumes_bit_for_bit(
+    images: Path, tmp_path: Path
+) -> None:
+    spec = _pipeline(images, epochs=8, width=8).stored()
+    assert spec is not None
+    pipeline = tmp_path / "p.json"
+    pipeline.write_text(json.dumps(spec["pipeline"]))
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    cmd = [*datapipe_cmd(), "run", str(pipeline), "-q", "--out"]
+    proc = subprocess.Popen(
+        [*cmd, str(killed)], start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    checkpoints = killed / "train" / "classifier" / "checkpoints"
+    while not list(checkpoints.glob("*/checkpoint.pt")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-training: after the first epoch's checkpoint
+    proc.wait()
+    assert not (killed / "train" / "classifier" / "report.json").exists()
+    again = subprocess.run([*cmd, str(killed)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    report = json.loads((killed / "train" / "classifier" / "report.json").read_text())
+    assert 1 <= report["resumed_from_epoch"] < 8 and report["epochs_run"] == 8
+    subprocess.run([*cmd, str(whole)], check=True, timeout=300)
+    a = torch.load(killed / "train/classifier/model.pt", weights_only=True)
+    b = torch.load(whole / "train/classifier/model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
