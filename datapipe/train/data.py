@@ -178,11 +178,15 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return (x - m) / s
 
 
-def channel_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:
+def channel_stats(
+    batches: Iterable[Tensor], std_floor: float = 1e-3
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std (float64 sums) over batches whose channels are dim -3.
 
     For pixels scaled to [0, 1] these are the usual colour statistics; for DCT channels the
-    per-frequency ones (the DC channel's spread dwarfs the others' without them)."""
+    per-frequency ones (the DC channel's spread dwarfs the others' without them). A spread
+    under ``std_floor`` counts as ``std_floor``: a channel that is almost always 0 (a high
+    DCT frequency) must not blow its rare values up by 1 / (nearly 0)."""
     total = sq = None
     count = 0
     for x in batches:
@@ -193,5 +197,5 @@ def channel_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:
     if total is None or count == 0:
         raise ValueError("no good training samples to compute the normalisation from")
     mean = total / count
-    std = (sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+    std = (sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(std_floor)
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]

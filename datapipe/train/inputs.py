@@ -248,7 +248,11 @@ class DctInputs:
     offsets (multiples of the chroma ratio, so luma and chroma stay registered): random in
     training, centred in evaluation. ``flip``: :func:`flip_dct` with probability 1/2 in
     training. A grayscale JPEG (0 x 0 chroma) gets zero chroma, the DCT of a neutral grey.
+    ``std_floor``: the smallest spread a channel's normalisation divides by, 1 (a level, or
+    a step of at least 1 once dequantized): high frequencies are 0 in nearly every block.
     """
+
+    std_floor = 1.0
 
     def __init__(
         self, fields: Sequence[str] = ("dct_y", "dct_cb", "dct_cr"), label: str = "label_id",

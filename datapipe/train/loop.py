@@ -90,12 +90,15 @@ class _Batches:
         return xs, y
 
 
-def input_stats(batches: list[tuple[Tensor, ...]]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of each input over ``batches``, concatenated in input order."""
+def input_stats(
+    batches: list[tuple[Tensor, ...]], std_floor: float = 1e-3
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of each input over ``batches``, concatenated in input order
+    (a spread under ``std_floor`` counts as ``std_floor``)."""
     mean: list[float] = []
     std: list[float] = []
     for i in range(len(batches[0]) if batches else 0):
-        m, s = channel_stats(xs[i] for xs in batches)
+        m, s = channel_stats((xs[i] for xs in batches), std_floor)
         mean += m
         std += s
     if not mean:
@@ -302,7 +305,7 @@ def _fit(
             xs, y = stats(batch, train=False, norm=False)
             if len(y):
                 seen.append(xs)
-        mean, std = broadcast_object(input_stats(seen))
+        mean, std = broadcast_object(input_stats(seen, getattr(inputs, "std_floor", 1e-3)))
         config = TrainConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
     batches = _Batches(config, inputs)
     net = wrap(model)  # DistributedDataParallel when distributed
