@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,23 @@ def test_sigkill_during_training_then_the_same_command_resumes_bit_for_bit(
     a = torch.load(killed / "train/classifier/model.pt", weights_only=True)
     b = torch.load(whole / "train/classifier/model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_writes_onnx_and_pt2_that_match_the_model(images: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    out = tmp_path / "out"
+    run_local(_pipeline(images, epochs=1, export=["onnx", "pt2"]), out, workers=0)
+    folder = out / "train" / "classifier"
+    spec = json.loads((folder / "model.json").read_text())
+    model = build_model(spec["model"]).eval()
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    x = torch.randn(5, *spec["inputs"]["shapes"][0])  # another batch size than the export's
+    with torch.no_grad():
+        want = model(x).numpy()
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    program = torch.export.load(folder / "model.pt2")
+    with torch.no_grad():
+        np.testing.assert_allclose(program.module()(x).numpy(), want, atol=1e-5)
