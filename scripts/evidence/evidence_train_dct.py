@@ -118,21 +118,25 @@ def throughput(side: str, keep: int, paths: list[Path], args: argparse.Namespace
         xs, y = inputs(samples, train=train, skipped=Counter())
         return tuple(normalize(x, m, s) for x, (m, s) in zip(xs, stats, strict=True)), y
 
+    def step(chunk: list[Path], train: bool) -> None:
+        xs, y = batch_of(chunk, train)
+        if train:
+            loss = torch.nn.functional.cross_entropy(model(*xs), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            with torch.no_grad():
+                model(*xs)
+
     def timed(n: int, batch: int, train: bool) -> float:
         chunks = [paths[i : i + batch] for i in range(0, n, batch)]
         model.train(train)
-        batch_of(chunks[0], train)  # warm-up
+        for _ in range(2):  # warm-up: oneDNN builds its kernels for each new shape once
+            step(chunks[0], train)
         t0 = time.perf_counter()
         for chunk in chunks:
-            xs, y = batch_of(chunk, train)
-            if train:
-                loss = torch.nn.functional.cross_entropy(model(*xs), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            else:
-                with torch.no_grad():
-                    model(*xs)
+            step(chunk, train)
         return sum(len(c) for c in chunks) / (time.perf_counter() - t0)
 
     n = min(len(paths), args.speed_samples)
