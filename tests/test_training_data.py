@@ -182,3 +182,22 @@ def test_object_motion_relative_to_background_tells_pan_class(videos: Images, la
         dx, dy = _relative_motion(path)
         along, across = (dx * ux + dy * uy), abs(dx * uy + dy * ux)
         assert along > 0.25 and along > across, (path.name, dx, dy)
+
+
+def test_camera_zero_keeps_the_background_still(tmp_path: Path) -> None:
+    from datapipe.demo.training_data import render_motion_clip
+
+    # camera=1 is the default: the same bytes as without the argument
+    kwargs = {"classes": 1, "per_class": 2, "frames": 12, "size": (48, 48), "workers": 1}
+    make_video_dataset(tmp_path / "default", **kwargs)
+    make_video_dataset(tmp_path / "one", camera=1, **kwargs)
+    assert _files(tmp_path / "default") == _files(tmp_path / "one")
+    for label in ("pan_left", "zoom_in"):
+        for i in range(3):
+            rng = np.random.default_rng(i)
+            clip = render_motion_clip(label, rng, (64, 64), 12, camera=0)
+            # only the object (at most a third of each side) changes: the rest is the same photo
+            same = (clip[0] == clip[-1]).all(axis=-1).mean()
+            assert same > 0.6, (label, i, same)
+    with pytest.raises(ValueError, match="camera"):
+        make_video_dataset("unused", camera=-1)

@@ -215,12 +215,13 @@ def make_image_dataset(
 
 
 def render_motion_clip(
-    label: str, rng: np.random.Generator, size: tuple[int, int], frames: int
+    label: str, rng: np.random.Generator, size: tuple[int, int], frames: int, camera: int = 1
 ) -> np.ndarray:
     """uint8 (frames, H, W, 3): a textured object moving as ``label`` says relative to a
-    photo background that pans by a random integer (-1..1, -1..1) pixels per frame."""
+    photo background that pans by a random integer (-camera..camera, -camera..camera) pixels
+    per frame (``camera=0``: a still background, the object's own motion on screen)."""
     width, height = size
-    bg_v = rng.integers(-1, 2, size=2)
+    bg_v = rng.integers(-camera, camera + 1, size=2)
     span = np.abs(bg_v) * (frames - 1)
     big = photo_texture(width + int(span[0]), height + int(span[1]), rng).astype(np.float32)
     big = 0.7 * big + 0.3 * _noise(big.shape[1], big.shape[0], rng)  # detail for the codec
@@ -278,12 +279,12 @@ def _place(
     return np.asarray(canvas, np.float32)
 
 
-def _write_video(task: tuple[Path, str, int, int, int, tuple[int, int], int]) -> None:
+def _write_video(task: tuple[Path, str, int, int, int, tuple[int, int], int, int]) -> None:
     from datapipe.stages.common.video_synth import REPRODUCIBLE_X264, write_clip
 
-    path, label, seed, label_index, index, size, frames = task
+    path, label, seed, label_index, index, size, frames, camera = task
     rng = np.random.default_rng([seed, _STREAM_IDS["videos"], label_index, index])
-    pixels = render_motion_clip(label, rng, size, frames)
+    pixels = render_motion_clip(label, rng, size, frames, camera)
     params = f"asm=0:bframes={_VIDEO_BFRAMES}:b-adapt=0:b-pyramid=none:ref=1:scenecut=0"
     options = {**REPRODUCIBLE_X264, "x264-params": f"{params}:keyint={_VIDEO_GOP}"}
     write_clip(
@@ -307,22 +308,29 @@ def make_video_dataset(
     frames: int = 24,
     seed: int = 0,
     workers: int | None = None,
+    camera: int = 1,
 ) -> dict[str, int]:
     """Write ``classes`` x ``per_class`` H.264 clips to ``root/CLASS/CLASS_NNNN.mp4``.
 
     ``size`` = (width, height) (multiples of 16 keep the codec's blocks whole), ``frames``
     per clip (>= 12); B-frames and a key frame every 12 frames. ``workers`` processes (None:
-    one per CPU). Returns the number of clips written per class.
+    one per CPU). ``camera``: the background pans by a random whole number of pixels per
+    frame in ``-camera..camera`` on each axis (1, the default: the class is the object's
+    motion *relative to* a moving background; 0: a still background, so the object's motion
+    on screen is the class; any value leaves a single frame uninformative). Returns the
+    number of clips written per class.
     """
     labels = _check(classes, per_class, seed, VIDEO_CLASSES)
     if frames < _VIDEO_GOP or min(size) < 32:
         raise ValueError(f"need frames >= {_VIDEO_GOP} and sides >= 32, got {frames}, {size}")
+    if not 0 <= camera <= 4:
+        raise ValueError(f"camera must be 0..4 pixels per frame, got {camera}")
     tasks = []
     for k, name in enumerate(labels):
         (Path(root) / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             path = Path(root) / name / f"{name}_{i:04d}.mp4"
-            tasks.append((path, name, seed, k, i, size, frames))
+            tasks.append((path, name, seed, k, i, size, frames, camera))
     _run(_write_video, tasks, workers)
     return {name: per_class for name in labels}
 
