@@ -103,7 +103,7 @@ class _Recorder:
 
     def __call__(self, pipeline: Any, out: Path, **options: Any) -> Any:
         self.calls.append((pipeline, Path(out), options))
-        return SimpleNamespace(counts={"error": 0})
+        return SimpleNamespace(counts={"error": 0}, sinks={})
 
 
 def test_demo_runs_every_pipeline_through_datapipe_run(
