@@ -60,6 +60,7 @@ from typing import Any
 
 import av
 import torch
+from evidence_common import mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_video_dataset
@@ -215,11 +216,6 @@ def loading_speed(clips: list[Path], rounds: int) -> dict[str, Any]:
     return {name: 1000 * s / len(clips) for name, s in total.items()}  # ms per clip
 
 
-def mean_sd(values: list[float], fmt: str = "{:.3f}") -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=6)
@@ -319,17 +315,7 @@ def main() -> None:
     for name, ms in speed.items():
         print(f"| {name} | {ms:.2f} | {ms / peer:.2f} |")
     print(f"video.coviar speed-up over decoding every frame to RGB: {peer / base:.2f}x")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": results,
-                    "speed_ms_per_clip": speed,
-                },
-                indent=1,
-            )
-        )
+    write_json(args.json, args, {"accuracy": results, "speed_ms_per_clip": speed})
 
 
 if __name__ == "__main__":

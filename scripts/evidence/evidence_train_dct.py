@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from evidence_common import mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -143,11 +143,6 @@ def throughput(side: str, keep: int, paths: list[Path], args: argparse.Namespace
     return {"train_per_s": timed(n, args.batch, True), "infer_per_s": timed(n, 64, False)}
 
 
-def mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=10)
@@ -218,12 +213,7 @@ def main() -> None:
             f"{r['train_per_s']:.0f} | {r['train_per_s'] / base['train_per_s']:.2f} | "
             f"{r['infer_per_s']:.0f} | {r['infer_per_s'] / base['infer_per_s']:.2f} |"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
-            )
-        )
+    write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

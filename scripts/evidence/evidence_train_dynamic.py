@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from evidence_common import mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_video_dataset
@@ -105,11 +106,6 @@ def motion_accuracy(confusion: list[list[int]], classes: list[str]) -> float:
     hit = sum(confusion[i][i] for i in rows)
     total = sum(sum(confusion[i]) for i in rows)
     return hit / max(total, 1)
-
-
-def mean_sd(values: list[float], fmt: str = "{:.3f}") -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
 
 
 def main() -> None:
@@ -177,12 +173,7 @@ def main() -> None:
             f"| {side} | {mean_sd(r['val_accuracy'])} | {mean_sd(r['motion_accuracy'])} | "
             f"{mean_sd(r['train_s'], '{:.0f}')} |"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
-            )
-        )
+    write_json(args.json, args, results)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evidence_common import mean_sd, write_json
+
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
 from datapipe.graph import Pipeline
@@ -74,11 +76,6 @@ def pipeline(data: Path, progressive: bool, seed: int, args: argparse.Namespace)
             "run": {"workers": args.threads},
         }
     )
-
-
-def mean_sd(values: list[float], fmt: str = "{:.3f}") -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(sd)}"
 
 
 def main() -> None:
@@ -137,12 +134,7 @@ def main() -> None:
             f"| {name} | {mean_sd(r['val_accuracy'])} | {mean_sd(r['run_s'], '{:.0f}')} | "
             f"{run_x:.2f} | {mean_sd(r['train_s'], '{:.0f}')} | {train_x:.2f} |"
         )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1
-            )
-        )
+    write_json(args.json, args, results)
 
 
 if __name__ == "__main__":
