@@ -14,8 +14,10 @@ from typing import Any
 DEFAULT_OUT = Path("datapipe-demo")
 
 
-#: the training demo's data: classes x files per class (64x64 shape photos)
+#: the training demo's data: classes x files per class (64x64 shape photos; 64x64 clips of
+#: 24 frames over a still background: over a panning one these models need more clips)
 TRAINING_IMAGES = (4, 100)
+TRAINING_VIDEOS = (4, 24)
 
 
 def demo_pipelines(folder: str = "pipelines") -> list[Path]:
@@ -77,7 +79,7 @@ def run_demo(
 def _run_training_demos(out: Path, seed: int, quiet: bool, options: dict[str, Any]) -> int:
     """Make the training data (once) and run the training demos; the worst exit code."""
     import datapipe
-    from datapipe.demo.training_data import make_image_dataset
+    from datapipe.demo.training_data import make_image_dataset, make_video_dataset
     from datapipe.summary import summary_text
 
     training = out / "training"
@@ -87,6 +89,12 @@ def _run_training_demos(out: Path, seed: int, quiet: bool, options: dict[str, An
         make_image_dataset(
             training / "images", classes=classes, per_class=per_class, size=(64, 64), seed=seed
         )
+    if not (training / "videos").is_dir():
+        classes, per_class = TRAINING_VIDEOS
+        make_video_dataset(
+            training / "videos", classes=classes, per_class=per_class, size=(64, 64),
+            seed=seed, camera=0, workers=1,
+        )  # fmt: skip
     if not quiet:
         print(f"training data in {training} ({time.perf_counter() - t0:.1f} s)")
     worst = 0
