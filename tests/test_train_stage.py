@@ -106,9 +106,10 @@ def test_the_trainer_learns_above_chance(images: Path, tmp_path: Path) -> None:
     assert report.sinks["classifier"]["val_accuracy"] > 1.5 / CLASSES
 
 
-def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Path) -> None:
-    schedule = {"start_size": 16, "end_size": 32, "start_epoch": 0, "end_epoch": 2, "multiple": 8}
-    pipeline = Pipeline.from_dict(
+def _scheduled(images: Path, end_size: int) -> Pipeline:
+    schedule = {"start_size": 16, "end_size": end_size, "start_epoch": 0, "end_epoch": 2,
+                "multiple": 8}  # fmt: skip
+    return Pipeline.from_dict(
         {
             "nodes": {
                 "photos": {"stage": "files", "params": {"root": str(images), "kinds": ["image"]}},
@@ -125,8 +126,11 @@ def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Pa
             }
         }
     )
+
+
+def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = run_local(pipeline, out, workers=0)
+    report = run_local(_scheduled(images, 32), out, workers=0)
     assert report.sinks["classifier"]["epochs_run"] == 3
     folder = out / "train" / "classifier"
     full = json.loads((folder / "report.json").read_text())
@@ -142,6 +146,12 @@ def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Pa
     assert spec["input_epoch"] == 2 and spec["inputs"]["shapes"] == [[3, 32, 32]]
     sample = next(iter(from_shards(out, shuffle=False, fields=["image"])))
     assert tuple(sample["image"].shape) == (16, 16, 3)
+    # a later size of the schedule is not in the committed (epoch 0) samples, yet it changes
+    # the model: a new end size trains anew
+    again = run_local(_scheduled(images, 40), out, workers=0)
+    assert again.sinks["classifier"]["reused"] is False
+    history = json.loads((folder / "report.json").read_text())["history"]
+    assert [r["input_shapes"][0][1] for r in history] == [16, 32, 40]
 
 
 def test_a_trainer_that_cannot_train_says_why_and_the_run_exits_3(tmp_path: Path) -> None:

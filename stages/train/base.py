@@ -74,9 +74,15 @@ class Trainer(Sink):
 
     # -- the shared part ---------------------------------------------------------------------
     def fingerprint(self, ctx: Context) -> str:
-        """What the trained model depends on: the committed samples, the params, the code."""
-        blob = json.dumps([ctx.samples_digest, self.name, self.token(), self.CODE_VERSION])
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        """What the trained model depends on: the committed samples, the params, the code;
+        with an epoch-dependent upstream also every upstream stage's params (the committed
+        samples are epoch 0's: a schedule's later sizes are not in them)."""
+        parts = [ctx.samples_digest, self.name, self.token(), self.CODE_VERSION]
+        if ctx.epoch_dependent and ctx.pipeline is not None:
+            nodes = ctx.pipeline.nodes_by_id
+            for nid in sorted(ctx.pipeline.upstream(ctx.node) - {ctx.node}):
+                parts.append([nid, nodes[nid].stage.name, nodes[nid].stage.token()])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
     def consume(self, records: Iterator[Record], ctx: Context) -> dict[str, Any]:
         assert ctx.out_dir is not None and ctx.run_dir is not None
