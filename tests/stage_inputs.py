@@ -206,6 +206,11 @@ CASES: dict[str, Case] = {
         (("video.coviar", {}),),
         tolerated=VIDEO_DAMAGE,
     ),
+    "train.points": Case(
+        "pointclouds",
+        {"epochs": 2, "width": 4, "batch_size": 4},
+        (*CLOUD, ("points.fps", {"m": 32})),
+    ),
     "embed.pixels": Case("images", upstream=(RESIZED,)),
     "embed.torch": Case("images", upstream=(RESIZED,)),
     "select.random": Case("images", upstream=EMBEDDED),

@@ -9,6 +9,7 @@ from torch import nn
 
 from datapipe.models.coviar import coviar_net
 from datapipe.models.dct_resnet import dct_resnet
+from datapipe.models.pointnet import pointnet
 from datapipe.models.resnet import resnet
 
 #: arch name -> factory taking the rest of the spec as keyword arguments
@@ -16,6 +17,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "dct_resnet": dct_resnet,
     "coviar": coviar_net,
+    "pointnet": pointnet,
 }
 
 

@@ -356,6 +356,7 @@ INPUT_KINDS: dict[str, type] = {"pixels": PixelInputs, "dct": DctInputs}
 def inputs_from_spec(spec: Mapping[str, Any], label: str = "label_id") -> Inputs:
     """The inputs object a model was trained with, from its ``model.json`` ``inputs`` entry
     (``describe()`` plus the ``shapes`` seen), ready to prepare new samples for prediction."""
+    import datapipe.train.point_inputs  # (registers the "points" kind)
     import datapipe.train.video_inputs  # noqa: F401  (registers the "video" kind)
 
     kind = spec.get("kind")
