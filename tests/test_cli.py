@@ -287,7 +287,7 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
     assert any(name.endswith(".image.npy") for name in snap["images"])
     # one short training run per trainer family, each printing its validation accuracy
     trainers = [path.stem for path in training_demo_pipelines()]
-    assert {"train_image", "train_dct", "train_video"} <= set(trainers)
+    assert {"train_image", "train_dct", "train_points", "train_video"} <= set(trainers)
     for pipeline in trainers:
         report = json.loads((a / pipeline / "train/classifier/report.json").read_text())
         line = f"classifier: val_accuracy {report['val_accuracy']:.3f}, trained"

@@ -18,6 +18,8 @@ DEFAULT_OUT = Path("datapipe-demo")
 #: 24 frames over a still background: over a panning one these models need more clips)
 TRAINING_IMAGES = (4, 100)
 TRAINING_VIDEOS = (4, 24)
+#: composed objects, 1024 points each: chair / armchair / table / table3
+TRAINING_CLOUDS = (4, 40)
 
 
 def demo_pipelines(folder: str = "pipelines") -> list[Path]:
@@ -95,6 +97,11 @@ def _run_training_demos(out: Path, seed: int, quiet: bool, options: dict[str, An
             training / "videos", classes=classes, per_class=per_class, size=(64, 64),
             seed=seed, camera=0, workers=1,
         )  # fmt: skip
+    if not (training / "points").is_dir():
+        from datapipe.demo.point_data import make_point_dataset
+
+        classes, per_class = TRAINING_CLOUDS
+        make_point_dataset(training / "points", classes=classes, per_class=per_class, seed=seed)
     if not quiet:
         print(f"training data in {training} ({time.perf_counter() - t0:.1f} s)")
     worst = 0
