@@ -99,7 +99,7 @@ def test_fit_then_map_gives_distinct_subsets_and_reloads(
         assert idx.shape == (16,) and len(set(idx.tolist())) == 16
         np.testing.assert_array_equal(s["points"], src[idx])
     # the saved weights load safely (weights_only) and pick the same points
-    run_local(_pipeline({"weights": str(saved)}), tmp_path / "b")
+    run_local(_pipeline({"m": 16, "weights": str(saved)}), tmp_path / "b")
     b = {s["key"]: s for s in iter_samples(sorted((tmp_path / "b" / "shards").glob("*")))}
     for key in a:
         np.testing.assert_array_equal(a[key]["point_idx"], b[key]["point_idx"])
@@ -108,3 +108,26 @@ def test_fit_then_map_gives_distinct_subsets_and_reloads(
 def test_single_class_cannot_train(shapes_stage: None, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs at least 2 clouds of 2 classes"):
         run_local(_pipeline({"m": 8, "epochs": 1}, classes=["sphere"]), tmp_path / "out")
+
+
+def test_a_weights_file_that_does_not_fit_is_a_clear_config_error(
+    shapes_stage: None, tmp_path: Path
+) -> None:
+    from datapipe.stages.points.snet import SNet
+
+    state = {"m": torch.tensor(16), **SNet(16).state_dict()}
+    torch.save(state, tmp_path / "m16.pt")
+    with pytest.raises(ConfigError, match=r"a sampler for m=16 points, but the node's m is 32"):
+        run_local(_pipeline({"m": 32, "weights": str(tmp_path / "m16.pt")}), tmp_path / "a")
+    bad = dict(state)
+    name = next(k for k, v in bad.items() if k != "m" and v.dim() == 2)
+    bad[name] = torch.zeros(bad[name].shape[0] + 1, bad[name].shape[1])  # another layer size
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=r"its weights do not fit an S-NET of m=16"):
+        run_local(_pipeline({"m": 16, "weights": str(tmp_path / "bad.pt")}), tmp_path / "b")
+    (tmp_path / "text.pt").write_text("not a sampler\n")
+    with pytest.raises(ConfigError, match=r"cannot load it as a saved sampler"):
+        run_local(_pipeline({"m": 16, "weights": str(tmp_path / "text.pt")}), tmp_path / "c")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match=r"not a sampler saved by points.learned_fit"):
+        run_local(_pipeline({"m": 16, "weights": str(tmp_path / "other.pt")}), tmp_path / "d")

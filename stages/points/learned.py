@@ -9,6 +9,7 @@ weights on. Pass ``weights:`` to load a saved sampler instead (``torch.load`` wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ class LearnedFitParams(Params):
     n_points: int = PField(512, ge=8, description="Points per cloud fed to the networks.")
     alpha: float = PField(30.0, ge=0, description="Weight of the simplification loss.")
     weights: FilePath | None = PField(
-        None, description="Load this saved sampler instead of training."
+        None, description="Load this saved sampler (saved for this m) instead of training."
     )
     save: str | None = PField(None, description="Write the trained sampler here (torch file).")
 
@@ -48,11 +49,7 @@ class LearnedSamplerFit(Fit):
 
         p = self.params
         if p.weights:
-            state = torch.load(ctx.resolve(p.weights), map_location="cpu", weights_only=True)
-            return {
-                "m": int(state["m"]),
-                "weights": {k: v.numpy() for k, v in state.items() if k != "m"},
-            }
+            return load_sampler(ctx.resolve(p.weights), p.m, f"nodes.{ctx.node}.params.weights")
         clouds = [snet.normalize(np.asarray(c, dtype=np.float32)) for c in view["points"]]
         classes = sorted(set(view["label"]))
         if len(clouds) < 2 or len(classes) < 2:
@@ -77,6 +74,38 @@ class LearnedSamplerFit(Fit):
                 ctx.resolve(p.save),
             )
         return {"m": p.m, "weights": weights}
+
+
+def load_sampler(path: Path, m: int, where: str) -> dict[str, Any]:
+    """The fitted state of a saved sampler (``torch.load`` with ``weights_only``), checked:
+    a file that is not a sampler, one saved for another budget than ``m``, or weights that
+    do not fit an S-NET of ``m`` points are a :class:`ConfigError` at ``where``."""
+    import torch
+
+    from datapipe.stages.points.snet import SNet
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError([Problem(where, f"{path}: {why}")])
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle and torch raise many kinds for a file of another kind
+        raise refuse(f"cannot load it as a saved sampler ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "m" not in state:
+        raise refuse("not a sampler saved by points.learned_fit (no 'm' in it)")
+    saved_m = int(state["m"])
+    if saved_m != m:
+        raise refuse(
+            f"a sampler for m={saved_m} points, but the node's m is {m}: set m: {saved_m}, "
+            "or train a sampler for this budget"
+        )
+    weights = {k: v for k, v in state.items() if k != "m"}
+    try:
+        SNet(m).load_state_dict(weights)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise refuse(f"its weights do not fit an S-NET of m={m}: {first}") from None
+    return {"m": m, "weights": {k: v.numpy() for k, v in weights.items()}}
 
 
 #: a param naming the points.learned_fit node whose state this stage reads (checked by validate)
