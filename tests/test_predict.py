@@ -176,11 +176,14 @@ def test_show_prints_the_trainer_summary(image_model: tuple[Path, Path], tmp_pat
     report = json.loads((folder / "report.json").read_text())
     proc = cli("show", folder.parent.parent, "--limit", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("classifier:"))
-    assert f"val_accuracy {report['val_accuracy']:.4f}" in line
-    assert f"reused {report['reused']}" in line and f"params {report['params']}" in line
-    assert f"epochs_run {TRAIN['epochs']}" in line
-    assert f"model_bytes {(folder / 'model.pt').stat().st_size}" in line
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "trainers:"
+    megabytes = (folder / "model.pt").stat().st_size / 1e6
+    assert lines[1] == (
+        f"  classifier: val_accuracy {report['val_accuracy']:.3f}, "
+        f"{'reused' if report['reused'] else 'trained'}, {TRAIN['epochs']} epochs, "
+        f"{report['params']:,} params, {megabytes:.2f} MB"
+    )
 
 
 def test_predict_dct_matches_the_model_on_the_stored_coefficients(

@@ -261,13 +261,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: what ``datapipe show`` prints of a trainer's summary, in this order
-TRAINER_KEYS = ("val_accuracy", "reused", "epochs_run", "params", "model_bytes", "skipped")
-
-
 def trainer_summaries(root: Path) -> dict[str, dict[str, Any]]:
-    """Per trainer node its summary: the last run's ``sinks`` in the manifest where it keeps
-    them, else the trainer's own ``OUT/train/NODE/report.json``."""
+    """Per trainer node its summary: the last run's sink summaries in the manifest, else the
+    trainer's own ``OUT/train/NODE/report.json`` (an output written before they were kept)."""
     from datapipe.store.output import open_manifest_readonly
 
     m = open_manifest_readonly(root)
@@ -275,42 +271,27 @@ def trainer_summaries(root: Path) -> dict[str, dict[str, Any]]:
         runs = m.runs()
     finally:
         m.close()
-    last = runs[-1] if runs else {}
-    kept = last.get("sinks") or last.get("counts", {}).get("sinks") or {}
+    kept = runs[-1]["counts"].get("sinks") or {} if runs else {}
     found = {node: dict(s) for node, s in kept.items() if isinstance(s, dict)}
     for report in sorted(root.glob("train/*/report.json")):
-        node = report.parent.name
-        if node in found:
+        if report.parent.name in found:
             continue
         try:
             data = json.loads(report.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
-            found[node] = {k: data.get(k) for k in TRAINER_KEYS if k in data}
+            found[report.parent.name] = data
     return found
 
 
 def trainer_lines(root: Path) -> list[str]:
-    """The trainer section of ``datapipe show``: one line per trainer node (none: no lines)."""
+    """The trainer section of ``datapipe show``: the line per trainer node that the run
+    summary and ``datapipe manifest`` print (none: no lines)."""
+    from datapipe.summary import sink_lines
+
     summaries = trainer_summaries(root)
-    if not summaries:
-        return []
-    lines = ["trainers:"]
-    for node, summary in summaries.items():
-        keys = [k for k in TRAINER_KEYS if k in summary] + sorted(
-            k for k in summary if k not in TRAINER_KEYS
-        )
-        parts = []
-        for k in keys:
-            value = summary[k]
-            if k == "val_accuracy" and isinstance(value, float):
-                value = f"{value:.4f}"
-            elif k == "skipped" and isinstance(value, dict):
-                value = ", ".join(f"{r} {n}" for r, n in value.items()) or "none"
-            parts.append(f"{k} {value}")
-        lines.append(f"  {node}: " + ", ".join(parts))
-    return lines
+    return ["trainers:", *sink_lines(summaries)] if summaries else []
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -84,6 +85,18 @@ def label_value(y: Any) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         return None
     return value
+
+
+def accepted(fitted: object | None, y: Any, skipped: Counter) -> int | None:
+    """The class of a sample whose tensors fit the batch (``fitted`` not None) and whose
+    label is a class index; else None, counted as ``wrong_shape`` or ``missing_label``."""
+    if fitted is None:
+        skipped["wrong_shape"] += 1
+        return None
+    cls = label_value(y)
+    if cls is None:
+        skipped["missing_label"] += 1
+    return cls
 
 
 def _as_tensor(value: Any) -> Tensor | None:
@@ -162,12 +175,8 @@ class PixelInputs:
             if image.dim() == 2:
                 image = image[:, :, None]
             image = self._fit(image, train)
-            if image is None:
-                skipped["wrong_shape"] += 1
-                continue
-            cls = label_value(y)
-            if cls is None:
-                skipped["missing_label"] += 1
+            cls = accepted(image, y, skipped)
+            if image is None or cls is None:
                 continue
             images.append(image)
             labels.append(cls)
@@ -215,21 +224,26 @@ class PixelInputs:
         return inputs
 
 
-def zigzag_columns() -> list[int]:
-    """The horizontal frequency (block column) of each of the 64 zigzag positions of JPEG:
-    anti-diagonals ``row + col = d`` in turn, odd ones walked down, even ones up."""
+@cache
+def _zigzag_columns() -> tuple[int, ...]:
     cells = sorted(
         ((r, c) for r in range(8) for c in range(8)),
         key=lambda rc: (rc[0] + rc[1], rc[0] if (rc[0] + rc[1]) % 2 else -rc[0]),
     )
-    return [c for _, c in cells]
+    return tuple(c for _, c in cells)
+
+
+def zigzag_columns() -> list[int]:
+    """The horizontal frequency (block column) of each of the 64 zigzag positions of JPEG:
+    anti-diagonals ``row + col = d`` in turn, odd ones walked down, even ones up."""
+    return list(_zigzag_columns())
 
 
 def odd_horizontal(k: int) -> Tensor:
     """bool (k,): the zigzag channels whose horizontal frequency is odd (their sign flips
     when the pixels of a block are mirrored left to right: cos((2(7-x)+1)u pi/16) =
     (-1)^u cos((2x+1)u pi/16))."""
-    return torch.tensor([c % 2 == 1 for c in zigzag_columns()[:k]])
+    return torch.tensor([c % 2 == 1 for c in _zigzag_columns()[:k]])
 
 
 def flip_dct(coefs: Tensor) -> Tensor:
@@ -279,12 +293,8 @@ class DctInputs:
             if len(parts) < len(values):
                 continue
             fitted = self._fit(*parts, train=train)  # type: ignore[misc]
-            if fitted is None:
-                skipped["wrong_shape"] += 1
-                continue
-            cls = label_value(y)
-            if cls is None:
-                skipped["missing_label"] += 1
+            cls = accepted(fitted, y, skipped)
+            if fitted is None or cls is None:
                 continue
             lumas.append(fitted[0])
             chromas.append(fitted[1])

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from datapipe.train.inputs import INPUT_KINDS, Batch, _check, batch_samples, label_value
+from datapipe.train.inputs import INPUT_KINDS, Batch, _check, accepted, batch_samples
 
 
 def rotate_z(points: Tensor, angle: float) -> Tensor:
@@ -69,12 +69,8 @@ class PointInputs:
                 skipped["wrong_shape"] += 1
                 continue
             pts = self._fit(pts.float(), train)
-            if pts is None:
-                skipped["wrong_shape"] += 1
-                continue
-            cls = label_value(y)
-            if cls is None:
-                skipped["missing_label"] += 1
+            cls = accepted(pts, y, skipped)
+            if pts is None or cls is None:
                 continue
             clouds.append(self._augment(pts) if train else pts)
             labels.append(cls)

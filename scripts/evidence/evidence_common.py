@@ -1,10 +1,12 @@
-"""What the evidence scripts share: mean ± spread over seeds, and their JSON output."""
+"""What the evidence scripts share: mean ± spread over seeds, their JSON output, and the
+video scripts' clip set."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from argparse import Namespace
+import tempfile
+from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +23,33 @@ def write_json(path: Path | None, args: Namespace, results: Any) -> None:
         return
     data = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}
     path.write_text(json.dumps(data, indent=1))
+
+
+def add_video_data_args(parser: ArgumentParser) -> None:
+    """The clip set's options, shared by the video evidence scripts."""
+    parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--per-class", type=int, default=40)
+    parser.add_argument("--side", type=int, default=64, help="clip width and height, px")
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--camera", type=int, default=0, help="background pan, px per frame")
+
+
+def video_data(args: Namespace, prefix: str) -> tuple[Path, Path]:
+    """``(work folder, clips folder)``: the clips of :func:`add_video_data_args`'s options,
+    made once in ``args.out`` (default: a new temporary folder)."""
+    from datapipe.demo.training_data import make_video_dataset
+
+    work = args.out or Path(tempfile.mkdtemp(prefix=prefix))
+    data = work / "data"
+    if not data.exists():
+        make_video_dataset(
+            data,
+            classes=args.classes,
+            per_class=args.per_class,
+            size=(args.side, args.side),
+            frames=args.frames,
+            camera=args.camera,
+            seed=0,
+            workers=args.threads,
+        )
+    return work, data

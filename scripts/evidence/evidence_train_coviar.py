@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,10 +59,9 @@ from typing import Any
 
 import av
 import torch
-from evidence_common import mean_sd, write_json
+from evidence_common import add_video_data_args, mean_sd, video_data, write_json
 
 import datapipe
-from datapipe.demo.training_data import make_video_dataset
 from datapipe.graph import Pipeline
 from datapipe.models import build_model
 from datapipe.stage import Context
@@ -218,11 +216,7 @@ def loading_speed(clips: list[Path], rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--per-class", type=int, default=40)
-    parser.add_argument("--side", type=int, default=64, help="clip width and height, px")
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--camera", type=int, default=0, help="background pan, px per frame")
+    add_video_data_args(parser)
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=20)
@@ -238,19 +232,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = args.out or Path(tempfile.mkdtemp(prefix="evidence_coviar_"))
-    data = work / "data"
-    if not data.exists():
-        make_video_dataset(
-            data,
-            classes=args.classes,
-            per_class=args.per_class,
-            size=(args.side, args.side),
-            frames=args.frames,
-            camera=args.camera,
-            seed=0,
-            workers=args.threads,
-        )
+    work, data = video_data(args, "evidence_coviar_")
     clips = sorted(data.glob("*/*.mp4"))
     speed = loading_speed(clips, args.rounds)
     for name, ms in speed.items():

@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from evidence_common import mean_sd, write_json
+from evidence_common import add_video_data_args, mean_sd, video_data, write_json
 
 import datapipe
-from datapipe.demo.training_data import make_video_dataset
 from datapipe.graph import Pipeline
 
 STATIC = "flicker"  # the one class whose object does not move
@@ -110,11 +108,7 @@ def motion_accuracy(confusion: list[list[int]], classes: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--per-class", type=int, default=40)
-    parser.add_argument("--side", type=int, default=64, help="clip width and height, px")
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--camera", type=int, default=0, help="background pan, px per frame")
+    add_video_data_args(parser)
     parser.add_argument("--every", type=int, default=1, help="pool every n-th frame")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--stages", type=int, default=4, choices=[3, 4])
@@ -127,19 +121,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    work = args.out or Path(tempfile.mkdtemp(prefix="evidence_dynamic_"))
-    data = work / "data"
-    if not data.exists():
-        make_video_dataset(
-            data,
-            classes=args.classes,
-            per_class=args.per_class,
-            size=(args.side, args.side),
-            frames=args.frames,
-            camera=args.camera,
-            seed=0,
-            workers=args.threads,
-        )
+    work, data = video_data(args, "evidence_dynamic_")
     results: dict[str, dict[str, list[float]]] = {}
     for side in SIDES:
         r: dict[str, list[float]] = {"val_accuracy": [], "motion_accuracy": [], "train_s": []}

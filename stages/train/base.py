@@ -107,7 +107,7 @@ class Trainer(Sink):
     def _labels(self, ctx: Context) -> tuple[dict[str, int], dict[int, str]]:
         """``{key: class index}`` of the labelled samples and the class names by index."""
         from datapipe.stream import from_shards
-        from datapipe.train import key_labels
+        from datapipe.train.inputs import label_value
 
         p = self.params
         assert ctx.run_dir is not None
@@ -115,8 +115,8 @@ class Trainer(Sink):
         fields = [p.label, "label"] if p.label != "label" else [p.label]
         labelled: dict[str, int] = {}
         for sample in from_shards(ctx.run_dir, shuffle=False, fields=fields):
-            value = key_labels([sample], p.label).get(sample["key"])
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = label_value(sample.get(p.label))
+            if value is not None:
                 labelled[sample["key"]] = value
                 name = sample.get("label")
                 if isinstance(name, str) and name:
