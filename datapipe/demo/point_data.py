@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,13 +174,20 @@ def make_point_dataset(
             f"need 1 <= classes <= {len(POINT_CLASSES)}, per_class >= 1, points >= 1 and "
             f"seed >= 0; got {classes}, {per_class}, {points}, {seed}"
         )
-    labels = POINT_CLASSES[:classes]
-    for k, name in enumerate(labels):
+    for name, i, cloud in iter_point_clouds(classes, per_class, points, seed):
         (Path(root) / name).mkdir(parents=True, exist_ok=True)
+        write_ply(Path(root) / name / f"{name}_{i:04d}.ply", cloud)
+    return {name: per_class for name in POINT_CLASSES[:classes]}
+
+
+def iter_point_clouds(
+    classes: int = len(POINT_CLASSES), per_class: int = 200, points: int = 1024, seed: int = 0
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """``(class, index, cloud)`` for the clouds :func:`make_point_dataset` writes, in memory."""
+    for k, name in enumerate(POINT_CLASSES[:classes]):
         for i in range(per_class):
             rng = np.random.default_rng([seed, _STREAM_ID, k, i])
-            write_ply(Path(root) / name / f"{name}_{i:04d}.ply", make_cloud(name, rng, points))
-    return {name: per_class for name in labels}
+            yield name, i, make_cloud(name, rng, points)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,14 +6,15 @@ freshly initialised (their accuracy is the evidence script's business). Cascades
 
 - ``pointnet(1024)``: the task network on the whole cloud;
 - ``fps(M) + pointnet(M)``: exact farthest point sampling (``points.fps``), then the network;
-- ``snet(M) + match + pointnet(M)``: the S-NET sampler (``points.learned``), its generated
-  points matched to distinct input points, then the network;
+- ``snet(M) + match + pointnet(M)``: the S-NET sampler (``points.learned``, width 32 by
+  default), its generated points matched to distinct input points, then the network;
 - ``random(M) + pointnet(M)``: the floor.
 
 Median ms per batch at ``--threads`` for batch 1 and 64 (clouds of ``make_point_dataset``),
 after a warm-up; the sampler's share is shown on its own.
 
     .venv/bin/python scripts/bench/bench_point_cascade.py [--m 16] [--threads 2] [--rounds 7]
+        [--task-width 32] [--sampler-width 32]
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--points", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task-width", type=int, default=32, help="PointNet width")
+    parser.add_argument("--sampler-width", type=int, default=32, help="S-NET width")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,8 +58,8 @@ def main() -> None:
     clouds = np.stack(
         [make_cloud(POINT_CLASSES[i % len(POINT_CLASSES)], rng, args.points) for i in range(64)]
     )
-    task = pointnet(num_classes=len(POINT_CLASSES)).eval()
-    snet = SNet(args.m).eval()
+    task = pointnet(num_classes=len(POINT_CLASSES), width=args.task_width).eval()
+    snet = SNet(args.m, args.sampler_width).eval()
 
     def classify(batch: np.ndarray) -> None:
         with torch.no_grad():
@@ -74,7 +77,10 @@ def main() -> None:
     def random(batch: np.ndarray) -> np.ndarray:
         return np.stack([c[rng.choice(len(c), args.m, replace=False)] for c in batch])
 
-    print(f"{args.points} -> {args.m} points, {args.threads} threads, median of {args.rounds}")
+    print(
+        f"{args.points} -> {args.m} points, {args.threads} threads, median of {args.rounds}; "
+        f"PointNet width {args.task_width}, S-NET width {args.sampler_width}"
+    )
     print("| cascade | batch | sampler ms | total ms | x pointnet(all) |")
     print("|---|---|---|---|---|")
     for b in (1, 64):
