@@ -288,6 +288,8 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
     # one short training run per trainer family, each printing its validation accuracy
     trainers = [path.stem for path in training_demo_pipelines()]
     assert {"train_image", "train_dct", "train_points", "train_video"} <= set(trainers)
+    assert "train_points_learned" in trainers  # sampler -> PointNet, and its picture
+    assert (a / "learned_sampler.png").stat().st_size > 0
     for pipeline in trainers:
         report = json.loads((a / pipeline / "train/classifier/report.json").read_text())
         line = f"classifier: val_accuracy {report['val_accuracy']:.3f}, trained"

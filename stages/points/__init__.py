@@ -6,8 +6,9 @@
 - ``voxelize``: ``points.voxelize``, voxel-grid quantization;
 - ``sampling``: ``points.random``, ``points.voxel``, ``points.fps`` (exact FPS, compiled in
   ``fps_kernel``);
-- ``learned``, ``snet``: ``points.learned_fit`` and ``points.learned``, the task-aware S-NET
-  sampler.
+- ``learned``: ``points.learned_fit`` and ``points.learned``, the task-aware sampler; its
+  network and matching (``snet``: S-NET, SampleNet's soft projection), its training against a
+  frozen PointNet (``snet_train``) and its picture beside FPS (``picture``).
 
 A new point-cloud reader, sampler or per-cloud transform goes here.
 """
