@@ -56,10 +56,12 @@ class PredictError(DatapipeError):
 
 @dataclass
 class Trained:
-    """A trainer folder: its ``model.json`` and the folder's place in its output directory."""
+    """A trainer folder: the ``model.json`` of the model used (the fp32 one, or that of
+    ``compressed/``, in ``model_dir``) and the folder's place in its output directory."""
 
     folder: Path
     spec: dict[str, Any]
+    model_dir: Path
 
     @property
     def node(self) -> str:
@@ -70,10 +72,17 @@ class Trained:
         return self.folder.parent.parent
 
 
-def load_trained(trainer_dir: str | Path) -> Trained:
-    """The trainer folder's ``model.json``; :class:`PredictError` when it is no trainer's."""
+def load_trained(trainer_dir: str | Path, compressed: bool = False) -> Trained:
+    """The trainer folder's ``model.json`` (with ``compressed``, that of its compressed
+    variant); :class:`PredictError` when it is no trainer's or has no such variant."""
     folder = Path(trainer_dir)
-    spec_path, weights = folder / "model.json", folder / "model.pt"
+    model_dir = folder / "compressed" if compressed else folder
+    spec_path, weights = model_dir / "model.json", model_dir / "model.pt"
+    if compressed and (folder / "model.pt").is_file() and not weights.is_file():
+        raise PredictError(
+            f"{folder} has no compressed model (no compressed/model.pt); give the trainer "
+            "node a compress: block and run the pipeline again"
+        )
     if not spec_path.is_file() or not weights.is_file():
         what = "does not exist" if not folder.exists() else "is not a trainer folder"
         missing = "model.json" if not spec_path.is_file() else "model.pt"
@@ -85,7 +94,7 @@ def load_trained(trainer_dir: str | Path) -> Trained:
     needed = ("model", "trainer", "inputs", "normalize", "classes")
     if not isinstance(spec, dict) or any(k not in spec for k in needed):
         raise PredictError(f"{spec_path} is no trainer's model spec (needs {', '.join(needed)})")
-    return Trained(folder, spec)
+    return Trained(folder, spec, model_dir)
 
 
 def find_pipeline(
@@ -117,8 +126,10 @@ def find_pipeline(
             f"node {trained.node!r} of {where} runs {node.stage.name}, but the model in "
             f"{trained.folder} was trained by {trained.spec['trainer']}"
         )
-    params = node.stage.params.model_dump(mode="json")
-    if trained.spec.get("params") not in (None, params):
+    # the compress: block does not change the fp32 model (it is reused when only that changes)
+    params = node.stage.params.model_dump(mode="json", exclude={"compress"})
+    saved = {k: v for k, v in (trained.spec.get("params") or {}).items() if k != "compress"}
+    if saved and saved != params:
         logger.warning(
             "the params of %s in %s differ from those the model was trained with",
             trained.node,
@@ -190,8 +201,14 @@ class _Model:
         try:
             self.inputs: Inputs = inputs_from_spec(spec["inputs"], self.label)
             self.model: nn.Module = build_model(spec["model"])
-            state = torch.load(trained.folder / "model.pt", weights_only=True, map_location="cpu")
-            self.model.load_state_dict(state)
+            path = trained.model_dir / "model.pt"
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            if spec.get("resized"):  # a pruned model: its layers are smaller than the spec's
+                from datapipe.train.prune import rebuild_pruned
+
+                self.model = rebuild_pruned(self.model, spec["resized"], state)
+            else:
+                self.model.load_state_dict(state)
         except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
             raise PredictError(f"cannot rebuild the model of {trained.folder}: {exc}") from None
         self.model.eval()
@@ -245,6 +262,7 @@ def predict(
     memory_mb: int | None = None,
     epoch: int | None = None,
     batch_size: int = 64,
+    compressed: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Classify ``paths`` with the model of ``trainer_dir`` (OUT/train/NODE); one dict per
     path, in order: ``{"path", "class", "probability"}``, or ``{"path", "error",
@@ -254,12 +272,13 @@ def predict(
     fill its ``${name}``). ``workers`` (>= 1; default: its ``run.workers``), ``timeout_s``
     and ``memory_mb`` bound the isolated worker processes; ``threads``: torch threads here.
     ``epoch`` (what stages see as ``ctx.epoch``; default: the trainer's last epoch when a
-    stage on the way depends on it, as its validation did, else 0).
+    stage on the way depends on it, as its validation did, else 0). ``compressed``: use the
+    model the trainer's ``compress:`` block made (``compressed/``) instead of the fp32 one.
     Raises :class:`PredictError` (or ``ConfigError``) before any file is read when the
     folder, the pipeline or the model cannot be used."""
     from datapipe.engine.pool import PoolSettings
 
-    trained = load_trained(trainer_dir)
+    trained = load_trained(trainer_dir, compressed)
     full = find_pipeline(trained, pipeline, vars)
     fields = list(trained.spec["inputs"].get("fields") or [])
     chain = prediction_pipeline(full, trained.node, fields)

@@ -307,6 +307,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             threads=args.threads,
             timeout_s=args.timeout_s,
             epoch=args.epoch,
+            compressed=args.compressed,
         )
     except PredictError as exc:
         raise UsageError(str(exc)) from None

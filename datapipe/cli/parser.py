@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the epoch the stages see (ctx.epoch; default: the trainer's last epoch when a "
         "stage depends on it, as its validation did, else 0)",
     )
+    p.add_argument(
+        "--compressed",
+        action="store_true",
+        help="use the model of the trainer's compress: block (OUT/train/NODE/compressed/)",
+    )
     p.set_defaults(func=c.cmd_predict)
 
     p = command("demo", "generate the built-in sample data and run the demo pipelines")

@@ -1,17 +1,22 @@
 """Model size and cost: parameters and multiply-accumulates (MACs).
 
-:func:`count_macs` counts the multiply-accumulates of ``nn.Conv2d`` and ``nn.Linear`` layers
-only, by forward hooks on one sample: a convolution costs ``out.numel() * (in_channels /
-groups) * kh * kw``, a linear layer ``out.numel() * in_features``. Batch norm, activations,
+:func:`count_macs` counts the multiply-accumulates of convolutions (``nn.Conv1d``, ``nn.Conv2d``,
+``nn.Conv3d``) and ``nn.Linear`` layers only, by forward hooks on one sample: a convolution
+costs ``out.numel() * (in_channels / groups) * prod(kernel_size)``, a linear layer
+``out.numel() * in_features``. Batch norm, activations,
 pooling, additions and biases are not counted (they are a small share in these CNNs).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+#: the convolutions :func:`count_macs` counts
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -41,9 +46,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[
 
     def conv_hook(m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal total
-        assert isinstance(m, nn.Conv2d)
-        kh, kw = m.kernel_size
-        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+        assert isinstance(m, CONVS)
+        total += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
 
     def linear_hook(m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal total
@@ -52,7 +56,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[
 
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, CONVS):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))

@@ -13,6 +13,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -20,6 +21,13 @@ from pydantic import Field as PField
 
 from datapipe.errors import SinkError
 from datapipe.stage import Context, Params, Record, Sink
+from datapipe.stages.train.compress import (
+    COMPRESSED,
+    CompressParams,
+    compress_trained,
+    compressed_fingerprint,
+    compressed_summary,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,6 +55,9 @@ class TrainParams(Params):
     workers: int = PField(0, ge=0, le=64, description="DataLoader worker processes.")
     export: list[Literal["onnx", "pt2"]] = PField(
         [], description="Also write model.onnx (ONNX, the export extra) / model.pt2 (torch.export)."
+    )
+    compress: CompressParams | None = PField(
+        None, description="Also make a compressed model (prune); OUT/train/NODE/compressed/."
     )
 
 
@@ -77,7 +88,8 @@ class Trainer(Sink):
         """What the trained model depends on: the committed samples, the params, the code;
         with an epoch-dependent upstream also every upstream stage's params (the committed
         samples are epoch 0's: a schedule's later sizes are not in them)."""
-        parts = [ctx.samples_digest, self.name, self.token(), self.CODE_VERSION]
+        params = self.params.model_dump(mode="json", exclude={"compress"})  # its own digest
+        parts = [ctx.samples_digest, self.name, self.version, params, self.CODE_VERSION]
         if ctx.epoch_dependent and ctx.pipeline is not None:
             nodes = ctx.pipeline.nodes_by_id
             for nid in sorted(ctx.pipeline.upstream(ctx.node) - {ctx.node}):
@@ -87,22 +99,29 @@ class Trainer(Sink):
     def consume(self, records: Iterator[Record], ctx: Context) -> dict[str, Any]:
         assert ctx.out_dir is not None and ctx.run_dir is not None
         out, fp = ctx.out_dir, self.fingerprint(ctx)
+        block = self.params.compress
+        cfp = compressed_fingerprint(fp, block) if block is not None else ""
+        data: TrainingData | None = None
         report_path = out / "report.json"
-        if (out / "model.pt").exists() and report_path.exists():
-            report = json.loads(report_path.read_text())
-            if report.get("fingerprint") == fp:
-                report["reused"] = True
-                write_json(report_path, report)
-                return summary(report)
-        # a checkpoint per training setup: a killed run resumes its own, never another's
-        checkpoints = out / "checkpoints"
-        for old in checkpoints.glob("*"):
-            if old.name != fp:
-                shutil.rmtree(old, ignore_errors=True)
-        report = self._train(ctx, out, checkpoints / fp)
-        report.update(fingerprint=fp, reused=False, dataset_fingerprint=ctx.samples_digest)
-        write_json(report_path, report)
-        return summary(report)
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        if (out / "model.pt").exists() and report.get("fingerprint") == fp:
+            report["reused"] = True
+            write_json(report_path, report)
+        else:
+            # a checkpoint per training setup: a killed run resumes its own, never another's
+            checkpoints = out / "checkpoints"
+            for old in checkpoints.glob("*"):
+                if old.name not in (fp, cfp):
+                    shutil.rmtree(old, ignore_errors=True)
+            data = self._data(ctx)
+            report = self._train(ctx, out, checkpoints / fp, data)
+            report.update(fingerprint=fp, reused=False, dataset_fingerprint=ctx.samples_digest)
+            write_json(report_path, report)
+        if block is None:
+            shutil.rmtree(out / COMPRESSED, ignore_errors=True)
+            return summary(report)
+        compressed = compress_trained(self, out, report, cfp, lambda: data or self._data(ctx))
+        return {**summary(report), "compressed": compressed_summary(compressed)}
 
     def _labels(self, ctx: Context) -> tuple[dict[str, int], dict[int, str]]:
         """``{key: class index}`` of the labelled samples and the class names by index."""
@@ -144,20 +163,45 @@ class Trainer(Sink):
             )
         return train_keys, val_keys
 
-    def _train(self, ctx: Context, out: Path, checkpoint_dir: Path) -> dict[str, Any]:
-        import torch
-        from torch.utils.data import DataLoader
-
-        from datapipe.train import TrainConfig, fit
-
-        p = self.params
-        assert ctx.run_dir is not None
+    def _data(self, ctx: Context) -> TrainingData:
+        """The labelled committed samples, split, streamed and probed for their shapes."""
         labelled, names = self._labels(ctx)
         train_keys, val_keys = self._split(ctx, labelled)
         num_classes = max(labelled.values()) + 1
         self.epoch_dependent = ctx.epoch_dependent
         train, val = self._streams(ctx, train_keys, val_keys)
-        shapes = self._probe(val)
+        return TrainingData(
+            train=train,
+            val=val,
+            shapes=self._probe(val),
+            class_names=[names.get(i, str(i)) for i in range(num_classes)],
+            train_samples=len(train_keys),
+        )
+
+    def loaders(self, data: TrainingData) -> tuple[Any, Any]:
+        """The training and validation DataLoaders of ``data``."""
+        from torch.utils.data import DataLoader
+
+        p = self.params
+        # an epoch-dependent upstream decodes media every epoch: in worker processes, never
+        # in this one (and only inputs the isolated run already read without error)
+        workers = max(p.workers, 1) if self.epoch_dependent else p.workers
+        opts = {"num_workers": workers, "persistent_workers": False}
+        train, val = data.train, data.val
+        return (
+            DataLoader(train, batch_size=p.batch_size, collate_fn=train.collate, **opts),
+            DataLoader(val, batch_size=max(p.batch_size, 256), collate_fn=val.collate, **opts),
+        )
+
+    def _train(
+        self, ctx: Context, out: Path, checkpoint_dir: Path, data: TrainingData
+    ) -> dict[str, Any]:
+        import torch
+
+        from datapipe.train import TrainConfig, fit
+
+        p = self.params
+        assert ctx.run_dir is not None
         config = TrainConfig(
             epochs=p.epochs,
             batch_size=p.batch_size,
@@ -169,22 +213,13 @@ class Trainer(Sink):
             field=self.read_fields()[0],
         )
         torch.manual_seed(p.seed)
-        model = self.make_model(num_classes, shapes)
-        # an epoch-dependent upstream decodes media every epoch: in worker processes, never
-        # in this one (and only inputs the isolated run already read without error)
-        workers = max(p.workers, 1) if ctx.epoch_dependent else p.workers
-        loader = {"num_workers": workers, "persistent_workers": False}
+        model = self.make_model(len(data.class_names), data.shapes)
+        train, val = self.loaders(data)
         result = fit(
-            model,
-            DataLoader(train, batch_size=p.batch_size, collate_fn=train.collate, **loader),
-            DataLoader(val, batch_size=max(p.batch_size, 256), collate_fn=val.collate, **loader),
-            config,
-            checkpoint_dir=checkpoint_dir,
-            inputs=self.make_inputs(),
+            model, train, val, config, checkpoint_dir=checkpoint_dir, inputs=self.make_inputs()
         )
-        class_names = [names.get(i, str(i)) for i in range(num_classes)]
-        self._write_model(out, model, result, class_names, shapes)
-        return self._report(out, result, class_names, train, val, len(train_keys))
+        self.write_model(out, model, result, data)
+        return self.make_report(out, result, data)
 
     def _streams(self, ctx: Context, train_keys: set[str], val_keys: set[str]) -> tuple[Any, Any]:
         """The training and validation streams: the committed shards, or, when a stage
@@ -222,19 +257,22 @@ class Trainer(Sink):
             "(missing, wrongly shaped or not finite)",
         )
 
-    def _write_model(
+    def write_model(
         self,
         out: Path,
         model: nn.Module,
         result: TrainResult,
-        class_names: list[str],
-        shapes: list[list[int]],
+        data: TrainingData,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """``out/model.pt`` (the state_dict), ``out/model.json`` (what rebuilds the model and
+        prepares its inputs, plus ``extra``) and the ``export`` formats."""
         import torch
 
         from datapipe.models import model_spec
         from datapipe.train import write_atomic
 
+        out.mkdir(parents=True, exist_ok=True)
         state = model.state_dict()
         write_atomic(out / "model.pt", lambda f: torch.save(state, f))
         inputs = self.make_inputs().describe()
@@ -243,37 +281,32 @@ class Trainer(Sink):
             "trainer": self.name,
             "params": self.params.model_dump(mode="json"),
             "label": self.params.label,
-            "inputs": {**inputs, "shapes": shapes},
+            "inputs": {**inputs, "shapes": data.shapes},
             "normalize": {
                 "mean": list(result.config.mean or []),
                 "std": list(result.config.std or []),
             },
-            "classes": class_names,
+            "classes": data.class_names,
             # the epoch whose upstream output the model takes (the last of a resize schedule)
             "input_epoch": self.params.epochs - 1 if self.epoch_dependent else 0,
+            **(extra or {}),
         }
         write_json(out / "model.json", spec)
         for fmt in self.params.export:
             from datapipe.train.export import export_model
 
-            export_model(model, shapes, out, fmt)
+            export_model(model, data.shapes, out, fmt)
 
-    def _report(
-        self,
-        out: Path,
-        result: TrainResult,
-        class_names: list[str],
-        train: Any,
-        val: Any,
-        train_samples: int,
-    ) -> dict[str, Any]:
+    def make_report(self, out: Path, result: TrainResult, data: TrainingData) -> dict[str, Any]:
+        """The report of ``result`` (``report.json``'s keys) and its pictures in ``out``."""
         from datapipe.train import plot_confusion, plot_curves
 
-        plot_curves(result.history, out / "curves.png")
-        plot_confusion(result.final["confusion"], class_names, out / "confusion.png")
+        if result.history:
+            plot_curves(result.history, out / "curves.png")
+        plot_confusion(result.final["confusion"], data.class_names, out / "confusion.png")
         skipped = Counter(result.skipped)
         skipped.update(result.final.get("skipped", {}))
-        skipped["unreadable"] += len(train.skipped) + len(val.skipped)  # the stream's
+        skipped["unreadable"] += len(data.train.skipped) + len(data.val.skipped)  # the stream's
         report = result.to_dict()
         report.update(
             trainer=self.name,
@@ -281,15 +314,27 @@ class Trainer(Sink):
             val_loss=result.final["val_loss"],
             per_class_accuracy=result.final["per_class_accuracy"],
             confusion=result.final["confusion"],
-            classes=class_names,
+            classes=data.class_names,
             epochs_run=len(result.history),
             model_bytes=(out / "model.pt").stat().st_size,
             seed=self.params.seed,
-            train_samples=train_samples,
+            train_samples=data.train_samples,
             val_samples=result.final["val_samples"],
             skipped={k: v for k, v in sorted(skipped.items()) if v},
         )
         return report
+
+
+@dataclass
+class TrainingData:
+    """What a training reads: the split streams, the per-input sample shapes, the class
+    names by index and the number of training keys."""
+
+    train: Any
+    val: Any
+    shapes: list[list[int]]
+    class_names: list[str]
+    train_samples: int
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

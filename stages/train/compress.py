@@ -1,0 +1,261 @@
+"""The ``compress:`` block of every ``train.*`` stage: what it accepts and what it writes.
+
+After the fp32 model is trained (or reused), the block makes a compressed variant of it and
+writes ``OUT/train/NODE/compressed/``: ``model.pt`` (a plain ``state_dict``, loads with
+``weights_only``), ``model.json`` (the fp32 one plus ``resized``: the pruned layers' new
+sizes, and ``compress``: the block), ``report.json`` (the fp32 report's keys for the
+compressed model, plus ``baseline``: the fp32 figures measured beside it in the same process
+and threads, and ``ratios``), ``curves.png`` / ``confusion.png`` of the fine-tuning; and
+``pareto.png`` (validation accuracy against batch-64 CPU latency, one point per model) in the
+trainer's folder. The variant has its own fingerprint: changing only the block reuses the
+fp32 model.
+
+Today the block holds ``prune`` (structured channel pruning, :mod:`datapipe.train.prune`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field as PField
+
+from datapipe.stage import Params
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: the compressed variant's folder inside OUT/train/NODE
+COMPRESSED = "compressed"
+
+
+class PruneParams(Params):
+    """Structured channel pruning, then fine-tuning (Torch-Pruning)."""
+
+    amount: float = PField(
+        0.5, gt=0, lt=1, description="Share of each layer's output channels removed."
+    )
+    method: Literal["l1", "l2", "group_norm"] = PField(
+        "l1", description="Channel ranking: weight L1 / L2 norm, or the coupled group's norm."
+    )
+    finetune_epochs: int = PField(
+        3, ge=0, le=10_000, description="Epochs of fine-tuning after pruning (0: none)."
+    )
+    lr: float | None = PField(
+        None, gt=0, description="Peak learning rate of the fine-tuning (None: the trainer's)."
+    )
+
+
+class CompressParams(Params):
+    """What to make of the trained model (see :mod:`datapipe.stages.train.compress`)."""
+
+    prune: PruneParams | None = PField(None, description="Remove channels, then fine-tune.")
+
+    def describe(self) -> str:
+        """A short name of the variant, e.g. ``prune 50% l1``."""
+        parts = []
+        if self.prune is not None:
+            parts.append(f"prune {self.prune.amount:.0%} {self.prune.method}")
+        return ", ".join(parts) or "none"
+
+
+def compressed_fingerprint(fp32_fingerprint: str, block: CompressParams) -> str:
+    """What the compressed variant depends on: the fp32 model and the block."""
+    blob = json.dumps([fp32_fingerprint, block.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def size_ratios(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
+    """Compressed over fp32 for params, MACs, bytes and each latency (None where 0)."""
+    pairs = {
+        "params": (report["params"], baseline["params"]),
+        "macs": (report["macs"], baseline["macs"]),
+        "model_bytes": (report["model_bytes"], baseline["model_bytes"]),
+    }
+    for key, ms in report["cpu_latency_ms"].items():
+        pairs[f"latency_{key}"] = (ms, baseline["cpu_latency_ms"].get(key, 0))
+    return {k: round(a / b, 4) if b else None for k, (a, b) in pairs.items()}
+
+
+def plot_pareto(path: Path, points: dict[str, tuple[float, float]]) -> None:
+    """Validation accuracy against batch-64 CPU latency (ms), one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    for name, (latency, accuracy) in points.items():
+        ax.scatter([latency], [accuracy], s=40)
+        ax.annotate(name, (latency, accuracy), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("CPU latency, batch 64 (ms)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def measure_latencies(
+    models: dict[str, nn.Module], input_shape: Any, threads: int, rounds: int = 3
+) -> dict[str, dict[str, float]]:
+    """``cpu_latency_ms`` of each model at ``threads``, interleaved over ``rounds`` (the
+    median of each model's rounds): both sides see the same machine state."""
+    import statistics
+
+    import torch
+
+    from datapipe.train import cpu_latency_ms
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+        for _ in range(rounds):
+            for name, model in models.items():
+                runs[name].append(cpu_latency_ms(model, input_shape))
+    finally:
+        torch.set_num_threads(before)
+    return {
+        name: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
+        for name, rs in runs.items()
+    }
+
+
+def compressed_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """What the run summary says of the compressed variant."""
+    ratios = report.get("ratios") or {}
+    return {
+        "variant": report.get("variant"),
+        "val_accuracy": report.get("val_accuracy"),
+        "reused": report.get("reused"),
+        "model_bytes": report.get("model_bytes"),
+        "macs_ratio": ratios.get("macs"),
+        "latency_ratio": ratios.get("latency_batch_64"),
+    }
+
+
+def compress_trained(
+    trainer: Any,
+    out: Path,
+    fp32_report: dict[str, Any],
+    fingerprint: str,
+    data: Callable[[], Any],
+) -> dict[str, Any]:
+    """Make (or reuse) the compressed variant of the trainer's model in ``out``; its report.
+
+    ``trainer``: the :class:`~datapipe.stages.train.base.Trainer`; ``fp32_report``: the fp32
+    model's report; ``data()``: the trainer's :class:`TrainingData` (built only when the
+    variant is not reused)."""
+    from datapipe.stages.train.base import write_json
+
+    folder = out / COMPRESSED
+    report_path = folder / "report.json"
+    if (folder / "model.pt").exists() and report_path.exists():
+        report = json.loads(report_path.read_text())
+        if report.get("fingerprint") == fingerprint:
+            report["reused"] = True
+            write_json(report_path, report)
+            return report
+    shutil.rmtree(folder, ignore_errors=True)
+    report = _compress(trainer, out, folder, fp32_report, fingerprint, data())
+    dataset = fp32_report.get("dataset_fingerprint")
+    report.update(fingerprint=fingerprint, reused=False, dataset_fingerprint=dataset)
+    write_json(report_path, report)
+    return report
+
+
+def _compress(
+    trainer: Any,
+    out: Path,
+    folder: Path,
+    fp32_report: dict[str, Any],
+    fingerprint: str,
+    data: Any,
+) -> dict[str, Any]:
+    import copy
+
+    import torch
+
+    from datapipe.errors import SinkError
+    from datapipe.models import build_model
+    from datapipe.models.measure import zero_inputs
+    from datapipe.train import TrainConfig, fit
+    from datapipe.train.prune import PruneError, prune_channels, resized_layers
+
+    block: CompressParams = trainer.params.compress
+    spec = json.loads((out / "model.json").read_text())
+    fp32 = build_model(spec["model"])
+    fp32.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location="cpu"))
+    fp32.eval()
+    config = TrainConfig.from_dict(fp32_report["config"])  # the fp32 run's normalisation
+    model = copy.deepcopy(fp32)
+    extra: dict[str, Any] = {"compress": block.model_dump(mode="json")}
+    prune = block.prune
+    if prune is not None:
+        try:
+            prune_channels(model, zero_inputs(data.shapes, 2), prune.amount, prune.method)
+        except PruneError as exc:
+            raise SinkError("compress_failed", f"compress.prune: {exc}") from None
+        extra["resized"] = resized_layers(model, build_model(spec["model"]))
+    epochs = prune.finetune_epochs if prune is not None else 0
+    train, val = trainer.loaders(data)
+    inputs = trainer.make_inputs()
+    if epochs:
+        lr = prune.lr if prune is not None and prune.lr else config.lr
+        tune = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "lr": lr})
+        checkpoints = out / "checkpoints" / fingerprint
+        result = fit(model, train, val, tune, checkpoint_dir=checkpoints, inputs=inputs)
+    else:
+        result = evaluated(model, val, config, inputs, data.shapes)
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.write_model(folder, model, result, data, extra)
+    report = trainer.make_report(folder, result, data)
+    shape = data.shapes[0] if len(data.shapes) == 1 else data.shapes
+    latency = measure_latencies({"fp32": fp32, "compressed": model}, shape, config.threads)
+    report["cpu_latency_ms"] = latency["compressed"]
+    baseline = {k: fp32_report[k] for k in ("val_accuracy", "params", "macs", "model_bytes")} | {
+        "cpu_latency_ms": latency["fp32"]
+    }
+    report.update(
+        variant=block.describe(),
+        compress=extra["compress"],
+        baseline=baseline,
+        ratios=size_ratios(report, baseline),
+        accuracy_change=round(report["val_accuracy"] - baseline["val_accuracy"], 4),
+    )
+    plot_pareto(
+        out / "pareto.png",
+        {
+            "fp32": (baseline["cpu_latency_ms"]["batch_64"], baseline["val_accuracy"]),
+            report["variant"]: (report["cpu_latency_ms"]["batch_64"], report["val_accuracy"]),
+        },
+    )
+    return report
+
+
+def evaluated(model: nn.Module, val: Any, config: Any, inputs: Any, shapes: list[Any]) -> Any:
+    """A :class:`~datapipe.train.TrainResult` of ``model`` as it is: no training epochs."""
+    from datapipe.models import count_macs, count_params
+    from datapipe.train import TrainResult, evaluate
+
+    shape = shapes[0] if len(shapes) == 1 else shapes
+    return TrainResult(
+        config=config,
+        history=[],
+        final=evaluate(model, val, config, inputs=inputs),
+        steps=0,
+        wall_s=0.0,
+        train_samples_per_s=0.0,
+        data_wait_fraction=0.0,
+        params=count_params(model),
+        macs=count_macs(model, shape),
+        cpu_latency_ms={},
+        input_shape=shape,
+    )

@@ -1,0 +1,132 @@
+"""The ``compress:`` block of a trainer in a real run: a pruned model beside the fp32 one,
+its report measured against it, reused on its own, used by ``datapipe predict``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+import datapipe
+from datapipe.demo.training_data import make_image_dataset
+from datapipe.errors import ConfigError
+from datapipe.executors.local import run_local
+from datapipe.graph import Pipeline
+from datapipe.models import build_model, count_macs, count_params
+from datapipe.predict import PredictError, load_trained, predict
+from datapipe.schemas import load_schema
+from datapipe.train.prune import rebuild_pruned
+
+warnings.filterwarnings("ignore", module="torch_pruning")
+
+PRUNE = {"prune": {"amount": 0.5, "finetune_epochs": 1}}
+
+
+def _pipeline(root: Path, **train: Any) -> Pipeline:
+    params = {"epochs": 2, "width": 8, "batch_size": 16, "lr": 0.05, "compress": PRUNE, **train}
+    return Pipeline.from_dict(
+        {
+            "nodes": {
+                "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
+                "resize": {"stage": "image.resize", "inputs": "photos", "params": {"size": 24}},
+                "classifier": {"stage": "train.image", "inputs": "resize", "params": params},
+            }
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("compress_images")
+    make_image_dataset(root, classes=3, per_class=16, size=(40, 48), seed=0)
+    return root
+
+
+def _load(folder: Path) -> tuple[dict[str, Any], torch.nn.Module]:
+    spec = json.loads((folder / "model.json").read_text())
+    state = torch.load(folder / "model.pt", weights_only=True)
+    model = build_model(spec["model"])
+    if "resized" in spec:
+        return spec, rebuild_pruned(model, spec["resized"], state).eval()
+    model.load_state_dict(state)
+    return spec, model.eval()
+
+
+def test_a_pruned_model_is_written_measured_and_predicts(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    run = run_local(_pipeline(images, export=["onnx"]), out, workers=0)
+    compressed = run.sinks["classifier"]["compressed"]
+    assert compressed["variant"] == "prune 50% l1" and compressed["reused"] is False
+    folder = out / "train" / "classifier"
+    small = folder / "compressed"
+    for name in ("model.pt", "model.json", "report.json", "curves.png", "confusion.png"):
+        assert (small / name).is_file(), name
+    assert (folder / "pareto.png").stat().st_size > 0
+    report = json.loads((small / "report.json").read_text())
+    jsonschema.validate(report, load_schema("train_report"))  # the fp32 report's keys
+    fp32_spec, fp32 = _load(folder)
+    spec, model = _load(small)
+    shape = spec["inputs"]["shapes"][0]
+    # the figures are the rebuilt models' own, counted here independently
+    assert report["params"] == count_params(model) < 0.3 * count_params(fp32)
+    assert report["macs"] == count_macs(model, shape)
+    assert report["baseline"]["macs"] == count_macs(fp32, shape)
+    assert report["ratios"]["macs"] == round(report["macs"] / report["baseline"]["macs"], 4)
+    assert report["model_bytes"] == (small / "model.pt").stat().st_size
+    assert report["baseline"]["model_bytes"] == (folder / "model.pt").stat().st_size
+    assert set(report["cpu_latency_ms"]) == set(report["baseline"]["cpu_latency_ms"])
+    assert spec["compress"]["prune"]["amount"] == 0.5 and spec["classes"] == fp32_spec["classes"]
+    # the compressed ONNX file computes what the pruned torch model does
+    import onnxruntime
+
+    x = torch.randn(3, *shape)
+    session = onnxruntime.InferenceSession(str(small / "model.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+    # predict takes the compressed model when asked
+    files = sorted(images.glob("*/*.jpg"))[:4]
+    assert load_trained(folder, compressed=True).spec["resized"] == spec["resized"]
+    results = list(predict(folder, files, compressed=True, workers=1))
+    assert [r["path"] for r in results] == [str(f) for f in files]
+    assert all(r["class"] in spec["classes"] for r in results)
+
+
+def test_only_the_block_changed_reuses_the_fp32_model(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    run_local(_pipeline(images), out, workers=0)
+    again = run_local(_pipeline(images), out, workers=0).sinks["classifier"]
+    assert again["reused"] is True and again["compressed"]["reused"] is True
+    quarter = {"prune": {"amount": 0.25, "finetune_epochs": 1}}
+    other = run_local(_pipeline(images, compress=quarter), out, workers=0).sinks["classifier"]
+    assert other["reused"] is True  # the fp32 model stands
+    assert other["compressed"]["reused"] is False and other["compressed"]["macs_ratio"] > 0.4
+    plain = run_local(_pipeline(images, compress=None), out, workers=0).sinks["classifier"]
+    assert plain["reused"] is True and "compressed" not in plain
+    folder = out / "train" / "classifier"
+    assert not (folder / "compressed").exists()
+    with pytest.raises(PredictError, match="has no compressed model"):
+        load_trained(folder, compressed=True)
+
+
+def test_bad_compress_blocks_are_refused(images: Path, tmp_path: Path):
+    for block, words in (
+        ({"prune": {"amount": 1.0}}, "less than 1"),
+        ({"prune": {"amount": 0.5, "method": "random"}}, "'l1', 'l2' or 'group_norm'"),
+        ({"quantise": {"mode": "ptq"}}, "quantise"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            datapipe.validate(_pipeline(images, compress=block))
+    # a layer of 8 channels keeps int(8 * 0.1) = 0 of them: a run error naming the layer,
+    # never a silently unpruned model
+    run = run_local(_pipeline(images, compress={"prune": {"amount": 0.9}}), tmp_path, workers=0)
+    failed = run.sinks["classifier"]
+    assert failed["error"] == "compress_failed"
+    assert "compress.prune: pruning 90% of layer 'stem.0' (8 output channels)" in failed["message"]
+    assert not (tmp_path / "train" / "classifier" / "compressed").exists()
