@@ -298,7 +298,9 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
     again = cli("demo", "--out", a, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("nothing to do") == len(names) + len(trainers)
-    assert again.stdout.count(", reused, ") == len(trainers)  # nothing changed: no training
+    # nothing changed: no training, no compression
+    assert again.stdout.count(": val_accuracy") == again.stdout.count(", reused, ")
+    assert "classifier compressed (prune 50% l1)" in again.stdout
     assert {p: shard_members(a / p) for p in snap} == snap
 
     fresh = cli("demo", "--out", b, "--no-train", cwd=tmp_path)
