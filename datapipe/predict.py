@@ -77,10 +77,10 @@ def load_trained(trainer_dir: str | Path, compressed: bool = False) -> Trained:
     variant); :class:`PredictError` when it is no trainer's or has no such variant."""
     folder = Path(trainer_dir)
     model_dir = folder / "compressed" if compressed else folder
-    spec_path, weights = model_dir / "model.json", model_dir / "model.pt"
-    if compressed and (folder / "model.pt").is_file() and not weights.is_file():
+    spec_path, weights = model_dir / "model.json", folder / "model.pt"
+    if compressed and weights.is_file() and not spec_path.is_file():
         raise PredictError(
-            f"{folder} has no compressed model (no compressed/model.pt); give the trainer "
+            f"{folder} has no compressed model (no compressed/model.json); give the trainer "
             "node a compress: block and run the pipeline again"
         )
     if not spec_path.is_file() or not weights.is_file():
@@ -95,6 +95,30 @@ def load_trained(trainer_dir: str | Path, compressed: bool = False) -> Trained:
     if not isinstance(spec, dict) or any(k not in spec for k in needed):
         raise PredictError(f"{spec_path} is no trainer's model spec (needs {', '.join(needed)})")
     return Trained(folder, spec, model_dir)
+
+
+def load_model(folder: Path, spec: dict[str, Any]) -> nn.Module:
+    """The model a trainer's (or its compressed variant's) folder holds, in eval mode: the
+    state_dict of ``model.pt`` in the spec's model (shrunk to a pruned model's ``resized``
+    sizes), or the int8 ONNX Runtime model ``spec["file"]`` names."""
+    import torch
+
+    from datapipe.models import build_model
+
+    file = spec.get("file", "model.pt")
+    if file.endswith(".onnx"):
+        from datapipe.train.int8 import OnnxModule
+
+        return OnnxModule(folder / file).eval()
+    model = build_model(spec["model"])
+    state = torch.load(folder / file, weights_only=True, map_location="cpu")
+    if spec.get("resized"):  # a pruned model: its layers are smaller than the spec's
+        from datapipe.train.prune import rebuild_pruned
+
+        model = rebuild_pruned(model, spec["resized"], state)
+    else:
+        model.load_state_dict(state)
+    return model.eval()
 
 
 def find_pipeline(
@@ -191,24 +215,13 @@ class _Model:
     """The trained model with the preparation of its inputs (``model.json``)."""
 
     def __init__(self, trained: Trained) -> None:
-        import torch
-
-        from datapipe.models import build_model
         from datapipe.train.inputs import inputs_from_spec
 
         spec = trained.spec
         self.label = spec.get("label") or "label_id"
         try:
             self.inputs: Inputs = inputs_from_spec(spec["inputs"], self.label)
-            self.model: nn.Module = build_model(spec["model"])
-            path = trained.model_dir / "model.pt"
-            state = torch.load(path, weights_only=True, map_location="cpu")
-            if spec.get("resized"):  # a pruned model: its layers are smaller than the spec's
-                from datapipe.train.prune import rebuild_pruned
-
-                self.model = rebuild_pruned(self.model, spec["resized"], state)
-            else:
-                self.model.load_state_dict(state)
+            self.model: nn.Module = load_model(trained.model_dir, spec)
         except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
             raise PredictError(f"cannot rebuild the model of {trained.folder}: {exc}") from None
         self.model.eval()

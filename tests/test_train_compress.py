@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,9 @@ from datapipe.demo.training_data import make_image_dataset
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
-from datapipe.models import build_model, count_macs, count_params
-from datapipe.predict import PredictError, load_trained, predict
+from datapipe.models import count_macs, count_params
+from datapipe.predict import PredictError, load_model, load_trained, predict
 from datapipe.schemas import load_schema
-from datapipe.train.prune import rebuild_pruned
 
 warnings.filterwarnings("ignore", module="torch_pruning")
 
@@ -50,12 +50,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _load(folder: Path) -> tuple[dict[str, Any], torch.nn.Module]:
     spec = json.loads((folder / "model.json").read_text())
-    state = torch.load(folder / "model.pt", weights_only=True)
-    model = build_model(spec["model"])
-    if "resized" in spec:
-        return spec, rebuild_pruned(model, spec["resized"], state).eval()
-    model.load_state_dict(state)
-    return spec, model.eval()
+    return spec, load_model(folder, spec)
 
 
 def test_a_pruned_model_is_written_measured_and_predicts(images: Path, tmp_path: Path):
@@ -130,3 +125,54 @@ def test_bad_compress_blocks_are_refused(images: Path, tmp_path: Path):
     assert failed["error"] == "compress_failed"
     assert "compress.prune: pruning 90% of layer 'stem.0' (8 output channels)" in failed["message"]
     assert not (tmp_path / "train" / "classifier" / "compressed").exists()
+
+
+def _val_accuracy(out: Path, folder: Path) -> float:
+    """The validation accuracy of the model in ``folder``, recomputed here: the trainer's
+    split (key hash), the model's own input preparation and normalisation, its runtime."""
+    from datapipe.stream import from_shards
+    from datapipe.train import key_labels, split_by_key
+    from datapipe.train.data import normalize
+    from datapipe.train.inputs import inputs_from_spec
+
+    spec = json.loads((folder / "model.json").read_text())
+    labels = key_labels(from_shards(out, shuffle=False, fields=["label_id"]))
+    val = split_by_key(labels, labels.values(), spec["params"]["val_fraction"], 0)
+    samples = [s for s in from_shards(out, shuffle=False, fields=["image", "label_id"])
+               if s["key"] in val]  # fmt: skip
+    (x,), y = inputs_from_spec(spec["inputs"])(samples, train=False, skipped=Counter())
+    x = normalize(x, spec["normalize"]["mean"], spec["normalize"]["std"])
+    with torch.no_grad():
+        predicted = load_model(folder, spec)(x).argmax(1)
+    return float((predicted == y).float().mean())
+
+
+def test_int8_alone_and_after_pruning(images: Path, tmp_path: Path):
+    from datapipe.train.int8 import unquantized_layers
+
+    out = tmp_path / "out"
+    int8 = {"quantize": {"calibration_batches": 2}}
+    run = run_local(_pipeline(images, compress=int8), out, workers=0)
+    assert run.sinks["classifier"]["compressed"]["variant"] == "int8 ptq"
+    folder = out / "train" / "classifier"
+    small = folder / "compressed"
+    assert (small / "model.onnx").is_file() and not (small / "model.pt").exists()
+    assert unquantized_layers(small / "model.onnx") == []  # every conv and linear in int8
+    report = json.loads((small / "report.json").read_text())
+    jsonschema.validate(report, load_schema("train_report"))
+    assert report["model_bytes"] == (small / "model.onnx").stat().st_size
+    assert report["macs"] == report["baseline"]["macs"]  # the same network, in 8 bits
+    assert report["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)
+    assert report["baseline"]["val_accuracy"] == pytest.approx(_val_accuracy(out, folder))
+    files = sorted(images.glob("*/*.jpg"))[:3]
+    assert len(list(predict(folder, files, compressed=True, workers=1))) == 3
+    # the survey's order: prune, fine-tune, quantize; smaller than either alone
+    both = {**PRUNE, **int8}
+    run = run_local(_pipeline(images, compress=both), out, workers=0)
+    summary = run.sinks["classifier"]
+    assert summary["reused"] is True  # the fp32 model stands
+    assert summary["compressed"]["variant"] == "prune 50% l1 + int8 ptq"
+    smaller = json.loads((small / "report.json").read_text())
+    assert smaller["model_bytes"] < report["model_bytes"]
+    assert smaller["macs"] < 0.3 * smaller["baseline"]["macs"]
+    assert smaller["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)

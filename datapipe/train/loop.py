@@ -65,7 +65,7 @@ def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-class _Batches:
+class Batches:
     """Turns loader batches into (normalised inputs, labels), counting skipped samples.
 
     ``config.mean`` / ``config.std`` hold the channels of every input one after the other
@@ -109,7 +109,7 @@ def input_stats(
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Any],
-    batches: _Batches,
+    batches: Batches,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     total_steps: int,
@@ -166,7 +166,7 @@ def evaluate(
     ranks, so every rank returns the same report."""
     if config.mean is None:
         raise ValueError("evaluate needs config.mean and config.std: pass TrainResult.config")
-    batches = _Batches(config, inputs or PixelInputs(config.field, config.label))
+    batches = Batches(config, inputs or PixelInputs(config.field, config.label))
     was_training = model.training
     model.eval()
     loss_sum, n = 0.0, 0
@@ -299,7 +299,7 @@ def _fit(
         logger.info("resuming from %s after epoch %d", checkpoint_dir, start)
     elif config.mean is None:
         _set_epoch(train_loader, 0)
-        stats = _Batches(config, inputs)
+        stats = Batches(config, inputs)
         seen = []
         for batch in islice(train_loader, config.stats_batches):
             xs, y = stats(batch, train=False, norm=False)
@@ -307,7 +307,7 @@ def _fit(
                 seen.append(xs)
         mean, std = broadcast_object(input_stats(seen, getattr(inputs, "std_floor", 1e-3)))
         config = TrainConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
-    batches = _Batches(config, inputs)
+    batches = Batches(config, inputs)
     net = wrap(model)  # DistributedDataParallel when distributed
     for epoch in range(start, config.epochs):
         _set_epoch(train_loader, epoch)

@@ -1,13 +1,15 @@
-"""Evidence: what structured channel pruning buys on a CPU (survey IV-D), per trainer family.
+"""Evidence: what pruning and int8 buy on a CPU (survey IV-C, IV-D, IV-E), per model.
 
 For each model (the pixel ResNet-10 of ``train.image``, its DCT twin ``train.dct``, PointNet
-of ``train.points``) and seed: train the fp32 model in a real pipeline, then its
-``compress: {prune: {amount, finetune_epochs}}`` variant (the fp32 model reused), both with
-``export: [onnx]``. Then, in this one process at ``--threads``, interleaved: CPU latency at
+of ``train.points``) and seed: train the fp32 model in a real pipeline, then three
+``compress:`` variants on the same output (the fp32 model is reused): ``prune`` (50% of the
+channels, ``--finetune-epochs``), ``quantize`` (int8 PTQ, ONNX Runtime) and both, in the
+survey's order. Then, in this one process at ``--threads``, interleaved: CPU latency at
 batch 1 and 64 of the fp32 model in eager mode, under ``torch.compile`` and in ONNX Runtime
-(``allow_spinning=0``: the best fp32 a user gets), and of the pruned model in eager mode and
-in ONNX Runtime. Reports accuracy, params, bytes, MACs and latency, mean ± sample standard
-deviation over ``--seeds``, and the ratios against each fp32 baseline.
+(``allow_spinning=0``: the best fp32 a user gets), of the pruned model in eager mode and in
+ONNX Runtime, and of the int8 models. Reports accuracy, params, bytes, MACs and latency,
+mean ± sample standard deviation over ``--seeds``, and the ratios against fp32 eager and
+against the best fp32.
 
     .venv/bin/python scripts/evidence/evidence_compress.py [--seeds 0 1 2] [--json out.json]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,23 +34,36 @@ import datapipe
 from datapipe.demo.point_data import make_point_dataset
 from datapipe.demo.training_data import make_image_dataset
 from datapipe.graph import Pipeline
-from datapipe.models import build_model, count_macs, count_params
+from datapipe.models import count_macs
 from datapipe.models.measure import zero_inputs
-from datapipe.train.prune import rebuild_pruned
+from datapipe.predict import load_model
+from datapipe.train.int8 import OnnxModule
 
 warnings.filterwarnings("ignore")
 
 MODELS = ("pixels", "dct", "points")
 
 
-def pipeline(data: Path, model: str, seed: int, args: argparse.Namespace) -> Pipeline:
+def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The compress blocks measured, by name (the survey's order: prune, fine-tune, int8)."""
+    prune = {"amount": args.amount, "finetune_epochs": args.finetune_epochs}
+    return {
+        "pruned": {"prune": prune},
+        "int8": {"quantize": {"mode": "ptq"}},
+        "pruned + int8": {"prune": prune, "quantize": {"mode": "ptq"}},
+    }
+
+
+def pipeline(
+    data: Path, model: str, seed: int, block: dict[str, Any], args: argparse.Namespace
+) -> Pipeline:
     train: dict[str, Any] = {
         "epochs": args.epochs,
         "seed": seed,
         "batch_size": 32,
         "threads": args.threads,
         "export": ["onnx"],
-        "compress": {"prune": {"amount": args.amount, "finetune_epochs": args.finetune_epochs}},
+        "compress": block,
     }
     if model == "points":
         read = {"stage": "points.fps", "params": {"m": 256}}
@@ -87,29 +103,16 @@ def pipeline(data: Path, model: str, seed: int, args: argparse.Namespace) -> Pip
 
 def load(folder: Path) -> tuple[torch.nn.Module, list[list[int]]]:
     spec = json.loads((folder / "model.json").read_text())
-    state = torch.load(folder / "model.pt", weights_only=True)
-    model = build_model(spec["model"])
-    if spec.get("resized"):
-        model = rebuild_pruned(model, spec["resized"], state)
-    else:
-        model.load_state_dict(state)
-    return model.eval(), spec["inputs"]["shapes"]
+    return load_model(folder, spec), spec["inputs"]["shapes"]
 
 
-def ort_runner(path: Path, threads: int) -> Callable[[list[torch.Tensor]], Any]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    return lambda xs: session.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+def ort_runner(path: Path, threads: int) -> torch.nn.Module:
+    """An fp32 ONNX file in ONNX Runtime (no spinning), as a module."""
+    return OnnxModule(path, threads).eval()
 
 
 def latencies(
-    runners: dict[str, Callable[[list[torch.Tensor]], Any]],
+    runners: dict[str, Callable[..., Any]],
     shapes: list[list[int]],
     rounds: int = 7,
 ) -> dict[str, dict[str, float]]:
@@ -120,12 +123,12 @@ def latencies(
         times: dict[str, list[float]] = {name: [] for name in runners}
         with torch.no_grad():
             for run in runners.values():  # warm-up (compilation, kernel selection)
-                run(xs)
-                run(xs)
+                run(*xs)
+                run(*xs)
             for _ in range(rounds):
                 for name, run in runners.items():
                     t0 = time.perf_counter()
-                    run(xs)
+                    run(*xs)
                     times[name].append((time.perf_counter() - t0) * 1000)
         for name, ts in times.items():
             out.setdefault(name, {})[f"batch_{batch}"] = statistics.median(ts)
@@ -133,44 +136,43 @@ def latencies(
 
 
 def one(data: Path, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train the fp32 model once, then each variant (the fp32 model reused); measure all."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = datapipe.run(pipeline(data, model, seed, args), Path(tmp) / "out")
-        folder = Path(tmp) / "out" / "train" / "model"
-        fp32_report = json.loads((folder / "report.json").read_text())
-        small_report = json.loads((folder / "compressed" / "report.json").read_text())
-        fp32, shapes = load(folder)
-        pruned, _ = load(folder / "compressed")
+        out = Path(tmp) / "out"
+        folder = out / "train" / "model"
+        found: dict[str, dict[str, Any]] = {}
+        runners: dict[str, Callable[..., Any]] = {}
         torch.set_num_threads(args.threads)
+        for name, block in variants(args).items():
+            datapipe.run(pipeline(data, model, seed, block, args), out)
+            kept = Path(tmp) / name
+            shutil.copytree(folder / "compressed", kept)
+            report = json.loads((kept / "report.json").read_text())
+            found[name] = {k: report[k] for k in ("val_accuracy", "params", "model_bytes", "macs")}
+            net, shapes = load(kept)
+            if "int8" in name:
+                runners[f"{name} onnxruntime"] = net
+            else:
+                runners[f"{name} eager"] = net
+                runners[f"{name} onnxruntime"] = ort_runner(kept / "model.onnx", args.threads)
+        fp32_report = json.loads((folder / "report.json").read_text())
+        found["fp32"] = {
+            k: fp32_report[k] for k in ("val_accuracy", "params", "model_bytes", "macs")
+        }
+        fp32, shapes = load(folder)
         compiled = torch.compile(fp32)
         ms = latencies(
             {
-                "fp32 eager": lambda xs: fp32(*xs),
-                "fp32 compiled": lambda xs: compiled(*xs),
+                "fp32 eager": fp32,
+                "fp32 compiled": compiled,
                 "fp32 onnxruntime": ort_runner(folder / "model.onnx", args.threads),
-                "pruned eager": lambda xs: pruned(*xs),
-                "pruned onnxruntime": ort_runner(
-                    folder / "compressed" / "model.onnx", args.threads
-                ),
+                **runners,
             },
             shapes,
         )
         shape = shapes[0] if len(shapes) == 1 else shapes
-        assert run.sinks["model"]["compressed"]["reused"] is False
-        return {
-            "fp32": {
-                "accuracy": fp32_report["val_accuracy"],
-                "params": count_params(fp32),
-                "bytes": (folder / "model.pt").stat().st_size,
-                "macs": count_macs(fp32, shape),
-            },
-            "pruned": {
-                "accuracy": small_report["val_accuracy"],
-                "params": count_params(pruned),
-                "bytes": (folder / "compressed" / "model.pt").stat().st_size,
-                "macs": count_macs(pruned, shape),
-            },
-            "latency_ms": ms,
-        }
+        assert found["fp32"]["macs"] == count_macs(fp32, shape)
+        return {"models": found, "latency_ms": ms}
 
 
 def table(model: str, runs: list[dict[str, Any]]) -> list[str]:
@@ -178,33 +180,39 @@ def table(model: str, runs: list[dict[str, Any]]) -> list[str]:
         return mean_sd([f(r) for r in runs], fmt)
 
     lines = [
-        f"\n{model}: fp32 accuracy {col(lambda r: r['fp32']['accuracy'])}, pruned "
-        f"{col(lambda r: r['pruned']['accuracy'])} (change "
-        f"{col(lambda r: r['pruned']['accuracy'] - r['fp32']['accuracy'])}); params "
-        f"{col(lambda r: r['pruned']['params'] / r['fp32']['params'], '{:.2f}')}x, bytes "
-        f"{col(lambda r: r['pruned']['bytes'] / r['fp32']['bytes'], '{:.2f}')}x, MACs "
-        f"{runs[0]['fp32']['macs'] / 1e6:.1f} M -> {runs[0]['pruned']['macs'] / 1e6:.1f} M "
-        f"({col(lambda r: r['pruned']['macs'] / r['fp32']['macs'], '{:.2f}')}x)",
-        "| runtime | ms, batch 1 | ms, batch 64 | batch 64 vs fp32 eager | vs fp32 best |",
+        f"\n{model}",
+        "| model | val accuracy | change | params | bytes | MACs | MACs x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in runs[0]["models"]:
+
+        def get(r: dict[str, Any], key: str, n: str = name) -> float:
+            return r["models"][n][key]
+
+        lines.append(
+            f"| {name} | {col(lambda r: get(r, 'val_accuracy'))} | "
+            f"{col(lambda r: get(r, 'val_accuracy') - get(r, 'val_accuracy', 'fp32'))} | "
+            f"{runs[0]['models'][name]['params']:,} | "
+            f"{col(lambda r: get(r, 'model_bytes') / get(r, 'model_bytes', 'fp32'), '{:.2f}')}x | "
+            f"{runs[0]['models'][name]['macs'] / 1e6:.2f} M | "
+            f"{col(lambda r: get(r, 'macs') / get(r, 'macs', 'fp32'), '{:.2f}')} |"
+        )
+    lines += [
+        "",
+        "| runtime | ms, batch 1 | ms, batch 64 | b64 x fp32 eager | b64 x best fp32 |",
         "|---|---|---|---|---|",
     ]
-    names = list(runs[0]["latency_ms"])
-    for name in names:
-        b1 = col(lambda r, n=name: r["latency_ms"][n]["batch_1"], "{:.2f}")
-        b64 = col(lambda r, n=name: r["latency_ms"][n]["batch_64"], "{:.1f}")
+    for name in runs[0]["latency_ms"]:
 
         def ratio(r: dict[str, Any], n: str = name, best: bool = False) -> float:
             ms = r["latency_ms"]
-            base = (
-                min(ms[k]["batch_64"] for k in ms if k.startswith("fp32"))
-                if best
-                else ms["fp32 eager"]["batch_64"]
-            )
-            return ms[n]["batch_64"] / base
+            fp32 = [ms[k]["batch_64"] for k in ms if k.startswith("fp32")]
+            return ms[n]["batch_64"] / (min(fp32) if best else ms["fp32 eager"]["batch_64"])
 
         lines.append(
-            f"| {name} | {b1} | {b64} | {col(ratio, '{:.2f}')} | "
-            f"{col(lambda r, n=name: ratio(r, n, True), '{:.2f}')} |"
+            f"| {name} | {col(lambda r, n=name: r['latency_ms'][n]['batch_1'], '{:.2f}')} | "
+            f"{col(lambda r, n=name: r['latency_ms'][n]['batch_64'], '{:.1f}')} | "
+            f"{col(ratio, '{:.2f}')} | {col(lambda r, n=name: ratio(r, n, True), '{:.2f}')} |"
         )
     return lines
 

@@ -57,7 +57,8 @@ class TrainParams(Params):
         [], description="Also write model.onnx (ONNX, the export extra) / model.pt2 (torch.export)."
     )
     compress: CompressParams | None = PField(
-        None, description="Also make a compressed model (prune); OUT/train/NODE/compressed/."
+        None,
+        description="Also make a compressed model (prune, quantize); OUT/train/NODE/compressed/.",
     )
 
 
@@ -264,17 +265,20 @@ class Trainer(Sink):
         result: TrainResult,
         data: TrainingData,
         extra: dict[str, Any] | None = None,
+        weights: bool = True,
     ) -> None:
-        """``out/model.pt`` (the state_dict), ``out/model.json`` (what rebuilds the model and
-        prepares its inputs, plus ``extra``) and the ``export`` formats."""
+        """``out/model.json`` (what rebuilds the model and prepares its inputs, plus
+        ``extra``); with ``weights``, ``out/model.pt`` (the state_dict) and the ``export``
+        formats (an int8 model is written by its own code)."""
         import torch
 
         from datapipe.models import model_spec
         from datapipe.train import write_atomic
 
         out.mkdir(parents=True, exist_ok=True)
-        state = model.state_dict()
-        write_atomic(out / "model.pt", lambda f: torch.save(state, f))
+        if weights:
+            state = model.state_dict()
+            write_atomic(out / "model.pt", lambda f: torch.save(state, f))
         inputs = self.make_inputs().describe()
         spec = {
             "model": model_spec(model),
@@ -292,13 +296,16 @@ class Trainer(Sink):
             **(extra or {}),
         }
         write_json(out / "model.json", spec)
-        for fmt in self.params.export:
+        for fmt in self.params.export if weights else []:
             from datapipe.train.export import export_model
 
             export_model(model, data.shapes, out, fmt)
 
-    def make_report(self, out: Path, result: TrainResult, data: TrainingData) -> dict[str, Any]:
-        """The report of ``result`` (``report.json``'s keys) and its pictures in ``out``."""
+    def make_report(
+        self, out: Path, result: TrainResult, data: TrainingData, weights: str = "model.pt"
+    ) -> dict[str, Any]:
+        """The report of ``result`` (``report.json``'s keys; ``model_bytes``: the size of
+        ``out/weights``) and its pictures in ``out``."""
         from datapipe.train import plot_confusion, plot_curves
 
         if result.history:
@@ -316,7 +323,7 @@ class Trainer(Sink):
             confusion=result.final["confusion"],
             classes=data.class_names,
             epochs_run=len(result.history),
-            model_bytes=(out / "model.pt").stat().st_size,
+            model_bytes=(out / weights).stat().st_size,
             seed=self.params.seed,
             train_samples=data.train_samples,
             val_samples=result.final["val_samples"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: the compressed variant's folder inside OUT/train/NODE
 COMPRESSED = "compressed"
+#: the int8 model's file in it (an ONNX Runtime model; a pruned fp32 one is ``model.pt``)
+INT8_FILE = "model.onnx"
 
 
 class PruneParams(Params):
@@ -50,17 +53,38 @@ class PruneParams(Params):
     )
 
 
+class QuantizeParams(Params):
+    """int8 inference with ONNX Runtime (:mod:`datapipe.train.int8`)."""
+
+    mode: Literal["ptq"] = PField(
+        "ptq", description="Post-training static quantization, calibrated on training batches."
+    )
+    calibration_batches: int = PField(
+        8, ge=1, le=10_000, description="Training batches that calibrate activation ranges."
+    )
+    per_channel: bool = PField(True, description="One weight scale per output channel.")
+    reduce_range: bool = PField(
+        True, description="7-bit weights (saturation-free on CPUs without VNNI)."
+    )
+
+
 class CompressParams(Params):
-    """What to make of the trained model (see :mod:`datapipe.stages.train.compress`)."""
+    """What to make of the trained model (see :mod:`datapipe.stages.train.compress`); in
+    the survey's order: prune, fine-tune, then quantize."""
 
     prune: PruneParams | None = PField(None, description="Remove channels, then fine-tune.")
+    quantize: QuantizeParams | None = PField(
+        None, description="int8 weights and activations (an ONNX Runtime model)."
+    )
 
     def describe(self) -> str:
-        """A short name of the variant, e.g. ``prune 50% l1``."""
+        """A short name of the variant, e.g. ``prune 50% l1 + int8 ptq``."""
         parts = []
         if self.prune is not None:
             parts.append(f"prune {self.prune.amount:.0%} {self.prune.method}")
-        return ", ".join(parts) or "none"
+        if self.quantize is not None:
+            parts.append(f"int8 {self.quantize.mode}")
+        return " + ".join(parts) or "none"
 
 
 def compressed_fingerprint(fp32_fingerprint: str, block: CompressParams) -> str:
@@ -186,7 +210,7 @@ def _compress(
     from datapipe.errors import SinkError
     from datapipe.models import build_model
     from datapipe.models.measure import zero_inputs
-    from datapipe.train import TrainConfig, fit
+    from datapipe.train import TrainConfig, evaluate, fit
     from datapipe.train.prune import PruneError, prune_channels, resized_layers
 
     block: CompressParams = trainer.params.compress
@@ -215,10 +239,17 @@ def _compress(
     else:
         result = evaluated(model, val, config, inputs, data.shapes)
     folder.mkdir(parents=True, exist_ok=True)
-    trainer.write_model(folder, model, result, data, extra)
-    report = trainer.make_report(folder, result, data)
+    runtime: nn.Module = model
+    if block.quantize is None:
+        trainer.write_model(folder, model, result, data, extra)
+    else:
+        runtime = _quantize(model, folder, train, config, inputs, data.shapes, block.quantize)
+        result.final = evaluate(runtime, val, config, inputs=inputs)  # the int8 model's
+        extra["file"] = INT8_FILE
+        trainer.write_model(folder, model, result, data, extra, weights=False)
+    report = trainer.make_report(folder, result, data, weights=extra.get("file", "model.pt"))
     shape = data.shapes[0] if len(data.shapes) == 1 else data.shapes
-    latency = measure_latencies({"fp32": fp32, "compressed": model}, shape, config.threads)
+    latency = measure_latencies({"fp32": fp32, "compressed": runtime}, shape, config.threads)
     report["cpu_latency_ms"] = latency["compressed"]
     baseline = {k: fp32_report[k] for k in ("val_accuracy", "params", "macs", "model_bytes")} | {
         "cpu_latency_ms": latency["fp32"]
@@ -238,6 +269,51 @@ def _compress(
         },
     )
     return report
+
+
+def _quantize(
+    model: nn.Module,
+    folder: Path,
+    train: Any,
+    config: Any,
+    inputs: Any,
+    shapes: list[Any],
+    q: QuantizeParams,
+) -> nn.Module:
+    """Write ``folder/model.onnx``, the int8 version of ``model`` calibrated on the first
+    ``q.calibration_batches`` training batches (normalised as in training); its runtime."""
+    from datapipe.errors import SinkError
+
+    try:
+        from datapipe.train.export import export_model
+        from datapipe.train.int8 import Int8Error, OnnxModule, quantize_onnx
+        from datapipe.train.loop import Batches
+    except ImportError as exc:  # pragma: no cover - the export extra is missing
+        raise SinkError(
+            "compress_failed",
+            f"compress.quantize needs the export extra (pip install 'datapipe[export]'): {exc}",
+        ) from None
+    batches, calibration = Batches(config, inputs), []
+    for batch in train:
+        xs, y = batches(batch, train=False)
+        if len(y):
+            calibration.append(xs)
+        if len(calibration) >= q.calibration_batches:
+            break
+    shape = shapes[0] if len(shapes) == 1 else shapes
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_onnx = export_model(model, shape, tmp, "onnx")
+        try:
+            quantize_onnx(
+                fp32_onnx,
+                folder / INT8_FILE,
+                calibration,
+                per_channel=q.per_channel,
+                reduce_range=q.reduce_range,
+            )
+        except Int8Error as exc:
+            raise SinkError("compress_failed", f"compress.quantize: {exc}") from None
+    return OnnxModule(folder / INT8_FILE, config.threads).eval()
 
 
 def evaluated(model: nn.Module, val: Any, config: Any, inputs: Any, shapes: list[Any]) -> Any:
