@@ -8,6 +8,9 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from datapipe.graph import Pipeline
 
 
 def datapipe_cmd() -> list[str]:
@@ -40,3 +43,18 @@ def ok_rows(db: Path) -> int:
             con.close()
     except sqlite3.Error:
         return 0
+
+
+def image_trainer(root: Path, **train: Any) -> Pipeline:
+    """files -> image.resize(24) -> train.image ``classifier`` (4 epochs, width 8 unless
+    ``train`` says otherwise) over the JPEG folders under ``root``."""
+    params = {"epochs": 4, "width": 8, "batch_size": 16, "lr": 0.05, **train}
+    return Pipeline.from_dict(
+        {
+            "nodes": {
+                "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
+                "resize": {"stage": "image.resize", "inputs": "photos", "params": {"size": 24}},
+                "classifier": {"stage": "train.image", "inputs": "resize", "params": params},
+            }
+        }
+    )

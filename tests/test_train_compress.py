@@ -22,6 +22,7 @@ from datapipe.graph import Pipeline
 from datapipe.models import count_macs, count_params
 from datapipe.predict import PredictError, load_model, load_trained, predict
 from datapipe.schemas import load_schema
+from runs import image_trainer
 
 warnings.filterwarnings("ignore", module="torch_pruning")
 
@@ -29,16 +30,7 @@ PRUNE = {"prune": {"amount": 0.5, "finetune_epochs": 1}}
 
 
 def _pipeline(root: Path, **train: Any) -> Pipeline:
-    params = {"epochs": 2, "width": 8, "batch_size": 16, "lr": 0.05, "compress": PRUNE, **train}
-    return Pipeline.from_dict(
-        {
-            "nodes": {
-                "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
-                "resize": {"stage": "image.resize", "inputs": "photos", "params": {"size": 24}},
-                "classifier": {"stage": "train.image", "inputs": "resize", "params": params},
-            }
-        }
-    )
+    return image_trainer(root, **{"epochs": 2, "compress": PRUNE, **train})
 
 
 @pytest.fixture(scope="module")

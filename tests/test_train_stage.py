@@ -23,22 +23,13 @@ from datapipe.graph import Pipeline
 from datapipe.models import build_model
 from datapipe.schemas import load_schema
 from datapipe.stream import from_shards
-from runs import cli, datapipe_cmd
+from runs import cli, datapipe_cmd, image_trainer
 
 CLASSES = 4
 
 
 def _pipeline(root: Path, **train: Any) -> Pipeline:
-    params = {"epochs": 4, "width": 8, "batch_size": 16, "lr": 0.05, **train}
-    return Pipeline.from_dict(
-        {
-            "nodes": {
-                "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
-                "resize": {"stage": "image.resize", "inputs": "photos", "params": {"size": 24}},
-                "classifier": {"stage": "train.image", "inputs": "resize", "params": params},
-            }
-        }
-    )
+    return image_trainer(root, **train)
 
 
 @pytest.fixture(scope="module")
