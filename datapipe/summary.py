@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 RETRY_HINT = "failed items stay failed on re-runs; --retry-errors tries them again"
@@ -86,3 +87,54 @@ def _model_parts(
     parts.append("reused" if summary.get("reused") else fresh)
     parts += [write(summary[key]) for key, write in figures if summary.get(key) is not None]
     return parts
+
+
+def earlier_failures(report: Any) -> int:
+    """Items of the output that failed in an earlier run and were not tried again."""
+    from datapipe.store.output import MANIFEST, open_manifest_readonly
+
+    if not (Path(report.output) / MANIFEST).exists():
+        return 0
+    manifest = open_manifest_readonly(report.output)
+    try:
+        stored = manifest.counts().get("error", 0)
+    finally:
+        manifest.close()
+    return max(0, stored - report.counts.get("error", 0))
+
+
+def summary_text(report: Any, earlier_failed: int = 0) -> str:
+    """What a run did, in a few lines; ``earlier_failed``: see :func:`earlier_failures`."""
+    c = report.counts
+    lines = [f"{report.pipeline}: {report.status} in {report.elapsed_s:.1f} s -> {report.output}"]
+    if c.get("processed", 0) == 0 and not c.get("newly_filtered"):
+        lines.append(f"  nothing to do: {c.get('listed', 0)} inputs, all unchanged")
+    else:
+        lines.append(
+            f"  processed {c.get('processed', 0)} of {c.get('listed', 0)} inputs "
+            f"({c.get('unchanged', 0)} unchanged): ok {c.get('ok', 0)}, "
+            f"error {c.get('error', 0)}, filtered {c.get('filtered', 0)}"
+        )
+    lines += skipped_lines(getattr(report, "skipped", None))
+    for node, s in report.selections.items():
+        lines.append(f"  {node}: kept {s['kept']} of {s['seen']}")
+    if report.errors_by_class:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(report.errors_by_class.items()))
+        lines.append(f"  errors by class: {by} (datapipe manifest {report.output} lists them)")
+    if earlier_failed:
+        lines.append(f"  {earlier_failed} inputs failed in an earlier run and were not retried")
+    if report.errors_by_class or earlier_failed:
+        lines.append(f"  {RETRY_HINT}")
+    if c.get("damaged"):
+        lines.append(
+            f"  {c['damaged']} items written with tolerated damage (see datapipe manifest)"
+        )
+    if report.stages:
+        per = ", ".join(
+            f"{node} {1e3 * s['seconds'] / max(1, s['items']):.2f}"
+            for node, s in report.stages.items()
+        )
+        lines.append(f"  ms per item: {per}")
+    lines.append(f"  output: {report.samples} samples in {report.shards} shards")
+    lines += sink_lines(getattr(report, "sinks", None))
+    return "\n".join(lines)
