@@ -107,6 +107,7 @@ def test_bad_compress_blocks_are_refused(images: Path, tmp_path: Path):
         ({"prune": {"amount": 1.0}}, "less than 1"),
         ({"prune": {"amount": 0.5, "method": "random"}}, "'l1', 'l2' or 'group_norm'"),
         ({"quantise": {"mode": "ptq"}}, "quantise"),
+        ({}, "an empty compress block"),
     ):
         with pytest.raises(ConfigError, match=words):
             datapipe.validate(_pipeline(images, compress=block))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field as PField
+from pydantic import model_validator
 
 from datapipe.stage import Params
 
@@ -76,6 +77,12 @@ class CompressParams(Params):
     quantize: QuantizeParams | None = PField(
         None, description="int8 weights and activations (an ONNX Runtime model)."
     )
+
+    @model_validator(mode="after")
+    def _something(self) -> CompressParams:
+        if self.prune is None and self.quantize is None:
+            raise ValueError("an empty compress block: give prune, quantize or both")
+        return self
 
     def describe(self) -> str:
         """A short name of the variant, e.g. ``prune 50% l1 + int8 ptq``."""
