@@ -43,13 +43,19 @@ def _batches(shapes: list[list[int]], n: int, seed: int) -> list[list[torch.Tens
 
 
 @pytest.mark.parametrize("arch", sorted(CASES))
-def test_int8_runs_every_weighted_layer_in_int8_and_stays_close(arch: str, tmp_path: Path):
+def test_int8_runs_every_weighted_layer_in_int8_and_stays_close(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     model, shapes, fp32_onnx = _fp32(arch, tmp_path)
     weighted = [n for n in onnx.load(str(fp32_onnx)).graph.node if n.op_type in ("Conv", "Gemm")]
     # the oracle for the check itself: in the fp32 graph every conv and linear is fp32
     assert len(unquantized_layers(fp32_onnx)) >= len(weighted) > 0
     int8 = quantize_onnx(fp32_onnx, tmp_path / "int8.onnx", _batches(shapes, 4, 0))
     assert unquantized_layers(int8) == []
+    assert list(cwd.iterdir()) == []  # no temporary model left in the working directory
     graph = onnx.load(str(int8)).graph
     dtype = {i.name: i.data_type for i in graph.initializer}
     producer = {n.output[0]: n for n in graph.node}

@@ -66,10 +66,9 @@ def quantize_onnx(
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_onnx), str(prepared))
-        except Exception:  # symbolic shape inference gives up on some graphs (a T-Net's bmm)
-            quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+        # ONNX's own shape inference: ONNX Runtime's symbolic one gives up on some graphs (a
+        # T-Net's bmm) and then leaves a temporary model in the working directory
+        quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(out),
