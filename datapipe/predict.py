@@ -97,30 +97,6 @@ def load_trained(trainer_dir: str | Path, compressed: bool = False) -> Trained:
     return Trained(folder, spec, model_dir)
 
 
-def load_model(folder: Path, spec: dict[str, Any]) -> nn.Module:
-    """The model a trainer's (or its compressed variant's) folder holds, in eval mode: the
-    state_dict of ``model.pt`` in the spec's model (shrunk to a pruned model's ``resized``
-    sizes), or the int8 ONNX Runtime model ``spec["file"]`` names."""
-    import torch
-
-    from datapipe.models import build_model
-
-    file = spec.get("file", "model.pt")
-    if file.endswith(".onnx"):
-        from datapipe.train.int8 import OnnxModule
-
-        return OnnxModule(folder / file).eval()
-    model = build_model(spec["model"])
-    state = torch.load(folder / file, weights_only=True, map_location="cpu")
-    if spec.get("resized"):  # a pruned model: its layers are smaller than the spec's
-        from datapipe.train.prune import rebuild_pruned
-
-        model = rebuild_pruned(model, spec["resized"], state)
-    else:
-        model.load_state_dict(state)
-    return model.eval()
-
-
 def find_pipeline(
     trained: Trained, pipeline: str | Path | Pipeline | None, vars: Mapping[str, str] | None
 ) -> Pipeline:
@@ -216,6 +192,7 @@ class _Model:
 
     def __init__(self, trained: Trained) -> None:
         from datapipe.train.inputs import inputs_from_spec
+        from datapipe.train.saved import load_model
 
         spec = trained.spec
         self.label = spec.get("label") or "label_id"

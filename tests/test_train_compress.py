@@ -20,8 +20,9 @@ from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
 from datapipe.models import count_macs, count_params
-from datapipe.predict import PredictError, load_model, load_trained, predict
+from datapipe.predict import PredictError, load_trained, predict
 from datapipe.schemas import load_schema
+from datapipe.train.saved import load_model
 from runs import image_trainer
 
 warnings.filterwarnings("ignore", module="torch_pruning")
@@ -147,6 +148,8 @@ def test_int8_alone_and_after_pruning(images: Path, tmp_path: Path):
     int8 = {"quantize": {"calibration_batches": 2}}
     run = run_local(_pipeline(images, compress=int8), out, workers=0)
     assert run.sinks["classifier"]["compressed"]["variant"] == "int8 ptq"
+    again = run_local(_pipeline(images, compress=int8), out, workers=0).sinks["classifier"]
+    assert again["compressed"]["reused"] is True  # the int8 model is kept, not redone
     folder = out / "train" / "classifier"
     small = folder / "compressed"
     assert (small / "model.onnx").is_file() and not (small / "model.pt").exists()

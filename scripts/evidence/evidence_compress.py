@@ -36,8 +36,8 @@ from datapipe.demo.training_data import make_image_dataset
 from datapipe.graph import Pipeline
 from datapipe.models import count_macs
 from datapipe.models.measure import zero_inputs
-from datapipe.predict import load_model
 from datapipe.train.int8 import OnnxModule
+from datapipe.train.saved import load_model
 
 warnings.filterwarnings("ignore")
 

@@ -103,12 +103,8 @@ class Trainer(Sink):
         block = self.params.compress
         cfp = compressed_fingerprint(fp, block) if block is not None else ""
         data: TrainingData | None = None
-        report_path = out / "report.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else {}
-        if (out / "model.pt").exists() and report.get("fingerprint") == fp:
-            report["reused"] = True
-            write_json(report_path, report)
-        else:
+        report = reused_report(out, fp)
+        if report is None:
             # a checkpoint per training setup: a killed run resumes its own, never another's
             checkpoints = out / "checkpoints"
             for old in checkpoints.glob("*"):
@@ -117,7 +113,7 @@ class Trainer(Sink):
             data = self._data(ctx)
             report = self._train(ctx, out, checkpoints / fp, data)
             report.update(fingerprint=fp, reused=False, dataset_fingerprint=ctx.samples_digest)
-            write_json(report_path, report)
+            write_json(out / "report.json", report)
         if block is None:
             shutil.rmtree(out / COMPRESSED, ignore_errors=True)
             return summary(report)
@@ -302,10 +298,10 @@ class Trainer(Sink):
             export_model(model, data.shapes, out, fmt)
 
     def make_report(
-        self, out: Path, result: TrainResult, data: TrainingData, weights: str = "model.pt"
+        self, out: Path, result: TrainResult, data: TrainingData, model_file: str = "model.pt"
     ) -> dict[str, Any]:
         """The report of ``result`` (``report.json``'s keys; ``model_bytes``: the size of
-        ``out/weights``) and its pictures in ``out``."""
+        ``out/model_file``) and its pictures in ``out``."""
         from datapipe.train import plot_confusion, plot_curves
 
         if result.history:
@@ -323,7 +319,7 @@ class Trainer(Sink):
             confusion=result.final["confusion"],
             classes=data.class_names,
             epochs_run=len(result.history),
-            model_bytes=(out / weights).stat().st_size,
+            model_bytes=(out / model_file).stat().st_size,
             seed=self.params.seed,
             train_samples=data.train_samples,
             val_samples=result.final["val_samples"],
@@ -342,6 +338,21 @@ class TrainingData:
     shapes: list[list[int]]
     class_names: list[str]
     train_samples: int
+
+
+def reused_report(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The report in ``folder``, marked ``reused``, when it was written for ``fingerprint``
+    and the model file ``model.json`` names is there; else None (train or compress anew)."""
+    report_path, spec_path = folder / "report.json", folder / "model.json"
+    if not report_path.exists() or not spec_path.exists():
+        return None
+    report = json.loads(report_path.read_text())
+    model_file = json.loads(spec_path.read_text()).get("file", "model.pt")
+    if report.get("fingerprint") != fingerprint or not (folder / model_file).exists():
+        return None
+    report["reused"] = True
+    write_json(report_path, report)
+    return report
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

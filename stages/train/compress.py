@@ -184,21 +184,17 @@ def compress_trained(
     ``trainer``: the :class:`~datapipe.stages.train.base.Trainer`; ``fp32_report``: the fp32
     model's report; ``data()``: the trainer's :class:`TrainingData` (built only when the
     variant is not reused)."""
-    from datapipe.stages.train.base import write_json
+    from datapipe.stages.train.base import reused_report, write_json
 
     folder = out / COMPRESSED
-    report_path = folder / "report.json"
-    if (folder / "model.pt").exists() and report_path.exists():
-        report = json.loads(report_path.read_text())
-        if report.get("fingerprint") == fingerprint:
-            report["reused"] = True
-            write_json(report_path, report)
-            return report
+    reused = reused_report(folder, fingerprint)
+    if reused is not None:
+        return reused
     shutil.rmtree(folder, ignore_errors=True)
     report = _compress(trainer, out, folder, fp32_report, fingerprint, data())
     dataset = fp32_report.get("dataset_fingerprint")
     report.update(fingerprint=fingerprint, reused=False, dataset_fingerprint=dataset)
-    write_json(report_path, report)
+    write_json(folder / "report.json", report)
     return report
 
 
@@ -212,19 +208,16 @@ def _compress(
 ) -> dict[str, Any]:
     import copy
 
-    import torch
-
     from datapipe.errors import SinkError
     from datapipe.models import build_model
     from datapipe.models.measure import zero_inputs
     from datapipe.train import TrainConfig, evaluate, fit
     from datapipe.train.prune import PruneError, prune_channels, resized_layers
+    from datapipe.train.saved import load_model
 
     block: CompressParams = trainer.params.compress
     spec = json.loads((out / "model.json").read_text())
-    fp32 = build_model(spec["model"])
-    fp32.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location="cpu"))
-    fp32.eval()
+    fp32 = load_model(out, spec)
     config = TrainConfig.from_dict(fp32_report["config"])  # the fp32 run's normalisation
     model = copy.deepcopy(fp32)
     extra: dict[str, Any] = {"compress": block.model_dump(mode="json")}
@@ -254,7 +247,7 @@ def _compress(
         result.final = evaluate(runtime, val, config, inputs=inputs)  # the int8 model's
         extra["file"] = INT8_FILE
         trainer.write_model(folder, model, result, data, extra, weights=False)
-    report = trainer.make_report(folder, result, data, weights=extra.get("file", "model.pt"))
+    report = trainer.make_report(folder, result, data, extra.get("file", "model.pt"))
     shape = data.shapes[0] if len(data.shapes) == 1 else data.shapes
     latency = measure_latencies({"fp32": fp32, "compressed": runtime}, shape, config.threads)
     report["cpu_latency_ms"] = latency["compressed"]
