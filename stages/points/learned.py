@@ -108,13 +108,13 @@ class LearnedSamplerFit(Fit):
         return {"m": p.m, "n_points": p.n_points, "width": p.width, "weights": weights}
 
     def _draw(self, state: Mapping[str, Any], clouds: Sequence[Any], path: Path) -> None:
-        """The first cloud of at least ``m`` points, with the sampler's and FPS's picks."""
+        """The first usable cloud of at least ``m`` points, with the sampler's and FPS's picks."""
         from datapipe.stages.points.picture import draw_samplers
         from datapipe.stages.points.sampling import farthest_point_sample
         from datapipe.stages.points.snet import sample_learned
 
         m = int(state["m"])
-        cloud = next((np.asarray(c) for c in clouds if len(c) >= m), None)
+        cloud = next((np.asarray(c) for c in clouds if len(c) >= m and _usable(c)), None)
         if cloud is None:
             return
         picks = {
