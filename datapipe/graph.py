@@ -281,7 +281,14 @@ class Pipeline:
         return problems
 
     def _toposort(self, problems: list[Problem]) -> list[str]:
-        sorter = TopologicalSorter({n.id: n.inputs for n in self.nodes_by_id.values()})
+        """The nodes in an order where each follows its inputs, and a Sink follows the Sinks
+        its params name (a distillation teacher trains before its student)."""
+        after = {n.id: list(n.inputs) for n in self.nodes_by_id.values()}
+        for node in self.nodes_by_id.values():
+            for target, ref in node.stage.node_refs().values():
+                if ref.kind is StageKind.SINK and target in after:
+                    after[node.id].append(target)
+        sorter = TopologicalSorter(after)
         try:
             return list(sorter.static_order())
         except CycleError as exc:

@@ -85,6 +85,9 @@ def check_node_refs(
                         f"{node.stage.name} needs a {what}{have}",
                     )
                 )
+            elif ref.kind is StageKind.SINK:  # sinks are leaves: named ones just run first
+                if target == node.id:
+                    problems.append(Problem(where, f"{node.id!r} names itself"))
             elif upstream is not None and target not in upstream(node.id):
                 problems.append(
                     Problem(

@@ -25,7 +25,6 @@ import json
 import logging
 import mimetypes
 import os
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +36,15 @@ from datapipe.graph import Pipeline
 from datapipe.stage import Record, StageKind
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from datapipe.engine.runner import ItemResult
-    from datapipe.train.inputs import Inputs
+    from datapipe.train.saved import TrainedModel
 
 logger = logging.getLogger(__name__)
 
 #: where an output directory may keep the definition of the pipeline that produced it
 STORED_PIPELINES = ("pipeline.yaml", "pipeline.json")
-#: the error class of a record whose fields the model cannot take (else the skip reason)
-WRONG_SHAPE = "wrong_shape"
 
 
 class PredictError(DatapipeError):
@@ -187,59 +184,6 @@ def _error(path: str, error_class: str, message: str) -> dict[str, Any]:
     return {"path": path, "error": error_class, "message": message}
 
 
-class _Model:
-    """The trained model with the preparation of its inputs (``model.json``)."""
-
-    def __init__(self, trained: Trained) -> None:
-        from datapipe.train.inputs import inputs_from_spec
-        from datapipe.train.saved import load_model
-
-        spec = trained.spec
-        self.label = spec.get("label") or "label_id"
-        try:
-            self.inputs: Inputs = inputs_from_spec(spec["inputs"], self.label)
-            self.model: nn.Module = load_model(trained.model_dir, spec)
-        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
-            raise PredictError(f"cannot rebuild the model of {trained.folder}: {exc}") from None
-        self.model.eval()
-        self.fields = list(spec["inputs"].get("fields") or [])
-        self.mean = list(spec["normalize"].get("mean") or [])
-        self.std = list(spec["normalize"].get("std") or [])
-        self.classes = [str(c) for c in spec["classes"]]
-
-    def prepare(self, record: Record) -> tuple[Tensor, ...] | tuple[str, str]:
-        """One sample's inputs (leading dim 1), or ``(error class, message)``."""
-        skipped: Counter = Counter()
-        xs, y = self.inputs([{**record, self.label: 0}], train=False, skipped=skipped)
-        if len(y):
-            return xs
-        reason = next(iter(skipped), WRONG_SHAPE)
-        found = {
-            f: tuple(record[f].shape) if hasattr(record.get(f), "shape") else None
-            for f in self.fields
-        }
-        shapes = self.inputs.describe().get("shapes")
-        return reason, f"the model cannot take this sample ({reason}): {found}; it takes {shapes}"
-
-    def classify(self, samples: list[tuple[Tensor, ...]]) -> Tensor:
-        """Class probabilities (N, classes) of prepared samples, normalised as in training."""
-        import torch
-
-        from datapipe.train.data import normalize
-
-        xs, at = [], 0
-        for part in zip(*samples, strict=True):
-            x = torch.cat(part)
-            c = x.shape[-3]
-            xs.append(normalize(x, self.mean[at : at + c], self.std[at : at + c]))
-            at += c
-        with torch.inference_mode():
-            return torch.softmax(self.model(*xs).float(), dim=1)
-
-    def name(self, index: int) -> str:
-        return self.classes[index] if index < len(self.classes) else str(index)
-
-
 def predict(
     trainer_dir: str | Path,
     paths: Iterable[str | Path],
@@ -267,6 +211,7 @@ def predict(
     Raises :class:`PredictError` (or ``ConfigError``) before any file is read when the
     folder, the pipeline or the model cannot be used."""
     from datapipe.engine.pool import PoolSettings
+    from datapipe.train.saved import LOAD_ERRORS, TrainedModel
 
     trained = load_trained(trainer_dir, compressed)
     full = find_pipeline(trained, pipeline, vars)
@@ -276,7 +221,10 @@ def predict(
         import torch
 
         torch.set_num_threads(max(1, threads))
-    model = _Model(trained)
+    try:
+        model = TrainedModel(trained.model_dir, trained.spec)
+    except LOAD_ERRORS as exc:
+        raise PredictError(f"cannot rebuild the model of {trained.folder}: {exc}") from None
     if epoch is None:
         scheduled = any(n.stage.epoch_dependent for n in chain.nodes)
         epoch = int((trained.spec.get("params") or {}).get("epochs", 1)) - 1 if scheduled else 0
@@ -288,7 +236,7 @@ def predict(
 
 
 def _predict(
-    model: _Model,
+    model: TrainedModel,
     chain: Pipeline,
     source: str,
     paths: list[str],
@@ -349,7 +297,7 @@ def _run(
 
 
 def _outcome(
-    model: _Model, path: str, res: ItemResult | None
+    model: TrainedModel, path: str, res: ItemResult | None
 ) -> dict[str, Any] | list[tuple[Tensor, ...]]:
     """An error dict, or the prepared inputs of the item's samples."""
     assert res is not None
@@ -368,7 +316,7 @@ def _outcome(
 
 
 def _flush(
-    model: _Model,
+    model: TrainedModel,
     paths: list[str],
     pending: list[int],
     done: dict[int, dict[str, Any] | list[tuple[Tensor, ...]]],

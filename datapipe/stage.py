@@ -63,6 +63,10 @@ class NodeRef:
     names it. ``datapipe validate`` checks it, so a stage needs no wiring code of its own::
 
         fit_node: Annotated[str, NodeRef(StageKind.FIT, ("points.learned_fit",))] = "sampler"
+
+    A Sink naming another Sink (a trainer distilling from another trainer's model) makes the
+    engine run the named one first; the names must not form a cycle. The param may sit in a
+    nested params block (``compress.distill.teacher``).
     """
 
     kind: StageKind
@@ -85,6 +89,18 @@ def _node_ref(annotation: Any, metadata: Sequence[Any] = ()) -> NodeRef | None:
     return None
 
 
+def _nested_params(annotation: Any) -> type[Params] | None:
+    """The Params class of a nested params block (``Block`` or ``Block | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, Params):
+        return annotation
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = _nested_params(arg)
+            if found is not None:
+                return found
+    return None
+
+
 class Params(BaseModel):
     """Base of every stage's parameter model: strict about unknown names."""
 
@@ -101,12 +117,16 @@ class Params(BaseModel):
 
     @classmethod
     def node_params(cls) -> dict[str, NodeRef]:
-        """The params that name another node (declared with a :class:`NodeRef`)."""
+        """The params that name another node (declared with a :class:`NodeRef`), nested
+        blocks' as dotted paths (``compress.distill.teacher``)."""
         out = {}
         for name, info in cls.model_fields.items():
             ref = _node_ref(info.annotation, info.metadata)
             if ref is not None:
                 out[name] = ref
+            block = _nested_params(info.annotation)
+            if block is not None:
+                out.update({f"{name}.{k}": r for k, r in block.node_params().items()})
         return out
 
 
@@ -133,6 +153,10 @@ class Context:
     #: (``datapipe.stream.from_pipeline``) instead of reading the committed shards
     pipeline: Any = None
     epoch_dependent: bool = False
+    #: Sink nodes only: the sinks that ran before this one in this run (the ones it names
+    #: run first): their summaries (``{"error": ...}`` for one that failed) and folders
+    sink_results: dict[str, Any] = field(default_factory=dict)
+    sink_dirs: dict[str, Path] = field(default_factory=dict)
 
     def resolve(self, path: str | Path) -> Path:
         p = Path(path).expanduser()
@@ -194,7 +218,9 @@ class Stage:
         """The params naming other nodes that are set: param -> (node name, what it must be)."""
         out = {}
         for name, ref in self.params.node_params().items():
-            value = getattr(self.params, name)
+            value: Any = self.params
+            for part in name.split("."):
+                value = getattr(value, part) if value is not None else None
             if value is not None:
                 out[name] = (str(value), ref)
         return out

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from datapipe.digest import state_digest
@@ -345,6 +346,7 @@ class RunDriver:
             return
         shards = self.store.shard_paths()
         digest = self.m.samples_digest()
+        done: dict[str, Path] = {}  # the folders of the sinks that finished, for later ones
         for node in sinks:
             ctx = self.p.context(node.id, self.opts.epoch)
             ctx.out_dir = self.store.root / type(node.stage).folder / node.id
@@ -355,8 +357,10 @@ class RunDriver:
             ctx.epoch_dependent = any(
                 self.p.nodes_by_id[n].stage.epoch_dependent for n in self.p.upstream(node.id)
             )
+            ctx.sink_results, ctx.sink_dirs = dict(self.report.sinks), dict(done)
             try:
                 self.report.sinks[node.id] = node.stage.consume(iter_samples(shards), ctx)
+                done[node.id] = ctx.out_dir
             except SinkError as exc:  # the items stay committed; the run reports it
                 logger.error("sink %s: %s", node.id, exc)
                 self.report.sinks[node.id] = {"error": exc.error_class, "message": exc.message}

@@ -113,12 +113,14 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     total_steps: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns loss, accuracy, samples, steps and timings.
+    ``loss_fn(logits, labels)``: the training loss (default: cross-entropy).
 
     Distributed, loss, accuracy and samples are those of every rank's share together."""
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
     loss_sum, correct, samples, steps, data_s = 0.0, 0, 0, 0, 0.0
     t0 = time.perf_counter()
     for batch, wait in _timed(loader):
@@ -226,12 +228,14 @@ def fit(
     log: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = True,
     inputs: Inputs | None = None,
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` on CPU, deterministically; returns a :class:`TrainResult`.
 
     ``inputs`` turns each batch into the model's arguments (default:
     :class:`~datapipe.train.inputs.PixelInputs` of ``config.field`` and ``config.label``);
-    its augmentation draws from torch's RNG, which the checkpoints carry.
+    its augmentation draws from torch's RNG, which the checkpoints carry. ``loss(logits,
+    labels)`` is the training loss (default: cross-entropy; a distillation loss, for one).
 
     Seeds torch, numpy and ``random`` with ``config.seed``, sets ``config.threads`` and
     ``torch.use_deterministic_algorithms(True)`` (both restored on return), and calls
@@ -260,7 +264,9 @@ def fit(
     torch.use_deterministic_algorithms(True)
     try:
         inputs = inputs or PixelInputs(config.field, config.label)
-        return _fit(model, train_loader, val_loader, config, inputs, checkpoint_dir, log, resume)
+        return _fit(
+            model, train_loader, val_loader, config, inputs, checkpoint_dir, log, resume, loss
+        )
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -275,6 +281,7 @@ def _fit(
     checkpoint_dir: str | Path | None,
     log: Callable[[dict[str, Any]], None] | None,
     resume: bool,
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -315,7 +322,7 @@ def _fit(
         record: dict[str, Any] = {"epoch": epoch, "lr": lr}
         batches.skipped = Counter()
         record.update(
-            train_one_epoch(net, train_loader, batches, optimizer, scheduler, total_steps)
+            train_one_epoch(net, train_loader, batches, optimizer, scheduler, total_steps, loss)
         )
         record["input_shapes"] = inputs.describe()["shapes"]  # sizes can change by epoch
         skipped.update(sum_over_ranks(dict(batches.skipped))[0])

@@ -28,6 +28,7 @@ from datapipe.stages.train.compress import (
     compressed_fingerprint,
     compressed_summary,
 )
+from datapipe.stages.train.distill import find_teacher
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,7 +59,8 @@ class TrainParams(Params):
     )
     compress: CompressParams | None = PField(
         None,
-        description="Also make a compressed model (prune, quantize); OUT/train/NODE/compressed/.",
+        description="Also make a compressed model (prune, distill, quantize); "
+        "OUT/train/NODE/compressed/.",
     )
 
 
@@ -101,7 +103,10 @@ class Trainer(Sink):
         assert ctx.out_dir is not None and ctx.run_dir is not None
         out, fp = ctx.out_dir, self.fingerprint(ctx)
         block = self.params.compress
-        cfp = compressed_fingerprint(fp, block) if block is not None else ""
+        teacher = None
+        if block is not None and block.distill is not None:
+            teacher = find_teacher(ctx, block.distill, self.params.label)
+        cfp = compressed_fingerprint(fp, block, teacher) if block is not None else ""
         data: TrainingData | None = None
         report = reused_report(out, fp)
         if report is None:
@@ -117,7 +122,9 @@ class Trainer(Sink):
         if block is None:
             shutil.rmtree(out / COMPRESSED, ignore_errors=True)
             return summary(report)
-        compressed = compress_trained(self, out, report, cfp, lambda: data or self._data(ctx))
+        compressed = compress_trained(
+            self, out, report, cfp, lambda: data or self._data(ctx), teacher
+        )
         return {**summary(report), "compressed": compressed_summary(compressed)}
 
     def _labels(self, ctx: Context) -> tuple[dict[str, int], dict[int, str]]:
@@ -175,8 +182,9 @@ class Trainer(Sink):
             train_samples=len(train_keys),
         )
 
-    def loaders(self, data: TrainingData) -> tuple[Any, Any]:
-        """The training and validation DataLoaders of ``data``."""
+    def loaders(self, data: TrainingData, samples: bool = False) -> tuple[Any, Any]:
+        """The training and validation DataLoaders of ``data``; with ``samples``, training
+        batches are lists of sample dicts (what distillation looks the teacher up by)."""
         from torch.utils.data import DataLoader
 
         p = self.params
@@ -186,7 +194,12 @@ class Trainer(Sink):
         opts = {"num_workers": workers, "persistent_workers": False}
         train, val = data.train, data.val
         return (
-            DataLoader(train, batch_size=p.batch_size, collate_fn=train.collate, **opts),
+            DataLoader(
+                train,
+                batch_size=p.batch_size,
+                collate_fn=list if samples else train.collate,
+                **opts,
+            ),
             DataLoader(val, batch_size=max(p.batch_size, 256), collate_fn=val.collate, **opts),
         )
 

@@ -10,7 +10,10 @@ and threads, and ``ratios``), ``curves.png`` / ``confusion.png`` of the fine-tun
 trainer's folder. The variant has its own fingerprint: changing only the block reuses the
 fp32 model.
 
-Today the block holds ``prune`` (structured channel pruning, :mod:`datapipe.train.prune`).
+The block holds ``prune`` (structured channel pruning, :mod:`datapipe.train.prune`),
+``distill`` (the fine-tuning also learns another trainer node's soft outputs,
+:mod:`datapipe.stages.train.distill`) and ``quantize`` (int8, :mod:`datapipe.train.int8`),
+applied in the survey's order: prune, fine-tune (distilling), quantize.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import Field as PField
 from pydantic import model_validator
 
 from datapipe.stage import Params
+from datapipe.stages.train.distill import DistillParams, Teacher
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,29 +78,54 @@ class CompressParams(Params):
     the survey's order: prune, fine-tune, then quantize."""
 
     prune: PruneParams | None = PField(None, description="Remove channels, then fine-tune.")
+    distill: DistillParams | None = PField(
+        None, description="Fine-tune on another trainer node's soft outputs too."
+    )
     quantize: QuantizeParams | None = PField(
         None, description="int8 weights and activations (an ONNX Runtime model)."
     )
 
     @model_validator(mode="after")
     def _something(self) -> CompressParams:
-        if self.prune is None and self.quantize is None:
-            raise ValueError("an empty compress block: give prune, quantize or both")
+        if self.prune is None and self.quantize is None and self.distill is None:
+            raise ValueError("an empty compress block: give prune, distill or quantize")
+        twice = {"epochs", "lr"} & (self.distill.model_fields_set if self.distill else set())
+        if self.prune is not None and twice:
+            raise ValueError(
+                f"distill.{' and distill.'.join(sorted(twice))}: with prune, the fine-tuning "
+                "is prune's (prune.finetune_epochs, prune.lr)"
+            )
         return self
+
+    def finetune(self) -> tuple[int, float | None]:
+        """The variant's fine-tuning epochs and peak learning rate (None: the trainer's)."""
+        if self.prune is not None:
+            return self.prune.finetune_epochs, self.prune.lr
+        if self.distill is not None:
+            return self.distill.epochs, self.distill.lr
+        return 0, None
 
     def describe(self) -> str:
         """A short name of the variant, e.g. ``prune 50% l1 + int8 ptq``."""
         parts = []
         if self.prune is not None:
             parts.append(f"prune {self.prune.amount:.0%} {self.prune.method}")
+        if self.distill is not None:
+            parts.append(f"distill {self.distill.teacher}")
         if self.quantize is not None:
             parts.append(f"int8 {self.quantize.mode}")
         return " + ".join(parts) or "none"
 
 
-def compressed_fingerprint(fp32_fingerprint: str, block: CompressParams) -> str:
-    """What the compressed variant depends on: the fp32 model and the block."""
-    blob = json.dumps([fp32_fingerprint, block.model_dump(mode="json")], sort_keys=True)
+def compressed_fingerprint(
+    fp32_fingerprint: str, block: CompressParams, teacher: Teacher | None = None
+) -> str:
+    """What the compressed variant depends on: the fp32 model, the block and the teacher's
+    model (its fingerprint)."""
+    parts = [fp32_fingerprint, block.model_dump(mode="json")]
+    if teacher is not None:
+        parts.append(teacher.fingerprint)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -178,12 +207,13 @@ def compress_trained(
     fp32_report: dict[str, Any],
     fingerprint: str,
     data: Callable[[], Any],
+    teacher: Teacher | None = None,
 ) -> dict[str, Any]:
     """Make (or reuse) the compressed variant of the trainer's model in ``out``; its report.
 
     ``trainer``: the :class:`~datapipe.stages.train.base.Trainer`; ``fp32_report``: the fp32
     model's report; ``data()``: the trainer's :class:`TrainingData` (built only when the
-    variant is not reused)."""
+    variant is not reused); ``teacher``: the ``distill`` block's teacher."""
     from datapipe.stages.train.base import reused_report, write_json
 
     folder = out / COMPRESSED
@@ -191,7 +221,7 @@ def compress_trained(
     if reused is not None:
         return reused
     shutil.rmtree(folder, ignore_errors=True)
-    report = _compress(trainer, out, folder, fp32_report, fingerprint, data())
+    report = _compress(trainer, out, folder, fp32_report, fingerprint, data(), teacher)
     dataset = fp32_report.get("dataset_fingerprint")
     report.update(fingerprint=fingerprint, reused=False, dataset_fingerprint=dataset)
     write_json(folder / "report.json", report)
@@ -205,6 +235,7 @@ def _compress(
     fp32_report: dict[str, Any],
     fingerprint: str,
     data: Any,
+    teacher: Teacher | None,
 ) -> dict[str, Any]:
     import copy
 
@@ -228,14 +259,18 @@ def _compress(
         except PruneError as exc:
             raise SinkError("compress_failed", f"compress.prune: {exc}") from None
         extra["resized"] = resized_layers(model, build_model(spec["model"]))
-    epochs = prune.finetune_epochs if prune is not None else 0
+    epochs, lr = block.finetune()
     train, val = trainer.loaders(data)
     inputs = trainer.make_inputs()
     if epochs:
-        lr = prune.lr if prune is not None and prune.lr else config.lr
-        tune = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "lr": lr})
+        tune = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "lr": lr or config.lr})
         checkpoints = out / "checkpoints" / fingerprint
-        result = fit(model, train, val, tune, checkpoint_dir=checkpoints, inputs=inputs)
+        tuning, loss, loader = inputs, None, train
+        if block.distill is not None and teacher is not None:
+            tuning = _distilling(inputs, block.distill, teacher, data, config.threads)
+            loss, loader = tuning.loss, trainer.loaders(data, samples=True)[0]
+            extra["teacher"] = {"node": teacher.node, "val_accuracy": teacher.val_accuracy}
+        result = fit(model, loader, val, tune, checkpoint_dir=checkpoints, inputs=tuning, loss=loss)
     else:
         result = evaluated(model, val, config, inputs, data.shapes)
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,6 +289,8 @@ def _compress(
     baseline = {k: fp32_report[k] for k in ("val_accuracy", "params", "macs", "model_bytes")} | {
         "cpu_latency_ms": latency["fp32"]
     }
+    if "teacher" in extra:
+        report["teacher"] = extra["teacher"]
     report.update(
         variant=block.describe(),
         compress=extra["compress"],
@@ -269,6 +306,18 @@ def _compress(
         },
     )
     return report
+
+
+def _distilling(
+    inputs: Any, block: DistillParams, teacher: Teacher, data: Any, threads: int
+) -> Any:
+    """The student's inputs wrapped with the teacher's logits of the training samples."""
+    from datapipe.stages.train.distill import check_classes, teacher_logits
+    from datapipe.train.distill import DistillInputs
+
+    check_classes(teacher, data.class_names)
+    targets = teacher_logits(teacher, data.train.keys, threads)
+    return DistillInputs(inputs, targets, alpha=block.alpha, temperature=block.temperature)
 
 
 def _quantize(
