@@ -108,7 +108,7 @@ def _pipeline(root: Path, distill: dict[str, Any], teacher: dict[str, Any] | Non
 
 def test_a_pixel_model_teaches_a_dct_student(images: Path, tmp_path: Path):
     out = tmp_path / "out"
-    distill = {"teacher": "teacher", "alpha": 0.5, "temperature": 4.0, "epochs": 1}
+    distill = {"teacher": "teacher", "alpha": 0.5, "temperature": 4.0, "finetune_epochs": 1}
     run = run_local(_pipeline(images, distill), out, workers=0)
     assert list(run.sinks) == ["teacher", "student"]  # the teacher trained first
     summary = run.sinks["student"]["compressed"]
@@ -140,9 +140,9 @@ def test_bad_teachers_are_named(images: Path, tmp_path: Path):
     loop = {"compress": {"distill": {"teacher": "student"}}}
     with pytest.raises(ConfigError, match="cycle"):
         datapipe.validate(_pipeline(images, {"teacher": "teacher"}, loop))
-    with pytest.raises(ConfigError, match="with prune, the fine-tuning is prune's"):
-        twice = {"teacher": "teacher", "epochs": 2}
-        datapipe.validate(_pipeline(images, twice, prune={"amount": 0.5}))
+    with pytest.raises(ConfigError, match="share one fine-tuning; give its epochs and lr once"):
+        twice = {"teacher": "teacher", "finetune_epochs": 2}
+        datapipe.validate(_pipeline(images, twice, prune={"amount": 0.5, "lr": 0.01}))
     # a teacher whose run failed teaches nothing: the student says which and why
     broken = {"compress": {"prune": {"amount": 0.9}}}
     run = run_local(_pipeline(images, {"teacher": "teacher"}, broken), tmp_path, workers=0)

@@ -172,3 +172,33 @@ def test_int8_alone_and_after_pruning(images: Path, tmp_path: Path):
     assert smaller["model_bytes"] < report["model_bytes"]
     assert smaller["macs"] < 0.3 * smaller["baseline"]["macs"]
     assert smaller["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)
+
+
+def test_low_rank_then_pruned_models_load_and_measure(images: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    tucker = {"decompose": {"method": "tucker", "rank": 0.5, "finetune_epochs": 1}}
+    run = run_local(_pipeline(images, compress=tucker), out, workers=0)
+    assert run.sinks["classifier"]["compressed"]["variant"] == "tucker rank 0.5"
+    folder = out / "train" / "classifier"
+    small = folder / "compressed"
+    spec, model = _load(small)
+    assert spec["decomposed"] and all(d["method"] == "tucker" for d in spec["decomposed"].values())
+    for name in spec["decomposed"]:  # each factorised conv is three convolutions now
+        assert len(model.get_submodule(name)) == 3
+    report = json.loads((small / "report.json").read_text())
+    shape = spec["inputs"]["shapes"][0]
+    assert report["macs"] == count_macs(model, shape) < report["baseline"]["macs"]
+    assert report["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)
+    # factorised, then pruned: the saved model rebuilds from both records
+    both = {"decompose": {"method": "cp", "rank": 0.5}, **PRUNE}
+    run = run_local(_pipeline(images, compress=both), out, workers=0)
+    assert run.sinks["classifier"]["compressed"]["variant"] == "cp rank 0.5 + prune 50% l1"
+    spec, model = _load(small)
+    assert spec["decomposed"] and spec["resized"]
+    report = json.loads((small / "report.json").read_text())
+    assert report["params"] == count_params(model)
+    assert report["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)
+    # a rank that leaves a layer nothing is an error naming the layer
+    tiny = {"decompose": {"rank": 0.01}}
+    failed = run_local(_pipeline(images, compress=tiny), out, workers=0).sinks["classifier"]
+    assert failed["error"] == "compress_failed" and "compress.decompose:" in failed["message"]

@@ -26,8 +26,16 @@ from torch import Tensor, nn
 PruneMethod = Literal["l1", "l2", "group_norm"]
 #: the pruning criteria :func:`prune_channels` takes
 PRUNE_METHODS: tuple[str, ...] = ("l1", "l2", "group_norm")
-#: the layer attributes pruning changes (what :func:`resized_layers` records)
-SIZE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
+#: the layer attributes pruning changes (what :func:`resized_layers` records; a depthwise
+#: convolution loses groups with its channels)
+SIZE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+)
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 

@@ -21,8 +21,9 @@ WRONG_SHAPE = "wrong_shape"
 
 def load_model(folder: Path, spec: dict[str, Any]) -> nn.Module:
     """The model a trainer's (or its compressed variant's) folder holds, in eval mode: the
-    state_dict of ``model.pt`` in the spec's model (shrunk to a pruned model's ``resized``
-    sizes; ``weights_only``), or the int8 ONNX Runtime model ``spec["file"]`` names."""
+    state_dict of ``model.pt`` in the spec's model (its ``decomposed`` convolutions
+    factorised, then shrunk to a pruned model's ``resized`` sizes; ``weights_only``), or the
+    int8 ONNX Runtime model ``spec["file"]`` names."""
     file = spec.get("file", "model.pt")
     if file.endswith(".onnx"):
         from datapipe.train.int8 import OnnxModule
@@ -30,6 +31,10 @@ def load_model(folder: Path, spec: dict[str, Any]) -> nn.Module:
         return OnnxModule(folder / file).eval()
     model = build_model(spec["model"])
     state = torch.load(folder / file, weights_only=True, map_location="cpu")
+    if spec.get("decomposed"):  # factorised convolutions: sequences of smaller ones
+        from datapipe.train.decompose import rebuild_decomposed
+
+        model = rebuild_decomposed(model, spec["decomposed"])
     if spec.get("resized"):  # a pruned model: its layers are smaller than the spec's
         from datapipe.train.prune import rebuild_pruned
 

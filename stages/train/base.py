@@ -23,11 +23,11 @@ from datapipe.errors import SinkError
 from datapipe.stage import Context, Params, Record, Sink
 from datapipe.stages.train.compress import (
     COMPRESSED,
-    CompressParams,
     compress_trained,
     compressed_fingerprint,
     compressed_summary,
 )
+from datapipe.stages.train.compress_params import CompressParams
 from datapipe.stages.train.distill import find_teacher
 
 if TYPE_CHECKING:

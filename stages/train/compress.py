@@ -24,12 +24,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field as PField
-from pydantic import model_validator
-
-from datapipe.stage import Params
+from datapipe.stages.train.compress_params import CompressParams, QuantizeParams
 from datapipe.stages.train.distill import DistillParams, Teacher
 
 if TYPE_CHECKING:
@@ -39,82 +36,6 @@ if TYPE_CHECKING:
 COMPRESSED = "compressed"
 #: the int8 model's file in it (an ONNX Runtime model; a pruned fp32 one is ``model.pt``)
 INT8_FILE = "model.onnx"
-
-
-class PruneParams(Params):
-    """Structured channel pruning, then fine-tuning (Torch-Pruning)."""
-
-    amount: float = PField(
-        0.5, gt=0, lt=1, description="Share of each layer's output channels removed."
-    )
-    method: Literal["l1", "l2", "group_norm"] = PField(
-        "l1", description="Channel ranking: weight L1 / L2 norm, or the coupled group's norm."
-    )
-    finetune_epochs: int = PField(
-        3, ge=0, le=10_000, description="Epochs of fine-tuning after pruning (0: none)."
-    )
-    lr: float | None = PField(
-        None, gt=0, description="Peak learning rate of the fine-tuning (None: the trainer's)."
-    )
-
-
-class QuantizeParams(Params):
-    """int8 inference with ONNX Runtime (:mod:`datapipe.train.int8`)."""
-
-    mode: Literal["ptq"] = PField(
-        "ptq", description="Post-training static quantization, calibrated on training batches."
-    )
-    calibration_batches: int = PField(
-        8, ge=1, le=10_000, description="Training batches that calibrate activation ranges."
-    )
-    per_channel: bool = PField(True, description="One weight scale per output channel.")
-    reduce_range: bool = PField(
-        True, description="7-bit weights (saturation-free on CPUs without VNNI)."
-    )
-
-
-class CompressParams(Params):
-    """What to make of the trained model (see :mod:`datapipe.stages.train.compress`); in
-    the survey's order: prune, fine-tune, then quantize."""
-
-    prune: PruneParams | None = PField(None, description="Remove channels, then fine-tune.")
-    distill: DistillParams | None = PField(
-        None, description="Fine-tune on another trainer node's soft outputs too."
-    )
-    quantize: QuantizeParams | None = PField(
-        None, description="int8 weights and activations (an ONNX Runtime model)."
-    )
-
-    @model_validator(mode="after")
-    def _something(self) -> CompressParams:
-        if self.prune is None and self.quantize is None and self.distill is None:
-            raise ValueError("an empty compress block: give prune, distill or quantize")
-        twice = {"epochs", "lr"} & (self.distill.model_fields_set if self.distill else set())
-        if self.prune is not None and twice:
-            raise ValueError(
-                f"distill.{' and distill.'.join(sorted(twice))}: with prune, the fine-tuning "
-                "is prune's (prune.finetune_epochs, prune.lr)"
-            )
-        return self
-
-    def finetune(self) -> tuple[int, float | None]:
-        """The variant's fine-tuning epochs and peak learning rate (None: the trainer's)."""
-        if self.prune is not None:
-            return self.prune.finetune_epochs, self.prune.lr
-        if self.distill is not None:
-            return self.distill.epochs, self.distill.lr
-        return 0, None
-
-    def describe(self) -> str:
-        """A short name of the variant, e.g. ``prune 50% l1 + int8 ptq``."""
-        parts = []
-        if self.prune is not None:
-            parts.append(f"prune {self.prune.amount:.0%} {self.prune.method}")
-        if self.distill is not None:
-            parts.append(f"distill {self.distill.teacher}")
-        if self.quantize is not None:
-            parts.append(f"int8 {self.quantize.mode}")
-        return " + ".join(parts) or "none"
 
 
 def compressed_fingerprint(
@@ -239,11 +160,7 @@ def _compress(
 ) -> dict[str, Any]:
     import copy
 
-    from datapipe.errors import SinkError
-    from datapipe.models import build_model
-    from datapipe.models.measure import zero_inputs
     from datapipe.train import TrainConfig, evaluate, fit
-    from datapipe.train.prune import PruneError, prune_channels, resized_layers
     from datapipe.train.saved import load_model
 
     block: CompressParams = trainer.params.compress
@@ -252,19 +169,13 @@ def _compress(
     config = TrainConfig.from_dict(fp32_report["config"])  # the fp32 run's normalisation
     model = copy.deepcopy(fp32)
     extra: dict[str, Any] = {"compress": block.model_dump(mode="json")}
-    prune = block.prune
-    if prune is not None:
-        try:
-            prune_channels(model, zero_inputs(data.shapes, 2), prune.amount, prune.method)
-        except PruneError as exc:
-            raise SinkError("compress_failed", f"compress.prune: {exc}") from None
-        extra["resized"] = resized_layers(model, build_model(spec["model"]))
-    epochs, lr = block.finetune()
+    extra.update(_restructure(model, block, spec, data.shapes))
     train, val = trainer.loaders(data)
     inputs = trainer.make_inputs()
+    checkpoints = out / "checkpoints" / fingerprint
+    epochs, lr = block.finetune()
     if epochs:
         tune = TrainConfig.from_dict({**config.to_dict(), "epochs": epochs, "lr": lr or config.lr})
-        checkpoints = out / "checkpoints" / fingerprint
         tuning, loss, loader = inputs, None, train
         if block.distill is not None and teacher is not None:
             tuning = _distilling(inputs, block.distill, teacher, data, config.threads)
@@ -273,6 +184,9 @@ def _compress(
         result = fit(model, loader, val, tune, checkpoint_dir=checkpoints, inputs=tuning, loss=loss)
     else:
         result = evaluated(model, val, config, inputs, data.shapes)
+    q = block.quantize
+    if q is not None and q.mode == "qat":
+        result = _qat(model, train, val, config, inputs, checkpoints / "qat", q, result)
     folder.mkdir(parents=True, exist_ok=True)
     runtime: nn.Module = model
     if block.quantize is None:
@@ -306,6 +220,65 @@ def _compress(
         },
     )
     return report
+
+
+def _restructure(
+    model: nn.Module, block: CompressParams, spec: dict[str, Any], shapes: list[Any]
+) -> dict[str, Any]:
+    """Factorise, then prune ``model`` in place as the block says; what ``model.json`` records
+    to rebuild it (``decomposed``, ``resized``)."""
+    from datapipe.errors import SinkError
+    from datapipe.models import build_model
+    from datapipe.models.measure import zero_inputs
+    from datapipe.train.decompose import DecomposeError, decompose_convs, rebuild_decomposed
+    from datapipe.train.prune import PruneError, prune_channels, resized_layers
+
+    extra: dict[str, Any] = {}
+    low_rank = block.decompose
+    if low_rank is not None:
+        try:
+            extra["decomposed"] = decompose_convs(model, low_rank.method, low_rank.rank)
+        except DecomposeError as exc:
+            raise SinkError("compress_failed", f"compress.decompose: {exc}") from None
+    if block.prune is not None:
+        try:
+            prune_channels(model, zero_inputs(shapes, 2), block.prune.amount, block.prune.method)
+        except PruneError as exc:
+            raise SinkError("compress_failed", f"compress.prune: {exc}") from None
+        reference = build_model(spec["model"])
+        if "decomposed" in extra:
+            rebuild_decomposed(reference, extra["decomposed"])
+        extra["resized"] = resized_layers(model, reference)
+    return extra
+
+
+def _qat(
+    model: nn.Module,
+    train: Any,
+    val: Any,
+    config: Any,
+    inputs: Any,
+    checkpoints: Path,
+    q: QuantizeParams,
+    before: Any,
+) -> Any:
+    """Quantization-aware fine-tuning of ``model`` in place (the int8 rounding of weights and
+    layer inputs simulated, :mod:`datapipe.train.qat`); its result, whose history follows
+    ``before``'s (the fine-tuning before it, if any)."""
+    from datapipe.train import TrainConfig, fit
+    from datapipe.train.qat import prepare_qat
+
+    lr = q.lr or config.lr / 10
+    tune = TrainConfig.from_dict({**config.to_dict(), "epochs": q.finetune_epochs, "lr": lr})
+    handle = prepare_qat(model, per_channel=q.per_channel, reduce_range=q.reduce_range)
+    try:
+        result = fit(model, train, val, tune, checkpoint_dir=checkpoints, inputs=inputs)
+    finally:
+        handle.remove()
+    result.history = [*before.history, *({**r, "qat": True} for r in result.history)]
+    result.steps += before.steps
+    result.wall_s += before.wall_s
+    return result
 
 
 def _distilling(

@@ -44,14 +44,11 @@ class DistillParams(Params):
     temperature: float = PField(
         4.0, gt=0, le=100, description="Softmax temperature of the soft targets (Hinton's T)."
     )
-    epochs: int = PField(
-        3,
-        ge=1,
-        le=10_000,
-        description="Fine-tuning epochs when nothing else fine-tunes (with prune: its own).",
+    finetune_epochs: int = PField(
+        3, ge=1, le=10_000, description="Epochs of the fine-tuning (shared with decompose, prune)."
     )
     lr: float | None = PField(
-        None, gt=0, description="Peak learning rate of that fine-tuning (None: the trainer's)."
+        None, gt=0, description="Peak learning rate of it (None: the trainer's)."
     )
 
 
