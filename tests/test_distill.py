@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from datapipe.demo.training_data import make_image_dataset
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
 from datapipe.graph import Pipeline
+from datapipe.schemas import load_schema
 from datapipe.stages.train.distill import Teacher, check_classes
 from datapipe.train.distill import DistillInputs, distillation_loss
 from datapipe.train.inputs import PixelInputs
@@ -118,6 +120,7 @@ def test_a_pixel_model_teaches_a_dct_student(images: Path, tmp_path: Path):
     teacher_report = json.loads((out / "train" / "teacher" / "report.json").read_text())
     assert report["teacher"] == {"node": "teacher", "val_accuracy": teacher_report["val_accuracy"]}
     assert report["epochs_run"] == 1 and report["skipped"] == {}
+    jsonschema.validate(report, load_schema("train_report"))
     spec = json.loads((folder / "model.json").read_text())
     assert spec["trainer"] == "train.dct" and (folder / "model.pt").is_file()
     again = run_local(_pipeline(images, distill), out, workers=0)

@@ -109,6 +109,7 @@ def test_bad_compress_blocks_are_refused(images: Path, tmp_path: Path):
         ({"prune": {"amount": 0.5, "method": "random"}}, "'l1', 'l2' or 'group_norm'"),
         ({"quantise": {"mode": "ptq"}}, "quantise"),
         ({}, "an empty compress block"),
+        ({"quantize": {"finetune_epochs": 2}}, "only mode qat fine-tunes"),
     ):
         with pytest.raises(ConfigError, match=words):
             datapipe.validate(_pipeline(images, compress=block))
@@ -162,13 +163,16 @@ def test_int8_alone_and_after_pruning(images: Path, tmp_path: Path):
     assert report["baseline"]["val_accuracy"] == pytest.approx(_val_accuracy(out, folder))
     files = sorted(images.glob("*/*.jpg"))[:3]
     assert len(list(predict(folder, files, compressed=True, workers=1))) == 3
-    # the survey's order: prune, fine-tune, quantize; smaller than either alone
-    both = {**PRUNE, **int8}
-    run = run_local(_pipeline(images, compress=both), out, workers=0)
+    # the survey's order: prune, fine-tune, then quantization-aware fine-tuning and int8;
+    # smaller than either alone
+    qat = {"quantize": {"mode": "qat", "calibration_batches": 2, "finetune_epochs": 1}}
+    run = run_local(_pipeline(images, compress={**PRUNE, **qat}), out, workers=0)
     summary = run.sinks["classifier"]
     assert summary["reused"] is True  # the fp32 model stands
-    assert summary["compressed"]["variant"] == "prune 50% l1 + int8 ptq"
+    assert summary["compressed"]["variant"] == "prune 50% l1 + int8 qat"
     smaller = json.loads((small / "report.json").read_text())
+    assert [r.get("qat", False) for r in smaller["history"]] == [False, True]
+    assert unquantized_layers(small / "model.onnx") == []
     assert smaller["model_bytes"] < report["model_bytes"]
     assert smaller["macs"] < 0.3 * smaller["baseline"]["macs"]
     assert smaller["val_accuracy"] == pytest.approx(_val_accuracy(out, small), abs=1e-6)
