@@ -1,9 +1,12 @@
-"""Evidence: what pruning and int8 buy on a CPU (survey IV-C, IV-D, IV-E), per model.
+"""Evidence: what pruning, low-rank factorisation, distillation and int8 buy on a CPU
+(survey IV-B to IV-E), per model.
 
 For each model (the pixel ResNet-10 of ``train.image``, its DCT twin ``train.dct``, PointNet
-of ``train.points``) and seed: train the fp32 model in a real pipeline, then three
-``compress:`` variants on the same output (the fp32 model is reused): ``prune`` (50% of the
-channels, ``--finetune-epochs``), ``quantize`` (int8 PTQ, ONNX Runtime) and both, in the
+of ``train.points``) and seed: train the fp32 model in a real pipeline, then the
+``compress:`` variants (``--variants``) on the same output (the fp32 model is reused):
+``prune`` (50% of the channels, ``--finetune-epochs``), the same fine-tuning distilled from a
+3x wider teacher trained in the same pipeline (a pixel ResNet for the DCT model), Tucker-2 at
+rank 0.5, int8 PTQ and QAT (``--qat-epochs``, ONNX Runtime), and prune + int8, in the
 survey's order. Then, in this one process at ``--threads``, interleaved: CPU latency at
 batch 1 and 64 of the fp32 model in eager mode, under ``torch.compile`` and in ONNX Runtime
 (``allow_spinning=0``: the best fp32 a user gets), of the pruned model in eager mode and in
@@ -45,13 +48,26 @@ MODELS = ("pixels", "dct", "points")
 
 
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The compress blocks measured, by name (the survey's order: prune, fine-tune, int8)."""
+    """The compress blocks measured, by name (the survey's order: factorise or prune, one
+    fine-tuning, distilling where named, then int8 with or without QAT)."""
     prune = {"amount": args.amount, "finetune_epochs": args.finetune_epochs}
-    return {
+    qat = {"mode": "qat", "finetune_epochs": args.qat_epochs}
+    tucker = {"method": "tucker", "rank": 0.5}
+    every = {
         "pruned": {"prune": prune},
+        "pruned + distilled": {"prune": prune, "distill": {"teacher": "teacher"}},
+        "tucker": {"decompose": {**tucker, "finetune_epochs": args.finetune_epochs}},
         "int8": {"quantize": {"mode": "ptq"}},
+        "int8 qat": {"quantize": qat},
         "pruned + int8": {"prune": prune, "quantize": {"mode": "ptq"}},
+        "pruned + int8 qat": {"prune": prune, "quantize": qat},
     }
+    return {name: every[name] for name in args.variants}
+
+
+#: the variants measured by default
+VARIANTS = ("pruned", "pruned + distilled", "tucker", "int8", "int8 qat", "pruned + int8",
+            "pruned + int8 qat")  # fmt: skip
 
 
 def pipeline(
@@ -87,6 +103,16 @@ def pipeline(
             trainer = {"stage": "train.dct", "params": common}
         nodes = {}
         read["inputs"] = "files"
+    if args.teacher:  # a larger teacher: the pixel ResNet-10 at 3x the width (in every
+        # variant's pipeline: the same committed samples, so the fp32 model is reused)
+        teacher = {"stage": "train.image", "params": {**train, "depth": 10, "width": 48,
+                   "lr": 0.05, "flip": True, "stages": 4, "compress": None}}  # fmt: skip
+        if model == "points":
+            teacher = {**trainer, "params": {**trainer["params"], "width": 96, "compress": None}}
+        if model == "dct":
+            nodes["pixels"] = {"stage": "image.resize", "inputs": "files",
+                               "params": {"size": args.size, "mode": "crop"}}  # fmt: skip
+        nodes["teacher"] = {**teacher, "inputs": "pixels" if model == "dct" else "read"}
     return Pipeline.from_dict(
         {
             "name": model,
@@ -144,6 +170,8 @@ def one(data: Path, model: str, seed: int, args: argparse.Namespace) -> dict[str
         runners: dict[str, Callable[..., Any]] = {}
         torch.set_num_threads(args.threads)
         for name, block in variants(args).items():
+            if model == "points" and "decompose" in block:
+                continue  # PointNet's layers are 1x1: nothing to factorise
             datapipe.run(pipeline(data, model, seed, block, args), out)
             kept = Path(tmp) / name
             shutil.copytree(folder / "compressed", kept)
@@ -227,9 +255,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--amount", type=float, default=0.5)
     parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.teacher = any("distill" in block for block in variants(args).values())
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
