@@ -300,7 +300,7 @@ def test_demo_runs_and_is_repeatable(tmp_path: Path):
     assert again.stdout.count("nothing to do") == len(names) + len(trainers)
     # nothing changed: no training, no compression
     assert again.stdout.count(": val_accuracy") == again.stdout.count(", reused, ")
-    assert "classifier compressed (prune 50% l1)" in again.stdout
+    assert "classifier compressed (prune 50% l1 + distill teacher + int8 qat)" in again.stdout
     assert {p: shard_members(a / p) for p in snap} == snap
 
     fresh = cli("demo", "--out", b, "--no-train", cwd=tmp_path)

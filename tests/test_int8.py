@@ -26,6 +26,11 @@ CASES = {
         {"arch": "dct_resnet", "num_classes": 5, "width": 8, "luma_channels": 8},
         [[8, 4, 4], [128, 2, 2]],
     ),
+    # forward(*xs): one input per stream, segments folded into the batch
+    "coviar": (
+        {"arch": "coviar", "streams": ["iframe", "mv"], "num_classes": 5, "width": 16},
+        [[3, 3, 16, 16], [3, 2, 16, 16]],
+    ),
 }
 
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +29,7 @@ def export_model(
     was_training = model.training
     model.eval()
     args = tuple(zero_inputs(input_shape, 2))
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    dynamic = tuple({0: batch} for _ in args)
+    dynamic = _batch_dims(model, len(args))
     try:
         if fmt == "pt2":
             program = torch.export.export(model, args, dynamic_shapes=dynamic)
@@ -42,3 +43,14 @@ def export_model(
     finally:
         model.train(was_training)
     return path
+
+
+def _batch_dims(model: nn.Module, n: int) -> tuple[Any, ...]:
+    """``dynamic_shapes`` with a dynamic batch dimension on each of ``n`` inputs, shaped as
+    ``forward``'s signature: one spec per argument, or one tuple of them for ``*xs``."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    per_input = tuple({0: batch} for _ in range(n))
+    kinds = [p.kind for p in inspect.signature(model.forward).parameters.values()]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return (per_input,)
+    return per_input
