@@ -135,6 +135,34 @@ def test_coviar_stride_keeps_every_kth_frame(b2_clip: Path) -> None:
     assert np.array_equal(every3.residual, full.residual[::3])
 
 
+def test_without_residuals_the_motion_and_iframes_are_the_same(b2_clip: Path) -> None:
+    full, lean = coviar(b2_clip, stride=2), coviar(b2_clip, stride=2, residual=False)
+    assert lean.residual is None
+    for name in ("iframes", "gop_start", "frame_idx", "gop", "mv"):
+        assert np.array_equal(getattr(lean, name), getattr(full, name)), name
+    assert lean.frame_types == full.frame_types
+    # the stage then declares no residual field: a model of the residual stream is refused
+    import datapipe
+    from datapipe.errors import ConfigError
+
+    def pipeline(streams: list[str]) -> Pipeline:
+        return Pipeline.from_dict(
+            {
+                "nodes": {
+                    "src": {"stage": "files", "params": {"root": str(b2_clip.parent)}},
+                    "cv": {"stage": "video.coviar", "inputs": "src",
+                           "params": {"residual": False}},
+                    "fit": {"stage": "train.video", "inputs": "cv",
+                            "params": {"streams": streams}},
+                }
+            }
+        )  # fmt: skip
+
+    datapipe.validate(pipeline(["iframe", "mv"]))
+    with pytest.raises(ConfigError, match="coviar_residual"):
+        datapipe.validate(pipeline(["iframe", "mv", "residual"]))
+
+
 def test_coviar_stage_writes_compact_shards_that_reconstruct_the_frames(
     b2_clip: Path, tmp_path: Path
 ) -> None:

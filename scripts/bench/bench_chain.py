@@ -300,8 +300,9 @@ def video(args: Namespace, work: Path) -> tuple[list[Row], Path, Path, str]:
     rgb = {"stage": "train.video", "params": {**common, "streams": ["rgb"], "export": ["onnx"]}}
     coviar = {"stage": "train.video", "params": {**common, "streams": args.streams}}
     name = "coviar_" + "+".join(args.streams)
+    lean = {"residual": "residual" in args.streams}  # no residuals: only I-frames become RGB
     rows, out = twins(data, "video", work, args, ("rgb", rgb, reads),
-                      (name, coviar, {"stage": "video.coviar"}))  # fmt: skip
+                      (name, coviar, {"stage": "video.coviar", "params": lean}))  # fmt: skip
     title = (
         f"Video: {args.video_classes} classes x {args.video_per_class} H.264 clips of {args.side} "
         f"px, {args.frames} frames; TSN on RGB vs CoViAR {'+'.join(args.streams)}, ResNet-8 "

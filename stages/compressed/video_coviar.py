@@ -74,7 +74,8 @@ class Coviar:
     frame_idx: np.ndarray  # int64 (T'): frames kept (every ``stride``-th)
     gop: np.ndarray  # int64 (T'): GOP of each kept frame
     mv: np.ndarray  # int16 (T', H, W, 2): accumulated motion, pixels (x, y)
-    residual: np.ndarray  # int16 or int8 (T', H, W, 3): accumulated residual, RGB (x scale)
+    residual: np.ndarray | None  # int16 or int8 (T', H, W, 3): accumulated residual, RGB (x
+    # scale); None when not asked for
     frame_types: str  # one letter per decoded frame
     damaged: int
     damage: Damage = field(default_factory=Damage, repr=False)
@@ -85,7 +86,7 @@ class _Pending:
     """A B-frame waiting for its next anchor."""
 
     t: int
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     src_p: np.ndarray
     has_p: np.ndarray
     src_f: np.ndarray
@@ -96,7 +97,12 @@ class _Accumulator:
     """Streams frames in presentation order and writes the kept frames' outputs."""
 
     def __init__(
-        self, height: int, width: int, stride: int, capacity: int, residual_dtype: ResidualDtype
+        self,
+        height: int,
+        width: int,
+        stride: int,
+        capacity: int,
+        residual_dtype: ResidualDtype | None,
     ) -> None:
         self.h, self.w, self.stride = height, width, stride
         yy, xx = np.mgrid[0:height, 0:width]
@@ -105,7 +111,11 @@ class _Accumulator:
         self.gop_start: list[int] = []
         keep = max(1, -(-capacity // stride))
         self.mv = GrowingArray((height, width, 2), np.int16, keep)
-        self.residual = GrowingArray((height, width, 3), np.dtype(residual_dtype), keep)
+        self.residual = (
+            GrowingArray((height, width, 3), np.dtype(residual_dtype), keep)
+            if residual_dtype is not None
+            else None
+        )
         self.halve = residual_dtype == "int8"
         self.kept: list[int] = []
         self.kept_gop: list[int] = []
@@ -123,10 +133,16 @@ class _Accumulator:
             pixel_sources(r8, r16, r32, layout, direction, src, has)
         return src, has
 
-    def add(self, t: int, kind: str, rgb: np.ndarray, vecs: np.ndarray | None) -> None:
+    def needs_rgb(self, kind: str) -> bool:
+        """Whether a frame of ``kind`` must become RGB: an I-frame (or the first frame), or
+        any frame when residuals are asked for."""
+        return self.residual is not None or kind == "I" or self.anchor is None
+
+    def add(self, t: int, kind: str, rgb: np.ndarray | None, vecs: np.ndarray | None) -> None:
         from datapipe.stages.common.video_kernels import trace
 
         if kind == "I" or self.anchor is None:
+            assert rgb is not None
             self.flush(None)
             self.iframes.slot()[:] = rgb
             self.gop_start.append(t)
@@ -165,14 +181,17 @@ class _Accumulator:
             self.emit(b.t, pos, b.rgb)
         self.pending = []
 
-    def emit(self, t: int, pos: np.ndarray, rgb: np.ndarray) -> None:
+    def emit(self, t: int, pos: np.ndarray, rgb: np.ndarray | None) -> None:
         from datapipe.stages.common.video_kernels import accumulate
 
         if t % self.stride:
             return
         k = t // self.stride
-        iframe = self.iframes.buf[len(self.gop_start) - 1]
-        accumulate(pos, rgb, iframe, self.mv.at(k), self.residual.at(k), self.halve)
+        if self.residual is None:  # the motion alone: p - J(p)
+            np.subtract(self.identity, pos, out=self.mv.at(k), casting="unsafe")
+        else:
+            iframe = self.iframes.buf[len(self.gop_start) - 1]
+            accumulate(pos, rgb, iframe, self.mv.at(k), self.residual.at(k), self.halve)
         self.kept.append(t)
         self.kept_gop.append(len(self.gop_start) - 1)
 
@@ -185,6 +204,7 @@ def coviar(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     residual_dtype: ResidualDtype = "int16",
+    residual: bool = True,
 ) -> Coviar:
     """Decode a video into CoViAR's I-frames, accumulated motion and accumulated residuals.
 
@@ -194,6 +214,8 @@ def coviar(
     max_frames, strict, max_pixels : as in
         :func:`~datapipe.stages.common.motion_vectors.motion_vectors`.
     residual_dtype : ``"int16"`` exact residuals, ``"int8"`` halved (see the module docstring).
+    residual : False: no residuals (``residual`` is None), and only the I-frames are converted
+        to RGB: what a model of the motion and I-frame streams needs, read faster.
 
     Returns
     -------
@@ -226,13 +248,17 @@ def coviar(
         reader.configure(export_mvs=True)
         info = reader.info
         capacity = min(info.declared_frames or 256, max_frames or 2**31)
-        acc = _Accumulator(info.height, info.width, stride, capacity, residual_dtype)
+        acc = _Accumulator(
+            info.height, info.width, stride, capacity, residual_dtype if residual else None
+        )
         reformatter = VideoReformatter()
         types: list[str] = []
         for t, frame in enumerate(reader.frames(max_frames)):
             kind = pict_letter(frame)
             types.append(kind)
-            rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+            rgb = None
+            if acc.needs_rgb(kind):
+                rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
             acc.add(t, kind, rgb, frame_vectors(frame))
         acc.flush(None)
         damage = reader.finish(len(types))
@@ -244,7 +270,7 @@ def coviar(
         frame_idx=kept,
         gop=np.asarray(acc.kept_gop, np.int64)[order],
         mv=acc.mv.array(),
-        residual=acc.residual.array(),
+        residual=acc.residual.array() if acc.residual is not None else None,
         frame_types="".join(types),
         damaged=damage.damaged,
         damage=damage,
@@ -260,6 +286,11 @@ class CoviarParams(Params):
         "int8",
         description="'int8': residual / 2 (x2 reconstructs within 1 level, half the bytes); "
         "'int16': exact.",
+    )
+    residual: bool = PField(
+        True,
+        description="Also the residuals (false: motion and I-frames only, the other frames "
+        "never converted to RGB: faster, for models without the residual stream).",
     )
 
 
@@ -293,7 +324,11 @@ class CoviarStage(Map):
                 "motion accumulated to the I-frame, pixels",
                 compress=True,
             ),
-            Field("coviar_residual", dtype, "T H W 3", residual, compress=True),
+            *(
+                (Field("coviar_residual", dtype, "T H W 3", residual, compress=True),)
+                if self.params.residual
+                else ()
+            ),
             Field("frame_types", "str", "", "'I'/'P'/'B' per decoded frame"),
             Field("video_damage", "int", "", "frames concealed or lost (0: clean)"),
         )
@@ -307,14 +342,17 @@ class CoviarStage(Map):
             strict=p.strict,
             max_pixels=p.max_pixels,
             residual_dtype=p.residual_dtype,
+            residual=p.residual,
         )
-        return {
+        out = {
             "coviar_iframes": rep.iframes,
             "coviar_gop_start": rep.gop_start,
             "coviar_frame_idx": rep.frame_idx,
             "coviar_gop": rep.gop,
             "coviar_mv": rep.mv,
-            "coviar_residual": rep.residual,
             "frame_types": rep.frame_types,
             "video_damage": int(rep.damaged),
         }
+        if rep.residual is not None:
+            out["coviar_residual"] = rep.residual
+        return out
