@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
@@ -77,28 +77,28 @@ class NodeRef:
         return f"NodeRef({self.kind.value}{of})"
 
 
+def _union_member(annotation: Any, find: Callable[[Any], Any]) -> Any:
+    """The first non-None ``find(member)`` of a union annotation's members, else None."""
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = find(arg)
+            if found is not None:
+                return found
+    return None
+
+
 def _node_ref(annotation: Any, metadata: Sequence[Any] = ()) -> NodeRef | None:
     for m in (*metadata, *getattr(annotation, "__metadata__", ())):
         if isinstance(m, NodeRef):
             return m
-    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        for arg in get_args(annotation):
-            found = _node_ref(arg)
-            if found is not None:
-                return found
-    return None
+    return _union_member(annotation, _node_ref)
 
 
 def _nested_params(annotation: Any) -> type[Params] | None:
     """The Params class of a nested params block (``Block`` or ``Block | None``), else None."""
     if isinstance(annotation, type) and issubclass(annotation, Params):
         return annotation
-    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        for arg in get_args(annotation):
-            found = _nested_params(arg)
-            if found is not None:
-                return found
-    return None
+    return _union_member(annotation, _nested_params)
 
 
 class Params(BaseModel):

@@ -139,6 +139,8 @@ def test_bad_teachers_are_named(images: Path, tmp_path: Path):
     ):
         with pytest.raises(ConfigError, match=words):
             datapipe.validate(_pipeline(images, distill))
+    with pytest.raises(ConfigError, match="distill needs a fine-tuning to teach in"):
+        datapipe.validate(_pipeline(images, {"teacher": "teacher"}, prune={"finetune_epochs": 0}))
     # two trainers teaching each other: no order can train both first
     loop = {"compress": {"distill": {"teacher": "student"}}}
     with pytest.raises(ConfigError, match="cycle"):

@@ -2,18 +2,20 @@
 
 After the fp32 model is trained (or reused), the block makes a compressed variant of it and
 writes ``OUT/train/NODE/compressed/``: ``model.pt`` (a plain ``state_dict``, loads with
-``weights_only``), ``model.json`` (the fp32 one plus ``resized``: the pruned layers' new
-sizes, and ``compress``: the block), ``report.json`` (the fp32 report's keys for the
-compressed model, plus ``baseline``: the fp32 figures measured beside it in the same process
-and threads, and ``ratios``), ``curves.png`` / ``confusion.png`` of the fine-tuning; and
-``pareto.png`` (validation accuracy against batch-64 CPU latency, one point per model) in the
-trainer's folder. The variant has its own fingerprint: changing only the block reuses the
-fp32 model.
+``weights_only``) or ``model.onnx`` (int8, ONNX Runtime), ``model.json`` (the fp32 one plus
+what rebuilds the variant: ``decomposed``, the factorised layers' ranks, ``resized``, the
+pruned layers' new sizes, ``file``, and ``compress``: the block), ``report.json`` (the fp32
+report's keys for the compressed model, plus ``baseline``: the fp32 figures measured beside
+it in the same process and threads, and ``ratios``), ``curves.png`` / ``confusion.png`` of
+the fine-tuning; and ``pareto.png`` (validation accuracy against batch-64 CPU latency, one
+point per model) in the trainer's folder. The variant has its own fingerprint (the block,
+the fp32 model, a teacher's model): changing only the block reuses the fp32 model.
 
-The block holds ``prune`` (structured channel pruning, :mod:`datapipe.train.prune`),
-``distill`` (the fine-tuning also learns another trainer node's soft outputs,
-:mod:`datapipe.stages.train.distill`) and ``quantize`` (int8, :mod:`datapipe.train.int8`),
-applied in the survey's order: prune, fine-tune (distilling), quantize.
+The steps (:mod:`datapipe.stages.train.compress_params`) run in the survey's order:
+``decompose`` (:mod:`datapipe.train.decompose`) and ``prune`` (:mod:`datapipe.train.prune`),
+one fine-tuning that also learns a ``distill`` teacher's soft outputs
+(:mod:`datapipe.stages.train.distill`), then ``quantize`` (:mod:`datapipe.train.int8`),
+after a quantization-aware fine-tuning with ``mode: qat`` (:mod:`datapipe.train.qat`).
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ class CompressParams(Params):
                 f"{', '.join(set_by)}: the structural steps share one fine-tuning; give its "
                 f"epochs and lr once (they come from the first of {', '.join(tuning)})"
             )
+        if self.distill is not None and self.finetune()[0] == 0:
+            raise ValueError("distill needs a fine-tuning to teach in: finetune_epochs is 0")
         return self
 
     def _tuning_steps(self) -> list[tuple[str, DecomposeParams | PruneParams | DistillParams]]:
