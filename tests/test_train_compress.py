@@ -95,6 +95,14 @@ def test_only_the_block_changed_reuses_the_fp32_model(images: Path, tmp_path: Pa
     other = run_local(_pipeline(images, compress=quarter), out, workers=0).sinks["classifier"]
     assert other["reused"] is True  # the fp32 model stands
     assert other["compressed"]["reused"] is False and other["compressed"]["macs_ratio"] > 0.4
+    # the Pareto record keeps every variant of this fp32 model, each measured beside it
+    pareto = json.loads((out / "train" / "classifier" / "pareto.json").read_text())
+    assert set(pareto["variants"]) == {"fp32", "prune 50% l1", "prune 25% l1"}
+    report = json.loads((out / "train" / "classifier" / "compressed" / "report.json").read_text())
+    assert pareto["variants"]["prune 25% l1"] == [
+        report["cpu_latency_ms"]["batch_64"],
+        report["val_accuracy"],
+    ]
     plain = run_local(_pipeline(images, compress=None), out, workers=0).sinks["classifier"]
     assert plain["reused"] is True and "compressed" not in plain
     folder = out / "train" / "classifier"

@@ -8,7 +8,8 @@ pruned layers' new sizes, ``file``, and ``compress``: the block), ``report.json`
 report's keys for the compressed model, plus ``baseline``: the fp32 figures measured beside
 it in the same process and threads, and ``ratios``), ``curves.png`` / ``confusion.png`` of
 the fine-tuning; and ``pareto.png`` (validation accuracy against batch-64 CPU latency, one
-point per model) in the trainer's folder. The variant has its own fingerprint (the block,
+point per model: fp32 and every variant made from it, :func:`record_variant`) in the
+trainer's folder. The variant has its own fingerprint (the block,
 the fp32 model, a teacher's model): changing only the block reuses the fp32 model.
 
 The steps (:mod:`datapipe.stages.train.compress_params`) run in the survey's order:
@@ -199,6 +200,7 @@ def _compress(
         extra["file"] = INT8_FILE
         trainer.write_model(folder, model, result, data, extra, weights=False)
     report = trainer.make_report(folder, result, data, extra.get("file", "model.pt"))
+    report["fp32_fingerprint"] = fp32_report.get("fingerprint")
     shape = data.shapes[0] if len(data.shapes) == 1 else data.shapes
     latency = measure_latencies({"fp32": fp32, "compressed": runtime}, shape, config.threads)
     report["cpu_latency_ms"] = latency["compressed"]
@@ -214,14 +216,28 @@ def _compress(
         ratios=size_ratios(report, baseline),
         accuracy_change=round(report["val_accuracy"] - baseline["val_accuracy"], 4),
     )
-    plot_pareto(
-        out / "pareto.png",
-        {
-            "fp32": (baseline["cpu_latency_ms"]["batch_64"], baseline["val_accuracy"]),
-            report["variant"]: (report["cpu_latency_ms"]["batch_64"], report["val_accuracy"]),
-        },
-    )
+    record_variant(out, report)
     return report
+
+
+def record_variant(out: Path, report: dict[str, Any]) -> None:
+    """Add the variant to ``out/pareto.json`` (every variant made for this fp32 model: its
+    accuracy and batch-64 latency, beside the fp32 model's measured with it) and draw them
+    all in ``out/pareto.png``; a new fp32 model starts the record anew."""
+    from datapipe.stages.train.base import write_json
+
+    path = out / "pareto.json"
+    fp32 = report["baseline"]
+    model = json.loads(path.read_text()) if path.exists() else {}
+    if model.get("fp32_fingerprint") != report.get("fp32_fingerprint"):
+        model = {"fp32_fingerprint": report.get("fp32_fingerprint"), "variants": {}}
+    model["variants"]["fp32"] = [fp32["cpu_latency_ms"]["batch_64"], fp32["val_accuracy"]]
+    model["variants"][report["variant"]] = [
+        report["cpu_latency_ms"]["batch_64"],
+        report["val_accuracy"],
+    ]
+    write_json(path, model)
+    plot_pareto(out / "pareto.png", {k: (v[0], v[1]) for k, v in model["variants"].items()})
 
 
 def _restructure(
