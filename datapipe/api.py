@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from datapipe.config import RunSpec
 from datapipe.errors import ConfigError, Problem
 from datapipe.graph import Pipeline
+from datapipe.urls import local_path
 
 if TYPE_CHECKING:
     from datapipe.engine.report import RunReport
@@ -141,6 +142,10 @@ def run(
         )
     elif scheduler and executor != "dask":
         problems.append(Problem("scheduler", "needs executor='dask'"))
+    try:
+        out = local_path(str(out))
+    except ValueError as exc:
+        problems.append(Problem("out", str(exc)))
     if problems:
         raise SettingsError(problems)
     loaded = load(pipeline, vars)

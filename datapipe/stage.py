@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from datapipe.errors import ParamError, Problem
 from datapipe.fields import Field
+from datapipe.urls import local_path
 
 Record = dict[str, Any]
 
@@ -37,7 +38,7 @@ class _NamesFile:
 
 #: a param naming a file (model weights, a TorchScript module): its contents, not its name,
 #: are part of the pipeline fingerprint, so replacing the file redoes what depends on it
-FilePath = Annotated[str, _NamesFile()]
+FilePath = Annotated[str, _NamesFile(), AfterValidator(local_path)]
 
 
 def _names_file(annotation: Any) -> bool:

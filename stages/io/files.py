@@ -19,6 +19,7 @@ from datapipe.errors import ConfigError, Problem
 from datapipe.fields import Field
 from datapipe.keys import sanitize_key
 from datapipe.stage import SOURCE_ERROR, Context, Params, Record, Source, SourceListing
+from datapipe.urls import local_path
 
 #: the extensions listed per kind (lowercase compare); videos: the containers and raw streams
 #: PyAV (FFmpeg) opens. Nothing is opened to list a file: decoding happens in the workers.
@@ -60,6 +61,16 @@ class FilesParams(Params):
         "folder", description="'folder' (parent folder name), 'none', or a CSV file path,label."
     )
     classes: list[str] | None = PField(None, description="Fixed class order for label_id.")
+
+    @field_validator("root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        return local_path(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _local_labels(cls, v: str) -> str:
+        return v if v in ("folder", "none") else local_path(v)
 
     @field_validator("extensions")
     @classmethod
