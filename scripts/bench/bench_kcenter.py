@@ -29,8 +29,6 @@ import numpy as np
 
 from datapipe.stages.subset.kcenter import kcenter_greedy
 
-ANCHOR_S = 2.45  # numpy norm trick, 5,000 of 50,000 x 128, peer-measurements.md section 5
-
 
 def norm_trick(x: np.ndarray, k: int, first: int) -> np.ndarray:
     """The anchor's formulation: one gemv per step, preallocated buffers, no pruning."""
@@ -152,9 +150,9 @@ def main() -> None:
     print()
     print(
         "| task | data | method | median s | runs | speed-up vs norm trick (this run) "
-        "| anchor 2.45 s / median | peak MiB | same set as norm trick |"
+        "| peak MiB | same set as norm trick |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(
             q["median_s"]
@@ -165,12 +163,10 @@ def main() -> None:
         )
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
         runs = ", ".join(f"{t:.2f}" for t in r["runs"])  # type: ignore[union-attr]
-        vs_anchor = f"{ANCHOR_S / r['median_s']:.2f}" if r["task"].startswith("50k") else "-"
         print(
             f"| {r['task']} | {r['data']} | {r['method']} | {r['median_s']:.2f} | {runs} | "
-            f"{base / r['median_s']:.2f} | {vs_anchor} | {peak} | {r['same_set']:.3f} |"
+            f"{base / r['median_s']:.2f} | {peak} | {r['same_set']:.3f} |"
         )
-    print(f"\nanchor (peer-measurements.md section 5): norm trick {ANCHOR_S} s for 50k -> 5k")
     print(f"load average after: {os.getloadavg()}")
 
 
