@@ -16,6 +16,12 @@ says AUTO. datapipe's readers pin one thread: FFmpeg's frame threading makes H.2
 vectors differ from run to run, and the engine parallelises over files, not inside one.
 OpenCV's Farneback runs with OpenCV's default thread count.
 
+Motion peers: PyAV's own ``+export_mvs`` side data (the sparse per-block vectors a PyAV user
+reads), mv-extractor with frame decoding off (where ``motion-vector-extractor`` installs; it
+pulls the GUI ``opencv-python``, so it is not in the ``bench`` extra), and dense optical flow
+(Farneback, DIS fast) both at full resolution and at the motion-vector grid's resolution
+(frames shrunk 16x first: the same output size as the block-16 field).
+
 Method: each round runs every method once, interleaved; a row reports the median over rounds
 and a ratio is the median of the per-round ratios (the machine may be shared and noisy).
 Farneback is timed on the first ``--flow-pairs`` frame pairs of each clip (decoding excluded,
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import itertools
 import json
 import statistics
 import subprocess
@@ -127,6 +134,56 @@ def farneback(frames: list[np.ndarray]) -> int:
     return len(frames) - 1
 
 
+def pyav_side_data(path: Path) -> int:
+    """What a PyAV user writes for motion vectors: ``+export_mvs`` and each frame's sparse
+    side data as an array (one row per block, no dense field)."""
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        stream.codec_context.thread_count = 1
+        for frame in container.decode(stream):
+            vectors = frame.side_data.get("MOTION_VECTORS")
+            if vectors is not None:
+                vectors.to_ndarray()
+            n += 1
+    return n
+
+
+def mv_extractor(path: Path) -> int | None:
+    """mv-extractor (``motion-vector-extractor`` on PyPI) with frame decoding to images off;
+    None where it does not install (it pulls the GUI ``opencv-python``)."""
+    try:
+        from mvextractor.videocap import VideoCap
+    except ImportError:
+        return None
+    cap = VideoCap()
+    cap.open(str(path))
+    cap.set_decode_frames(False)
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def grid_flow(frames: list[np.ndarray], method: str, block: int = 16) -> int:
+    """Dense optical flow at the motion-vector grid's resolution (each frame shrunk by
+    ``block`` first): the same output size as ``motion_vectors``' block-16 field."""
+    import cv2
+
+    h, w = frames[0].shape[0] // block, frames[0].shape[1] // block
+    small = [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), (w, h), interpolation=cv2.INTER_AREA)
+             for f in frames]  # fmt: skip
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST) if method == "dis" else None
+    for prev, gray in itertools.pairwise(small):
+        if dis is not None:
+            dis.calc(prev, gray, None)
+        else:
+            cv2.calcOpticalFlowFarneback(prev, gray, None, 0.5, 1, 5, 3, 5, 1.1, 0)
+    return len(frames) - 1
+
+
 def method_table(path: Path, flow: list[np.ndarray] | None) -> dict[str, Callable[[], int]]:
     methods: dict[str, Callable[[], int]] = {
         "PyAV decode, no conversion (floor)": lambda: pyav_decode(path),
@@ -142,8 +199,15 @@ def method_table(path: Path, flow: list[np.ndarray] | None) -> dict[str, Callabl
             coviar(path, stride=10).frame_types
         ),
     }
+    methods["PyAV +export_mvs side data (sparse, per block)"] = lambda: pyav_side_data(path)
+    if mv_extractor(path) is not None:
+        methods["mv-extractor, frames not decoded to images"] = lambda: mv_extractor(path) or 0
     if flow is not None:
         methods["OpenCV Farneback flow (pairs, RGB given)"] = lambda: farneback(flow)
+        methods["OpenCV Farneback at the MV grid (1/16, RGB given)"] = lambda: grid_flow(
+            flow, "farneback"
+        )
+        methods["OpenCV DIS at the MV grid (1/16, RGB given)"] = lambda: grid_flow(flow, "dis")
     return methods
 
 
