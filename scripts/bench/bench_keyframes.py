@@ -10,7 +10,12 @@ hard cut to a darker scene in the middle, off the GOP grid). Baselines:
   ``get_batch`` without an index);
 - ``video.iframes``: the key-frame-only reader (``skip_frame="NONKEY"``);
 - ``RGB hist``: full RGB decode, then the same cell histograms on a gray conversion
-  (what PySceneDetect's detectors do: every pixel decoded and converted).
+  (what PySceneDetect's detectors do: every pixel decoded and converted);
+- ``PySceneDetect``: its ``ContentDetector`` on the same clip (PyAV backend), where
+  ``scenedetect`` installs (it pulls the GUI ``opencv-python``: not in the ``bench`` extra);
+- ``key packets``: key-frame timestamps from the demuxer's packet flags, no decoding (the
+  like-for-like peer of an index computation);
+- ``PyAV seek``: each key frame fetched by seeking to its timestamp and decoding one frame.
 
 Usage: ``python scripts/bench/bench_keyframes.py [--size 640x360] [--frames 300] [--repeat 3]``
 """
@@ -76,6 +81,41 @@ def rgb_hist(path: Path) -> list[float]:
     return change
 
 
+def key_packets(path: Path) -> list[int]:
+    """Key-frame presentation timestamps from the demuxer's packet flags: no decoding, what a
+    PyAV user reads for key-frame indices."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return [int(p.pts) for p in c.demux(stream) if p.is_keyframe and p.pts is not None]
+
+
+def seek_keys(path: Path) -> list[np.ndarray]:
+    """Each key frame decoded by seeking to it (``container.seek`` to its timestamp, one
+    decoded frame), what a PyAV user writes to fetch key frames."""
+    frames = []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        for pts in key_packets(path):
+            c.seek(pts, stream=stream, any_frame=False, backward=True)
+            frame = next(c.decode(stream))
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return frames
+
+
+def scenedetect_cuts(path: Path) -> list[int] | None:
+    """PySceneDetect's content detector (PyAV backend) on the clip: the frame of each cut;
+    None where ``scenedetect`` is not installed (it pulls the GUI ``opencv-python``)."""
+    try:
+        from scenedetect import ContentDetector, SceneManager, open_video
+    except ImportError:
+        return None
+    video = open_video(str(path), backend="pyav")
+    manager = SceneManager()
+    manager.add_detector(ContentDetector())
+    manager.detect_scenes(video)
+    return [start.frame_num for start, _ in manager.get_scene_list()[1:]]
+
+
 def make_clip(path: Path, width: int, height: int, frames: int) -> None:
     square = Square(x0=width // 8, y0=height // 8, side=height // 4, dx=1, dy=0)
     a = render(width, height, frames, square, seed=1)
@@ -119,8 +159,8 @@ def main() -> None:
         row(
             "uniform k=8 indices only",
             best(lambda: keyframes_uniform(path, k=8), r),
-            "seq + pick",
-            best(lambda: seq_pick(path, uniform_indices(n, 8)), r),
+            "key packets",
+            best(lambda: key_packets(path), r),
         )
         row(
             "tsn k=8 train decode",
@@ -135,10 +175,16 @@ def main() -> None:
             best(lambda: read_iframes(path), r),
         )
         row(
+            "iframes decode",
+            best(lambda: keyframes_iframes(path, decode=True), r),
+            "PyAV seek",
+            best(lambda: seek_keys(path), r),
+        )
+        row(
             "iframes indices only",
             best(lambda: keyframes_iframes(path), r),
-            "video.iframes",
-            best(lambda: read_iframes(path), r),
+            "key packets",
+            best(lambda: key_packets(path), r),
         )
         full = best(lambda: full_rgb(path, np.arange(1)), r)
         row(
@@ -154,8 +200,17 @@ def main() -> None:
             "RGB hist",
             best(lambda: rgb_hist(path), r),
         )
+        theirs = scenedetect_cuts(path)
+        if theirs is not None:
+            row(
+                "scene (Y plane histograms)",
+                best(lambda: keyframes_scene(path), r),
+                "PySceneDetect",
+                best(lambda: scenedetect_cuts(path), r),
+            )
         row("cues (learned scorer input)", best(lambda: frame_cues(path), r), "full RGB", full)
-        print(f"scene cuts found: {scene.cuts.tolist()} (planted: [{n // 2 + 3}])")
+        print(f"scene cuts found: {scene.cuts.tolist()} (planted: [{n // 2 + 3}]); "
+              f"PySceneDetect ContentDetector: {theirs}")  # fmt: skip
 
 
 if __name__ == "__main__":
