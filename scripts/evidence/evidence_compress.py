@@ -177,6 +177,8 @@ def one(data: Path, model: str, seed: int, args: argparse.Namespace) -> dict[str
             shutil.copytree(folder / "compressed", kept)
             report = json.loads((kept / "report.json").read_text())
             found[name] = {k: report[k] for k in ("val_accuracy", "params", "model_bytes", "macs")}
+            if "teacher" in report:
+                found[name]["teacher_accuracy"] = report["teacher"]["val_accuracy"]
             net, shapes = load(kept)
             if "int8" in name:
                 runners[f"{name} onnxruntime"] = net
@@ -225,6 +227,10 @@ def table(model: str, runs: list[dict[str, Any]]) -> list[str]:
             f"{runs[0]['models'][name]['macs'] / 1e6:.2f} M | "
             f"{col(lambda r: get(r, 'macs') / get(r, 'macs', 'fp32'), '{:.2f}')} |"
         )
+    taught = [r["models"][n]["teacher_accuracy"] for r in runs for n in r["models"]
+              if "teacher_accuracy" in r["models"][n]]  # fmt: skip
+    if taught:
+        lines.append(f"\nteacher val accuracy: {mean_sd(taught, '{:.3f}')}")
     lines += [
         "",
         "| runtime | ms, batch 1 | ms, batch 64 | b64 x fp32 eager | b64 x best fp32 |",
