@@ -379,7 +379,6 @@ def test_scheduler_death_is_clear_and_a_rerun_resumes(
             "dask",
             "--scheduler",
             dask_scheduler,
-            "--no-train",
         ],
         capture_output=True,
         text=True,
