@@ -11,6 +11,8 @@ comparison), then times full epochs of ``batch`` samples per batch for each load
 - ``plain+draft``: the same with ``img.draft("RGB", (112, 112))`` first (JPEG DCT scaling),
   to separate what draft decoding buys from what the loader costs;
 - ``from_shards``: the prepared 112x112 shards, ``datapipe.stream.collate``;
+- ``webdataset + DataLoader``: the same shards through webdataset (every member decoded,
+  a seeded 1,000-sample shuffle buffer, shards split by worker): ``from_shards``' peer;
 - ``from_pipeline``: the raw JPEG folder, decode + resize on the fly in the workers;
 - with ``--progressive``, the two ways to change the size every epoch (stretch, bilinear, like
   ``plain``): ``resize live``, ``from_pipeline`` over ``files -> represent.resize`` (reduced
@@ -20,7 +22,9 @@ comparison), then times full epochs of ``batch`` samples per batch for each load
   disk of the JPEGs and of each output are printed.
 
 Each epoch includes starting the workers. The best of ``--repeats`` epochs is reported as
-samples/s, and as a ratio to ``plain`` with the same number of workers.
+samples/s, as a ratio to ``plain`` with the same number of workers, and as a ratio to the
+like-for-like peer (:data:`PEERS`): ``from_shards`` against webdataset on the same shards,
+``from_pipeline`` against ``plain+draft``.
 
 Run from the repository root::
 
@@ -57,6 +61,10 @@ from datapipe.stream import collate, from_pipeline, from_shards
 
 SIZE = 112
 PHOTO = (500, 375)  # width, height
+
+
+#: the loader each streaming one is held against: the same input, what a user would write
+PEERS = {"from_shards": "webdataset + DataLoader", "from_pipeline": "plain+draft"}
 
 
 def make_photos(root: Path, n: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -97,6 +105,24 @@ class PlainPhotos(Dataset):
                 img.draft("RGB", (SIZE, SIZE))
             rgb = img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(rgb).copy()), label
+
+
+def webdataset_loader(shards: list[str], batch: int, workers: int, epoch: int) -> DataLoader:
+    """The like-for-like peer of ``from_shards``: webdataset over the same tar shards, every
+    member decoded (``.npy`` arrays, ``.json`` scalars), a 1,000-sample shuffle buffer
+    seeded by the epoch, shards split between the workers, the default collate."""
+    import random
+
+    import webdataset as wds
+
+    dataset = (
+        wds.WebDataset(shards, shardshuffle=False, workersplitter=wds.split_by_worker,
+                       empty_check=False)
+        .shuffle(1000, rng=random.Random(epoch))
+        .decode()
+        .to_tuple("image.npy", "label_id.json")
+    )  # fmt: skip
+    return DataLoader(dataset, batch_size=batch, num_workers=workers)
 
 
 def time_epochs(make_loader: Callable[[int], Any], repeats: int) -> tuple[float, int]:
@@ -155,6 +181,8 @@ def main() -> None:
             return make
 
         loaders["from_shards"] = streaming(shards)
+        tars = [str(p) for p in sorted((work / "out" / "shards").glob("*.tar"))]
+        loaders["webdataset + DataLoader"] = lambda w, e: webdataset_loader(tars, args.batch, w, e)
         loaders["from_pipeline"] = streaming(live)
         if args.progressive:
             resize = {"size": SIZE, "mode": "stretch", "resample": "bilinear"}
@@ -194,12 +222,18 @@ def main() -> None:
             f"\nbatch {args.batch}, {args.n} samples, {os.cpu_count()} CPUs, best of "
             f"{args.repeats} epochs\n"
         )
-        print("| loader | workers | samples/s | vs plain |\n|---|---:|---:|---:|")
+        rate = {(r["loader"], r["workers"]): r["samples_per_s"] for r in rows}
+        print("| loader | workers | samples/s | vs plain | vs its peer |")
+        print("|---|---:|---:|---:|---:|")
         for r in rows:
             r["vs_plain"] = round(r["samples_per_s"] / base[r["workers"]], 2)
+            peer = PEERS.get(r["loader"])
+            if peer is not None:
+                r["vs_peer"] = round(r["samples_per_s"] / rate[peer, r["workers"]], 2)
+            vs_peer = f"{r['vs_peer']:.2f}x ({peer})" if peer else ""
             print(
                 f"| {r['loader']} | {r['workers']} | {r['samples_per_s']:,.0f} "
-                f"| {r['vs_plain']:.2f}x |"
+                f"| {r['vs_plain']:.2f}x | {vs_peer} |"
             )
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "prepare_s": prep}, indent=2))
