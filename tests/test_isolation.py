@@ -78,6 +78,29 @@ def test_pool_replaces_dead_children_and_retries(tmp_path: Path) -> None:
     assert results["x/good_a"].status == results["x/good_b"].status == "ok"
 
 
+def test_deep_queues_of_quick_items_survive_a_crash_exactly_once(tmp_path: Path) -> None:
+    """Quick items are queued many to a child; a crash mid-queue requeues the rest, and every
+    item still gets exactly one result. Slow items are queued two deep."""
+    names = [f"good_{i:03d}" for i in range(80)]
+    names.insert(50, "segv_mid")
+    _tree(tmp_path / "in", names)
+    p = _pipeline(tmp_path / "in")
+    tasks = [
+        ItemTask(r["key"], "files", r)
+        for r in Files(root=str(tmp_path / "in")).list_items(p.context("files"))
+    ]
+    with ProcessPool(p, workers=2, timeout_s=30) as pool:
+        assert pool._depth() == pool.slow_prefetch  # nothing timed yet
+        keys = [r.key for r in pool.imap_unordered(tasks)]
+        assert pool._depth() == pool.prefetch > pool.slow_prefetch  # quick items
+        assert pool.replaced == 1
+    assert sorted(keys) == sorted(t.key for t in tasks)  # each once, none lost
+    slow = Pipeline.chain(Files(root=str(tmp_path / "in"), kinds=["image"]), Faulty(sleep_s=0.05))
+    with ProcessPool(slow, workers=2, timeout_s=30) as pool:
+        assert len(list(pool.imap_unordered(tasks[:6]))) == 6
+        assert pool._depth() == pool.slow_prefetch
+
+
 def test_inline_run_of_isolated_stage_still_uses_a_child(tmp_path: Path) -> None:
     """workers=0 must not run a crashing decoder in the driver process."""
     _tree(tmp_path / "in", ["segv_only"])

@@ -42,6 +42,9 @@ _MAX_START_FAILURES = 3
 _EXIT_GRACE_S = 5.0
 #: result bytes read from one child per poll, so one cannot starve the others' deadlines
 _READ_BUDGET = 16 << 20
+#: tasks handed to a child at once are joined into one write up to this size (each write
+#: wakes the child: one per task costs a context switch per item on a busy machine)
+_COALESCE = 1 << 16
 
 
 @dataclass
@@ -136,8 +139,11 @@ def _signal_name(returncode: int) -> str:
 class ProcessPool:
     """N child processes, each running one task at a time under a time limit and memory cap.
 
-    Each child gets its next task before it finishes the current one (``prefetch``), so it
-    never waits on the parent; the time limit of a task starts when the child starts it.
+    Each child gets its next tasks before it finishes the current one, so it never waits on
+    the parent: up to ``prefetch`` while items are quick (joined into one write, which wakes
+    the child once for many items), ``slow_prefetch`` while they are slow or not yet timed
+    (a long queue on one child would idle the others at the end of the run). The time limit
+    of a task starts when the child starts it; a replaced child's queued tasks are requeued.
     The parent never blocks on a pipe: tasks are written and results read without blocking
     (a child sending a large result while the parent sends it a large task cannot deadlock;
     a child that stalls mid-message runs into its time limit). Results cross as data only
@@ -145,7 +151,12 @@ class ProcessPool:
     the child is replaced.
     """
 
-    prefetch = 2
+    #: tasks queued per child: many for quick items (fewer wake-ups per item), two for slow
+    #: ones (a long queue on one child would leave the others idle at the end of the run)
+    prefetch = 16
+    slow_prefetch = 2
+    #: items taking longer than this (a running mean of the results' times) are slow
+    slow_item_s = 0.01
 
     def __init__(
         self,
@@ -170,6 +181,7 @@ class ProcessPool:
         # a child builds each message in memory under its cap, so none can be larger
         self._max_message = (memory_mb + 16) * 2**20 if memory_mb > 0 else None
         self._scratch = bytearray(PIPE_BYTES)
+        self._item_s: float | None = None  # running mean of the items' times (None: unknown)
 
     # -- children ---------------------------------------------------------------------------
     def _spawn(self) -> _Child:
@@ -266,6 +278,11 @@ class ProcessPool:
         return msg
 
     # -- scheduling -------------------------------------------------------------------------
+    def _depth(self) -> int:
+        """How many tasks a child may hold: ``prefetch`` once items are known to be quick."""
+        quick = self._item_s is not None and self._item_s < self.slow_item_s
+        return self.prefetch if quick else self.slow_prefetch
+
     def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
         """Yield one result per task, in completion order."""
         pending = iter(tasks)
@@ -275,8 +292,9 @@ class ProcessPool:
             self.children.append(self._spawn())
         try:
             while True:
-                for child in self.children:  # hand out work
-                    while child.ready and len(child.inflight) < self.prefetch:
+                for child in self.children:  # hand out work, one write per child
+                    frames: list[memoryview] = []
+                    while child.ready and len(child.inflight) < self._depth():
                         task = retry.popleft() if retry else None
                         if task is None and not exhausted:
                             task = next(pending, None)
@@ -286,7 +304,11 @@ class ProcessPool:
                         if not child.inflight:
                             child.deadline = time.monotonic() + self.timeout_s
                         child.inflight.append(task)
-                        child.outbox.put(frame(task))
+                        frames += frame(task)
+                    if sum(len(f) for f in frames) <= _COALESCE:  # small tasks: one write
+                        frames = [memoryview(b"".join(frames))] if frames else []
+                    if frames:
+                        child.outbox.put(frames)
                 busy = [c for c in self.children if c.inflight or not c.ready]
                 if exhausted and not retry and not any(c.inflight for c in self.children):
                     return
@@ -304,6 +326,8 @@ class ProcessPool:
                                 continue
                             child.inflight.popleft()
                             child.deadline = now + self.timeout_s  # it starts the next one
+                            mean = msg.elapsed_s if self._item_s is None else self._item_s
+                            self._item_s = mean + 0.1 * (msg.elapsed_s - mean)
                             yield msg
                         if child.inbox.error:
                             raise WireError(child.inbox.error)
