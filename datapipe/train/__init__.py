@@ -19,7 +19,7 @@ from datapipe.train.checkpoint import load_checkpoint, save_checkpoint, write_at
 from datapipe.train.config import TrainConfig, TrainResult
 from datapipe.train.data import KeyFilter, key_labels, prepare_batch, split_by_key
 from datapipe.train.loop import ResumeMismatch, evaluate, fit, train_one_epoch
-from datapipe.train.report import cpu_latency_ms, plot_confusion, plot_curves
+from datapipe.train.report import cpu_latency_ms, plot_confusion, plot_curves, torch_threads
 
 __all__ = [
     "KeyFilter",
@@ -36,6 +36,7 @@ __all__ = [
     "prepare_batch",
     "save_checkpoint",
     "split_by_key",
+    "torch_threads",
     "train_one_epoch",
     "write_atomic",
 ]

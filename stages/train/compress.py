@@ -93,19 +93,13 @@ def measure_latencies(
     median of each model's rounds): both sides see the same machine state."""
     import statistics
 
-    import torch
+    from datapipe.train import cpu_latency_ms, torch_threads
 
-    from datapipe.train import cpu_latency_ms
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    with torch_threads(threads):
         for _ in range(rounds):
             for name, model in models.items():
                 runs[name].append(cpu_latency_ms(model, input_shape))
-    finally:
-        torch.set_num_threads(before)
     return {
         name: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0]}
         for name, rs in runs.items()

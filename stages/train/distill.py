@@ -104,10 +104,8 @@ def check_classes(teacher: Teacher, class_names: list[str]) -> None:
 def teacher_logits(teacher: Teacher, keys: Iterable[str], threads: int) -> dict[str, Tensor]:
     """The teacher's logits of each sample of ``keys`` it can read (from the committed
     samples, its own fields and normalisation, no augmentation)."""
-    import torch
-
     from datapipe.stream import from_shards
-    from datapipe.train import KeyFilter
+    from datapipe.train import KeyFilter, torch_threads
     from datapipe.train.saved import LOAD_ERRORS, TrainedModel
 
     try:
@@ -123,9 +121,7 @@ def teacher_logits(teacher: Teacher, keys: Iterable[str], threads: int) -> dict[
         out.update((key, row) for (key, _), row in zip(pending, logits, strict=True))
         pending.clear()
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for sample in KeyFilter(stream, keys):
             prepared = model.prepare(sample)
             if not isinstance(prepared[0], str):
@@ -134,8 +130,6 @@ def teacher_logits(teacher: Teacher, keys: Iterable[str], threads: int) -> dict[
                 flush()
         if pending:
             flush()
-    finally:
-        torch.set_num_threads(before)
     if not out:
         raise _failed(teacher.node, f"could read none of the training samples ({model.fields})")
     return out
