@@ -35,13 +35,15 @@ def test_header_is_byte_identical_to_tarfile(name: str, size: int) -> None:
 
 
 def test_stream_reads_back_with_tarfile() -> None:
-    buf = io.BytesIO()
-    out = TarStream(buf)
     members = [("k/a.x.npy", b"\x93NUMPY" + bytes(700)), ("k/a.y.json", b"[1]"), ("e.z.bin", b"")]
+    members.append(("k/a.w.bin", bytes(512)))  # a whole block: no padding
+    one_by_one, at_once = io.BytesIO(), io.BytesIO()
     for name, data in members:
-        out.add(name, data)
-    out.finish()
-    buf.seek(0)
-    with tarfile.open(fileobj=buf, mode="r|") as tar:
+        TarStream(one_by_one).add(name, data)
+    TarStream(at_once).add_many(members)
+    TarStream(at_once).finish()
+    assert at_once.getvalue()[: len(one_by_one.getvalue())] == one_by_one.getvalue()
+    at_once.seek(0)
+    with tarfile.open(fileobj=at_once, mode="r|") as tar:
         got = [(m.name, tar.extractfile(m).read()) for m in tar]
     assert got == members

@@ -247,6 +247,26 @@ MALFORMED = {
     "notes_value_str": result({"notes": {"d": [["x_damage", "1"]]}}),
     "samples_not_pairs": result({"samples": [["k", []]]}),
     "sample_member_not_bytes": result({"samples": [{"t": ["k", [{"t": ["a.bin", "text"]}]]}]}),
+    # the direct read of ``samples``: each shape it does not take goes to the generic check
+    "samples_a_dict": result({"samples": {"t": []}}),
+    "sample_key_not_str": result({"samples": [{"t": [5, []]}]}),
+    "sample_triple": result({"samples": [{"t": ["k", [], []]}]}, [1], b"a"),
+    "sample_members_not_list": result({"samples": [{"t": ["k", {"b": 0}]}]}, [1], b"a"),
+    "sample_member_name_bytes": result(
+        {"samples": [{"t": ["k", [{"t": [{"b": 0}, {"b": 0}]}]]}]}, [1], b"a"
+    ),
+    "sample_member_index_out_of_range": result(
+        {"samples": [{"t": ["k", [{"t": ["a.bin", {"b": 1}]}]]}]}, [1], b"a"
+    ),
+    "sample_member_index_bool": result(
+        {"samples": [{"t": ["k", [{"t": ["a.bin", {"b": True}]}]]}]}, [1], b"a"
+    ),
+    "sample_member_index_negative": result(
+        {"samples": [{"t": ["k", [{"t": ["a.bin", {"b": -1}]}]]}]}, [1], b"a"
+    ),
+    "sample_member_extra_tag": result(
+        {"samples": [{"t": ["k", [{"t": ["a.bin", {"b": 0}], "x": 1}]]}]}, [1], b"a"
+    ),
     "records_not_a_list": result({"records": {"t": []}}),
     "light_a_list": result({"light": [1]}),
     "buffer_index_out_of_range": result({"light": {"d": [["x", {"b": 3}]]}}, [1], b"a"),

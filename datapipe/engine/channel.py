@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import struct
 from collections import deque
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 PIPE_BYTES = 1 << 20
@@ -32,8 +32,9 @@ def grow_pipe(fd: int) -> None:
 
 
 def frame(obj: Any) -> list[memoryview]:
-    """``obj`` pickled and framed as ``Connection.send`` does."""
-    data = ForkingPickler.dumps(obj)
+    """``obj`` pickled and framed as ``Connection.send`` does (plain pickle: a task holds no
+    process handles, and ``ForkingPickler`` builds a pickler per call, a third of the cost)."""
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     n = len(data)
     head = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
     if n < _SMALL:  # one write: the child wakes once, not for the length alone

@@ -122,7 +122,7 @@ def decode_value(data: bytes | bytearray | memoryview) -> Any:
 
 
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 class Decoder:
@@ -138,6 +138,10 @@ class Decoder:
             raise WireError(f"buffer index {index!r} out of range")
         a, b = self.spans[index]
         return self.view[a:b]
+
+    def buffer(self, index: Any) -> bytes:
+        """The bytes of buffer ``index`` (a ``{"b": index}`` node)."""
+        return bytes(self._span(index))
 
     def node(self, node: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:

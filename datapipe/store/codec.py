@@ -41,21 +41,41 @@ def encode_value(name: str, value: Any, compress: bool = False) -> tuple[str, by
             raise ItemError(
                 "invalid", f"field {name!r} is an object array; only plain dtypes are stored"
             )
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(value), allow_pickle=False)
-        if compress:
-            return "npy.gz", gzip_bytes(buf.getvalue())
-        return "npy", buf.getvalue()
+        data = npy_bytes(value)
+        return ("npy.gz", gzip_bytes(data)) if compress else ("npy", data)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "bin", bytes(value)
     if isinstance(value, np.generic):
         value = value.item()
+    if type(value) is int or type(value) is str:  # the common scalars, as json.dumps writes them
+        return "json", (b"%d" % value) if type(value) is int else _json_str(value).encode()
     if _has_nonfinite(value):
         raise ItemError("nonfinite", f"field {name!r} holds NaN or infinity")
     try:
         return "json", json.dumps(value, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ItemError("invalid", f"field {name!r} cannot be stored: {exc}") from None
+
+
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+_npy_headers: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes ``np.save`` writes, the header built once per dtype and shape
+    (``np.save`` spends most of a small array's time building it)."""
+    if not array.flags.c_contiguous:  # not ascontiguousarray: it makes a 0-d array 1-d
+        array = array.copy(order="C")
+    key = (array.dtype, array.shape)  # the dtype itself: a structured one has fields
+    header = _npy_headers.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        data = buf.getvalue()
+        if len(_npy_headers) < 1024:
+            _npy_headers[key] = data[: len(data) - array.nbytes]
+        return data
+    return header + array.tobytes()
 
 
 #: gzip header: deflate, no flags, mtime 0, XFL 4 (fastest), OS 255 (unknown)

@@ -43,8 +43,7 @@ class ShardWriter:
 
     def add(self, members: list[tuple[str, bytes]]) -> None:
         """Write one sample's members (all of one key)."""
-        for name, data in members:
-            self._tar.add(name, data)
+        self._tar.add_many(members)
         self.n_samples += 1
 
     @property

@@ -32,22 +32,32 @@ def ustar_header(name: str, size: int) -> bytes:
     prefix, raw = ustar_split(name)
     if size >= 8**11:
         raise ValueError("tar member larger than 8 GiB")
-    head = b"".join(
+    octal = b"%011o\0" % size
+    checksum = _CONSTANT_SUM + sum(raw) + sum(prefix) + sum(octal)
+    return b"".join(
         (
             raw.ljust(100, b"\0"),
             _FIXED,
-            b"%011o\0" % size,
-            b"00000000000\0",
-            b" " * 8,
-            b"0",
-            b"\0" * 100,
-            b"ustar\x0000",
-            b"\0" * 80,  # uname, gname, devmajor, devminor (tarfile leaves them empty)
+            octal,
+            _MIDDLE % checksum,
             prefix.ljust(155, b"\0"),
             b"\0" * 12,
         )
     )
-    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
+
+
+#: mtime, checksum (spaces while summed), type, link name, magic, version, and the empty
+#: uname, gname, devmajor, devminor fields (tarfile leaves them empty)
+_MIDDLE = b"00000000000\0" + b"%06o\0 " + b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 80
+_CONSTANT_SUM = sum(_FIXED) + sum(_MIDDLE.replace(b"%06o\0 ", b" " * 8))
+
+
+def member_bytes(name: str, data: bytes) -> bytes:
+    """One member as it sits in the archive: header, data, padding to the next block."""
+    return b"".join((ustar_header(name, len(data)), data, _PADS[-len(data) % _BLOCK]))
+
+
+_PADS = [b"\0" * n for n in range(_BLOCK)]
 
 
 class TarStream:
@@ -57,11 +67,11 @@ class TarStream:
         self.fh = fh
 
     def add(self, name: str, data: bytes) -> None:
-        self.fh.write(ustar_header(name, len(data)))
-        self.fh.write(data)
-        pad = -len(data) % _BLOCK
-        if pad:
-            self.fh.write(b"\0" * pad)
+        self.fh.write(member_bytes(name, data))
+
+    def add_many(self, members: list[tuple[str, bytes]]) -> None:
+        """Several members in one write (a sample's: one call instead of three per member)."""
+        self.fh.write(b"".join([member_bytes(name, data) for name, data in members]))
 
     def finish(self) -> None:
         self.fh.write(b"\0" * (2 * _BLOCK))
