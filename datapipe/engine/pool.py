@@ -283,6 +283,18 @@ class ProcessPool:
         quick = self._item_s is not None and self._item_s < self.slow_item_s
         return self.prefetch if quick else self.slow_prefetch
 
+    def _can_wait(self, busy: list[_Child]) -> bool:
+        """Whether every child has quick work queued for a while: the parent may then sleep
+        and take many results in one wake-up (one per result costs each side a context
+        switch on a busy machine)."""
+        if self._item_s is None or self._item_s >= self.slow_item_s:
+            return False
+        return all(c.ready and len(c.inflight) >= self.prefetch // 2 for c in busy)
+
+    def _batch_wait_s(self) -> float:
+        """A quarter of the work queued in a child, at most 2 ms."""
+        return min(0.002, (self._item_s or 0.0) * self.prefetch / 4)
+
     def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
         """Yield one result per task, in completion order."""
         pending = iter(tasks)
@@ -315,6 +327,8 @@ class ProcessPool:
                 timeout = (
                     max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
                 )
+                if self._can_wait(busy):
+                    time.sleep(self._batch_wait_s())
                 self._poll(busy, timeout)
                 now = time.monotonic()
                 for i, child in enumerate(list(self.children)):
