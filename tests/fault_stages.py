@@ -13,6 +13,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,11 @@ from pydantic import Field as PField
 
 from datapipe import registry
 from datapipe.engine.runner import ItemResult
-from datapipe.engine.wire import encode_result
+from datapipe.engine.wire import encode_result, encode_shard
 from datapipe.errors import ItemError
 from datapipe.fields import Field
 from datapipe.stage import Context, Fit, Map, Params, Record, Sink, Source
+from datapipe.store.tarformat import TarStream
 
 
 class FaultyParams(Params):
@@ -229,8 +231,31 @@ def hostile_message(kind: str, key: str, marker: str) -> bytes:
     raise ValueError(kind)
 
 
+SHARD_ATTACKS = ("forge", "shardname", "shardlie")
+
+
+def shard_attack(kind: str, key: str, shard_dir: str, prefix: str) -> list[bytes]:
+    """An ok result for ``key`` said to be in a shard, and a shard message that lies: a shard
+    holding another item's sample ('forge'), a name outside the child's own ('shardname'),
+    a shard of the right item with the wrong byte count ('shardlie')."""
+    result = encode_result(ItemResult(key, "ok", shard_samples=1))
+    name = f"{prefix}-900.tar"
+    member = "x/good_0" if kind == "forge" else key
+    path = Path(shard_dir) / name
+    with open(path, "wb") as fh:
+        stream = TarStream(fh)
+        stream.add(f"{member}.value.npy", b"\x93NUMPY")
+        stream.finish()
+    size = path.stat().st_size + (512 if kind == "shardlie" else 0)
+    if kind == "shardname":
+        name = "../escaped.tar"
+    return [result, encode_shard(name, 1, size)]
+
+
 class HostileParams(Params):
     marker: str = ""
+    #: where the run's shards go (for the attacks on shards the children write)
+    shard_dir: str = ""
 
 
 class Hostile(Map):
@@ -258,6 +283,9 @@ class Hostile(Map):
             os.write(fd, struct.pack("!i", 2**31 - 1))
         elif kind == "stall":
             os.write(fd, struct.pack("!i", 1000) + b"DPW1")
+        elif kind in SHARD_ATTACKS:
+            for data in shard_attack(kind, key, self.params.shard_dir, sys.argv[4]):
+                os.write(fd, struct.pack("!i", len(data)) + data)
         else:
             data = hostile_message(kind, key, self.params.marker)
             os.write(fd, struct.pack("!i", len(data)) + data)

@@ -19,7 +19,7 @@ from datapipe.digest import state_digest
 from datapipe.engine.barriers import BarrierOutcome, evaluate_barriers
 from datapipe.engine.planning import Plan, plan_run
 from datapipe.engine.report import RunReport, package_versions
-from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard, file_hash
+from datapipe.engine.runner import Answered, ItemResult, ItemTask, WrittenShard, file_hash
 from datapipe.engine.sources import list_sources
 from datapipe.engine.stash import stash_path
 from datapipe.errors import SinkError
@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 _ROW_BATCH = 512
 
 
+#: what a pool yields: a result, a shard a worker wrote, or progress on a worker's open shard
+Outcome = ItemResult | WrittenShard | Answered
+
+
 class Pool(Protocol):
-    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult | WrittenShard]: ...
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[Outcome]: ...
 
     def close(self) -> None: ...
 
@@ -252,12 +256,18 @@ class RunDriver:
         writer: ShardWriter | None = None
         in_shard: list[ItemRow] = []
         loose: list[ItemRow] = []
+        announced: set[str] = set()  # items the hooks heard of before their shard came
         pool = self._pools.get(fitted)
         self.hooks.on_phase("process", len(tasks))
         try:
             for res in pool.imap_unordered(tasks):
+                if isinstance(res, Answered):  # its shard is still open: progress only
+                    if res.key not in announced:
+                        announced.add(res.key)
+                        self.hooks.on_item(res.key, res.status)
+                    continue
                 if isinstance(res, WrittenShard):  # a worker wrote and renamed it already
-                    rows = [self._account(r) for r in res.results]
+                    rows = [self._account(r, notify=r.key not in announced) for r in res.results]
                     for row in rows:
                         row.shard = res.name
                     self.m.commit(rows, (res.name, self.run_id, res.n_samples, res.n_bytes))
@@ -291,8 +301,9 @@ class RunDriver:
             self.hooks.on_phase_end("process")
         return counts
 
-    def _account(self, res: ItemResult) -> ItemRow:
-        """Count one result, tell the hooks, and make its manifest row."""
+    def _account(self, res: ItemResult, notify: bool = True) -> ItemRow:
+        """Count one result, tell the hooks (unless they heard of it already), and make its
+        manifest row."""
         counts = self._counts
         counts["processed"] += 1
         counts[res.status] += 1
@@ -302,7 +313,8 @@ class RunDriver:
             spent = self.report.stages.setdefault(node, {"items": 0, "seconds": 0.0})
             spent["items"] += 1
             spent["seconds"] += seconds
-        self.hooks.on_item(res.key, res.status)
+        if notify:
+            self.hooks.on_item(res.key, res.status)
         if res.status == "error":
             self.report.failed.append(
                 {
@@ -418,7 +430,7 @@ class _Borrowed:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult | WrittenShard]:
+    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[Outcome]:
         return self.pool.imap_unordered(tasks)
 
     def close(self) -> None:

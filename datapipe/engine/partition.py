@@ -5,9 +5,9 @@ output directory (temporary name, fsync, rename); only light results travel back
 client, which records them in the manifest. Shard names are a function of (run, partition),
 so a retried task rewrites the same names with the same bytes.
 
-A partition's last shard is usually not full; :func:`merge_shards` gathers such shards into
-shards of ``output.shard_size`` samples, so a Dask run has the layout of a local one (full
-shards, and one partly filled).
+A partition's last shard is usually not full; :func:`~datapipe.engine.merge.merge_shards`
+gathers such shards into shards of ``output.shard_size`` samples, so a Dask run has the layout
+of a local one (full shards, and one partly filled).
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datapipe.engine.merge import close_shard
 from datapipe.engine.pool import InlinePool, ProcessPool
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
-from datapipe.keys import item_key_of
-from datapipe.store.codec import split_member
-from datapipe.store.shards import ShardWriter, iter_members
+from datapipe.store.shards import ShardWriter
 
 
 @dataclass(frozen=True)
@@ -108,83 +107,12 @@ def run_partition(
             res.shard_samples, res.samples = len(res.samples), []
             held.append(res)
             if writer.full:
-                produced.append(_close(writer, held))
+                produced.append(close_shard(writer, held))
                 writer, held = None, []
         if writer is not None:
-            produced.append(_close(writer, held))
+            produced.append(close_shard(writer, held))
             writer = None
     finally:
         if writer is not None:
             writer.abort()
     return produced
-
-
-def _close(writer: ShardWriter, held: list[ItemResult]) -> WrittenShard:
-    info = writer.close()
-    return WrittenShard(info.name, info.n_samples, info.n_bytes, list(held))
-
-
-def is_full(shard: WrittenShard, max_samples: int, max_bytes: int) -> bool:
-    """Whether a written shard is as full as the local executor would make it."""
-    return shard.n_samples >= max_samples or shard.n_bytes >= max_bytes
-
-
-def merge_shards(
-    shard_dir: str, prefix: str, shards: list[WrittenShard], max_samples: int, max_bytes: int
-) -> list[WrittenShard]:
-    """Copy the samples of ``shards`` in order into new shards ``PREFIX-SEQ.tar`` that close
-    when full (after a whole item, as the local writer does), then delete the old ones.
-
-    Every item's samples stay together; the result lists each new shard with the results of
-    the items it holds. Names are deterministic, so a retried merge rewrites the same files.
-    """
-    merger = _Merger(Path(shard_dir), prefix, max_samples, max_bytes)
-    try:
-        for old in shards:
-            results = {r.key: r for r in old.results}
-            sample: list[tuple[str, bytes]] = []
-            for name, data in iter_members(merger.directory / old.name):
-                if sample and split_member(sample[0][0])[0] != split_member(name)[0]:
-                    merger.add(sample, results)
-                    sample = []
-                sample.append((name, data))
-            if sample:
-                merger.add(sample, results)
-        merger.close()
-    finally:
-        if merger.writer is not None:
-            merger.writer.abort()
-    for old in shards:
-        (merger.directory / old.name).unlink(missing_ok=True)
-    return merger.merged
-
-
-@dataclass
-class _Merger:
-    directory: Path
-    prefix: str
-    max_samples: int
-    max_bytes: int
-    writer: ShardWriter | None = None
-    item: str | None = None
-    held: list[ItemResult] = field(default_factory=list)
-    merged: list[WrittenShard] = field(default_factory=list)
-
-    def add(self, sample: list[tuple[str, bytes]], results: dict[str, ItemResult]) -> None:
-        """Add one sample's members; a new item may start a new shard when this one is full."""
-        item = item_key_of(split_member(sample[0][0])[0])
-        if item != self.item:
-            if self.writer is not None and self.writer.full:
-                self.close()
-            if self.writer is None:
-                name = f"{self.prefix}-{len(self.merged) + 1:03d}.tar"
-                self.writer = ShardWriter(self.directory, name, self.max_samples, self.max_bytes)
-            self.held.append(results[item])
-            self.item = item
-        assert self.writer is not None
-        self.writer.add(sample)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.merged.append(_close(self.writer, self.held))
-            self.writer, self.held = None, []

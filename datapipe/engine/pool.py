@@ -14,9 +14,11 @@ caller's overrides); the local executor and ``datapipe.stream.from_pipeline`` bo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import re
 import select
 import signal
 import subprocess
@@ -25,15 +27,24 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from datapipe.engine.channel import PIPE_BYTES, Inbox, Outbox, frame, grow_pipe
-from datapipe.engine.runner import ItemResult, ItemRunner, ItemTask
-from datapipe.engine.wire import Ready, WireError, decode
+from datapipe.engine.child_shards import ShardTarget, remove_child_files, verify_shard
+from datapipe.engine.merge import is_full, merge_shards
+from datapipe.engine.runner import Answered, ItemResult, ItemRunner, ItemTask, WrittenShard
+from datapipe.engine.wire import Message, Ready, ShardDone, ShardFailed, WireError, decode
+from datapipe.engine.worker import FLUSH
 from datapipe.graph import Pipeline
 from datapipe.keys import item_key_of
 
 logger = logging.getLogger(__name__)
+
+
+class ShardRefused(WireError):
+    """A child's shard failed the parent's check."""
+
 
 RETRYABLE = ("timeout", "crash", "oom")
 _START_TIMEOUT_S = 120.0
@@ -45,6 +56,7 @@ _READ_BUDGET = 16 << 20
 #: tasks handed to a child at once are joined into one write up to this size (each write
 #: wakes the child: one per task costs a context switch per item on a busy machine)
 _COALESCE = 1 << 16
+_POOL_IDS = itertools.count(1)
 
 
 @dataclass
@@ -73,9 +85,13 @@ class PoolSettings:
 
 
 def make_pool(
-    settings: PoolSettings, pipeline: Pipeline, fitted: dict[str, Any]
+    settings: PoolSettings,
+    pipeline: Pipeline,
+    fitted: dict[str, Any],
+    shards: ShardTarget | None = None,
 ) -> InlinePool | ProcessPool:
-    """Inline when nothing needs isolation and no workers were asked for; else child processes."""
+    """Inline when nothing needs isolation and no workers were asked for; else child processes
+    (which write their samples into ``shards`` themselves when it is given)."""
     isolate = any(n.stage.isolate for n in pipeline.nodes)
     if settings.workers == 0 and not isolate:
         return InlinePool(pipeline, fitted, settings.epoch)
@@ -87,6 +103,7 @@ def make_pool(
         retries=settings.retries,
         fitted=fitted,
         epoch=settings.epoch,
+        shards=shards,
     )
 
 
@@ -119,10 +136,22 @@ class _Child:
     outbox: Outbox
     #: the child's messages, read as they come
     inbox: Inbox
+    #: the names of its shards start with this (see ShardTarget.child_prefix)
+    prefix: str = ""
     #: tasks sent and not answered yet; the child works on the first, the next waits in its pipe
     inflight: deque[ItemTask] = field(default_factory=deque)
+    #: answered ok, their samples in the child's open shard: (task, result) by key
+    pending: dict[str, tuple[ItemTask, ItemResult]] = field(default_factory=dict)
+    #: asked to close its open shard, not answered yet
+    flushing: bool = False
+    #: its shards the parent checked and took
+    accepted: set[str] = field(default_factory=set)
     deadline: float = 0.0
     ready: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight) or not self.ready or self.flushing
 
     @property
     def task(self) -> ItemTask | None:
@@ -168,8 +197,13 @@ class ProcessPool:
         retries: int = 0,
         fitted: dict[str, Any] | None = None,
         epoch: int = 0,
+        shards: ShardTarget | None = None,
     ) -> None:
-        self.payload = (pipeline, dict(fitted or {}), epoch)
+        self.payload = (pipeline, dict(fitted or {}), epoch, shards)
+        self.shards = shards
+        self._uid = next(_POOL_IDS)  # shard names differ between the pools of one run
+        self._spawned = 0
+        self._passes = 0
         self.n = max(1, workers)
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
@@ -185,6 +219,8 @@ class ProcessPool:
 
     # -- children ---------------------------------------------------------------------------
     def _spawn(self) -> _Child:
+        self._spawned += 1
+        prefix = self.shards.child_prefix(self._uid, self._spawned) if self.shards else "-"
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
         grow_pipe(task_w)
@@ -201,6 +237,7 @@ class ProcessPool:
                 str(task_r),
                 str(res_w),
                 str(self.memory_mb),
+                prefix,
             ],
             pass_fds=(task_r, res_w),
             env=env,
@@ -210,7 +247,7 @@ class ProcessPool:
         os.close(res_w)
         os.set_blocking(task_w, False)  # the child's ends stay blocking
         os.set_blocking(res_r, False)
-        child = _Child(proc, Outbox(task_w), Inbox(res_r, self._scratch, self._max_message))
+        child = _Child(proc, Outbox(task_w), Inbox(res_r, self._scratch, self._max_message), prefix)
         if self._payload_frame is None:
             self._payload_frame = frame(self.payload)
         child.outbox.put(self._payload_frame)
@@ -223,6 +260,8 @@ class ProcessPool:
         for fd in (child.outbox.fd, child.inbox.fd):
             os.close(fd)
         child.proc.wait()
+        if self.shards is not None:  # its open shard, never to be finished
+            remove_child_files(Path(self.shards.directory), child.prefix, child.accepted)
 
     def close(self) -> None:
         """Stop idle children (kill busy ones: their work is abandoned)."""
@@ -230,7 +269,7 @@ class ProcessPool:
             if not child.inflight and not child.outbox:
                 child.outbox.put(frame(None))
         for child in self.children:
-            if child.inflight or child.outbox:
+            if child.inflight or child.outbox or child.pending:
                 child.proc.kill()
             try:
                 child.proc.wait(timeout=5)
@@ -261,11 +300,19 @@ class ProcessPool:
             if fd in readers:
                 readers[fd].inbox.read(_READ_BUDGET)
 
-    def _check(self, child: _Child, msg: Ready | ItemResult) -> Ready | ItemResult:
-        """A message that fits where the child is: one ready, then answers to its tasks."""
+    def _check(self, child: _Child, msg: Message) -> Message:
+        """A message that fits where the child is: one ready, then answers to its tasks, and
+        shards (in shard mode) holding the items it answered since its last one."""
         if isinstance(msg, Ready):
             if child.ready:
                 raise WireError("a second ready message")
+            return msg
+        if isinstance(msg, ShardFailed):
+            return msg
+        if isinstance(msg, ShardDone):
+            name = re.fullmatch(re.escape(child.prefix) + r"-\d{3,}\.tar", msg.name)
+            if self.shards is None or not child.pending or name is None:
+                raise ShardRefused(f"an unexpected shard message ({msg.name!r})")
             return msg
         task = child.task
         if task is None:
@@ -275,6 +322,10 @@ class ProcessPool:
         for sample_key in [k for k, _ in msg.samples] + [k for k, _ in msg.records]:
             if item_key_of(sample_key) != task.key:
                 raise WireError(f"sample {sample_key!r} is not one of item {task.key!r}")
+        if msg.shard_samples and (
+            self.shards is None or not task.encode or msg.status != "ok" or msg.samples
+        ):
+            raise WireError(f"a result for {msg.key!r} claims samples in a shard")
         return msg
 
     # -- scheduling -------------------------------------------------------------------------
@@ -295,11 +346,17 @@ class ProcessPool:
         """A quarter of the work queued in a child, at most 2 ms."""
         return min(0.002, (self._item_s or 0.0) * self.prefetch / 4)
 
-    def imap_unordered(self, tasks: Iterable[ItemTask]) -> Iterator[ItemResult]:
-        """Yield one result per task, in completion order."""
+    def imap_unordered(
+        self, tasks: Iterable[ItemTask]
+    ) -> Iterator[ItemResult | WrittenShard | Answered]:
+        """Yield one result per task, in completion order; in shard mode the ok ones come
+        inside the :class:`WrittenShard` that holds their samples, announced by an
+        :class:`Answered` as they finish."""
         pending = iter(tasks)
         retry: deque[ItemTask] = deque()
         exhausted = False
+        partial: list[WrittenShard] = []  # children's last shards, merged at the end
+        self._passes += 1
         while len(self.children) < self.n:
             self.children.append(self._spawn())
         try:
@@ -321,9 +378,16 @@ class ProcessPool:
                         frames = [memoryview(b"".join(frames))] if frames else []
                     if frames:
                         child.outbox.put(frames)
-                busy = [c for c in self.children if c.inflight or not c.ready]
                 if exhausted and not retry and not any(c.inflight for c in self.children):
-                    return
+                    if not any(c.pending for c in self.children):
+                        yield from self._merged(partial)
+                        return
+                    for child in self.children:  # the last items wait in open shards
+                        if child.pending and not child.flushing:
+                            child.flushing = True
+                            child.deadline = time.monotonic() + self.timeout_s
+                            child.outbox.put(frame(FLUSH))
+                busy = [c for c in self.children if c.busy]
                 timeout = (
                     max(0.0, min(c.deadline for c in busy) - time.monotonic()) if busy else None
                 )
@@ -337,30 +401,51 @@ class ProcessPool:
                             msg = self._check(child, decode(child.inbox.messages.popleft()))
                             if isinstance(msg, Ready):
                                 child.ready = True
-                                continue
-                            child.inflight.popleft()
-                            child.deadline = now + self.timeout_s  # it starts the next one
-                            mean = msg.elapsed_s if self._item_s is None else self._item_s
-                            self._item_s = mean + 0.1 * (msg.elapsed_s - mean)
-                            yield msg
+                            elif isinstance(msg, ShardFailed):
+                                raise OSError(msg.message)
+                            elif isinstance(msg, ShardDone):
+                                shard = self._accept(child, msg)
+                                if is_full(shard, self.shards.max_samples, self.shards.max_bytes):
+                                    yield shard
+                                else:
+                                    partial.append(shard)
+                            else:
+                                task = child.inflight.popleft()
+                                child.deadline = now + self.timeout_s  # it starts the next one
+                                mean = msg.elapsed_s if self._item_s is None else self._item_s
+                                self._item_s = mean + 0.1 * (msg.elapsed_s - mean)
+                                if msg.shard_samples:  # counted when its shard comes
+                                    child.pending[msg.key] = (task, msg)
+                                    yield Answered(msg.key, msg.status)
+                                else:
+                                    yield msg
                         if child.inbox.error:
                             raise WireError(child.inbox.error)
+                    except ShardRefused as exc:  # no task of the queue is to blame
+                        logger.warning("worker %s wrote a bad shard: %s", child.proc.pid, exc)
+                        retry.extendleft(reversed(child.inflight))
+                        child.inflight.clear()
+                        why = f"worker wrote a malformed shard ({exc}); worker killed"
+                        result = ItemResult.error("", None, "crash", why, "WorkerProtocolError")
                     except WireError as exc:
                         result = self._malformed(child, exc)
                     else:
                         if child.inbox.eof:
                             result = self._died(child)
-                        elif now >= child.deadline and (child.inflight or not child.ready):
+                        elif now >= child.deadline and child.busy:
                             result = self._timed_out(child)
                         else:
                             continue
                     # the child is gone: replace it, report or retry its task, requeue the rest
+                    # (and the items whose samples were in its unfinished shard)
                     task = child.task
-                    waiting = list(child.inflight)[1:]
-                    self._retire(child, kill=True)
-                    self.children[i] = self._spawn()
-                    self.replaced += 1
-                    retry.extendleft(reversed(waiting))
+                    unsent = [t for t, _ in child.pending.values()]
+                    retry.extendleft(reversed(list(child.inflight)[1:]))
+                    self._replace(i, child)
+                    if unsent:
+                        yield from self._suspects(unsent, result, retry, blamed=task is not None)
+                    if task is None and child.ready:  # between tasks: its shard was to blame
+                        continue
                     if task is None:  # it died or hung before it was ready
                         self._start_failures += 1
                         if self._start_failures >= _MAX_START_FAILURES:
@@ -373,9 +458,61 @@ class ProcessPool:
                     result.key, result.attempt = task.key, task.attempt
                     yield result
         finally:  # abandoned mid-run: children still busy would answer the next run
-            for child in [c for c in self.children if c.inflight or c.outbox]:
+            for child in [c for c in self.children if c.inflight or c.outbox or c.pending]:
                 self._retire(child, kill=True)
                 self.children.remove(child)
+            for shard in partial:  # not recorded: gone, as an unfinished shard would be
+                if self.shards is not None:
+                    (Path(self.shards.directory) / shard.name).unlink(missing_ok=True)
+
+    def _replace(self, i: int, child: _Child) -> None:
+        self._retire(child, kill=True)
+        self.children[i] = self._spawn()
+        self.replaced += 1
+
+    def _suspects(
+        self, tasks: list[ItemTask], result: ItemResult, retry: deque[ItemTask], blamed: bool
+    ) -> Iterator[ItemResult]:
+        """Items a lost child had answered but not yet put in a closed shard run again. When
+        no task of its was running (``blamed`` False), the failure came after their results:
+        any of them may have taken the child over, so each runs again in a shard of its own,
+        and one that fails so, alone, gets ``result`` as its error row."""
+        if not blamed and len(tasks) == 1 and tasks[0].flush_after:
+            (task,) = tasks
+            result.key, result.attempt = task.key, task.attempt
+            yield result
+            return
+        for task in tasks:
+            task.flush_after = task.flush_after or not blamed
+        retry.extendleft(reversed(tasks))
+
+    def _accept(self, child: _Child, msg: ShardDone) -> WrittenShard:
+        """A child's shard, checked against what it reported (a refused one is deleted)."""
+        assert self.shards is not None
+        path = Path(self.shards.directory) / msg.name
+        results = {key: result for key, (_, result) in child.pending.items()}
+        try:
+            held = verify_shard(path, msg.n_samples, msg.n_bytes, results)
+        except WireError as exc:
+            path.unlink(missing_ok=True)
+            raise ShardRefused(str(exc)) from None
+        child.pending.clear()
+        child.flushing = False
+        child.accepted.add(msg.name)
+        return WrittenShard(msg.name, msg.n_samples, msg.n_bytes, held)
+
+    def _merged(self, partial: list[WrittenShard]) -> list[WrittenShard]:
+        """The children's partly filled shards as full ones and one partly filled (the
+        layout a single writer leaves)."""
+        if len(partial) < 2:
+            shards, partial[:] = list(partial), []
+            return shards
+        assert self.shards is not None
+        t = self.shards
+        prefix = t.merge_prefix(self._uid, self._passes)
+        merged = merge_shards(t.directory, prefix, partial, t.max_samples, t.max_bytes)
+        partial.clear()
+        return merged
 
     def _malformed(self, child: _Child, exc: WireError) -> ItemResult:
         key = child.task.key if child.task else ""

@@ -41,6 +41,8 @@ class ItemTask:
     #: a file where the light pass keeps what it computed, and the main pass starts from
     #: (:mod:`datapipe.engine.stash`), so a first run decodes no input twice
     stash: str | None = None
+    #: close the child's shard right after this item (a suspect after a refused shard)
+    flush_after: bool = False
 
 
 @dataclass
@@ -100,6 +102,15 @@ class WrittenShard:
     n_samples: int
     n_bytes: int
     results: list[ItemResult]
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An item finished whose samples wait in a worker's open shard: for progress only; the
+    item counts when its :class:`WrittenShard` comes."""
+
+    key: str
+    status: str
 
 
 def file_hash(path: str) -> str:

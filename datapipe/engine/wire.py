@@ -42,7 +42,18 @@ _DEFAULTS = {
 }
 _DEFAULTS = {k: v for k, v in _DEFAULTS.items() if type(v) in PLAIN | {list, dict}}
 
-__all__ = ["Ready", "WireError", "decode", "decode_result", "encode_ready", "encode_result"]
+__all__ = [
+    "Ready",
+    "ShardDone",
+    "ShardFailed",
+    "WireError",
+    "decode",
+    "decode_result",
+    "encode_ready",
+    "encode_result",
+    "encode_shard",
+    "encode_shard_failed",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +61,23 @@ class Ready:
     """The handshake of a child that has built its runner and waits for tasks."""
 
     pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardDone:
+    """A child wrote shard ``name`` (renamed into place) holding the samples of every item it
+    reported since its last shard; the parent checks the file before it records it."""
+
+    name: str
+    n_samples: int
+    n_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFailed:
+    """A child could not write its shard (the output's disk): the run stops."""
+
+    message: str
 
 
 def encode_result(result: ItemResult) -> bytes:
@@ -71,6 +99,16 @@ def encode_result(result: ItemResult) -> bytes:
 def encode_ready(pid: int) -> bytes:
     """The handshake message."""
     return frame({"v": VERSION, "kind": "ready", "pid": int(pid)}, [])
+
+
+def encode_shard(name: str, n_samples: int, n_bytes: int) -> bytes:
+    """A child's shard, written and renamed into place."""
+    header = {"v": VERSION, "kind": "shard", "name": name, "n_samples": int(n_samples)}
+    return frame({**header, "n_bytes": int(n_bytes)}, [])
+
+
+def encode_shard_failed(message: str) -> bytes:
+    return frame({"v": VERSION, "kind": "shard_failed", "message": str(message)}, [])
 
 
 # -- decoding (in the parent) ---------------------------------------------------------------
@@ -118,7 +156,10 @@ def _checker(tp: Any) -> Check:
 _CHECKS = {f.name: _checker(_HINTS[f.name]) for f in _FIELDS}
 
 
-def decode(data: bytes | bytearray | memoryview) -> Ready | ItemResult:
+Message = Ready | ItemResult | ShardDone | ShardFailed
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
     """One message from a child; :class:`WireError` for anything malformed. Never unpickles."""
     try:
         return _decode(data)
@@ -128,13 +169,27 @@ def decode(data: bytes | bytearray | memoryview) -> Ready | ItemResult:
         raise WireError(f"undecodable message: {exc!r}") from None
 
 
-def _decode(data: bytes | bytearray | memoryview) -> Ready | ItemResult:
+def _decode(data: bytes | bytearray | memoryview) -> Message:
     header, dec = parse(data)
     kind = header.get("kind")
     if kind == "ready":
         if set(header) != {"v", "kind", "pid", "buffers"} or not is_int(header["pid"]):
             raise WireError("bad ready message")
         return Ready(header["pid"])
+    if kind == "shard":
+        keys = {"v", "kind", "name", "n_samples", "n_bytes", "buffers"}
+        n, size = header.get("n_samples"), header.get("n_bytes")
+        if set(header) != keys or not isinstance(header["name"], str):
+            raise WireError("bad shard message")
+        if not (is_int(n) and n > 0 and is_int(size) and size > 0):
+            raise WireError("bad shard message")
+        return ShardDone(header["name"], n, size)
+    if kind == "shard_failed":
+        if set(header) != {"v", "kind", "message", "buffers"}:
+            raise WireError("bad shard_failed message")
+        if not isinstance(header["message"], str):
+            raise WireError("bad shard_failed message")
+        return ShardFailed(header["message"][:1000])
     if kind != "result" or set(header) != {"v", "kind", "fields", "buffers"}:
         raise WireError(f"unknown message kind {kind!r}")
     fields = header["fields"]

@@ -54,26 +54,51 @@ def _message(result: ItemResult, task: ItemTask) -> bytes:
     )
 
 
+#: the parent's request to close the open shard (see :mod:`datapipe.engine.child_shards`)
+FLUSH = "flush"
+
+
 def main(argv: list[str]) -> int:
     fd_in, fd_out, memory_mb = int(argv[0]), int(argv[1]), int(argv[2])
     os.dup2(2, 1)  # anything printed by stage code goes to stderr
     tasks = Connection(fd_in, readable=True, writable=False)
     results = Connection(fd_out, readable=False, writable=True)
+    from datapipe.engine.child_shards import ChildShards
     from datapipe.engine.runner import ItemRunner
     from datapipe.engine.wire import encode_ready
 
-    pipeline, fitted, epoch = tasks.recv()
+    pipeline, fitted, epoch, target = tasks.recv()
     runner = ItemRunner(pipeline, fitted, epoch)
+    shards = ChildShards(target, argv[3]) if target is not None else None
     _cap_memory(memory_mb)
     results.send_bytes(encode_ready(os.getpid()))
-    while True:
-        try:
-            task = tasks.recv()
-        except EOFError:
-            return 0
-        if task is None:
-            return 0
-        results.send_bytes(_message(runner.run(task), task))
+    try:
+        while True:
+            try:
+                task = tasks.recv()
+            except EOFError:  # the parent is gone: what is not in a closed shard is not kept
+                return 0
+            if task is None:
+                return 0
+            if task == FLUSH:
+                for message in shards.close() if shards is not None else []:
+                    results.send_bytes(message)
+                continue
+            if shards is not None and task.flush_after:  # a suspect: in a shard of its own
+                for message in shards.close():
+                    results.send_bytes(message)
+            result = runner.run(task)
+            after: list[bytes] = []
+            if shards is not None and task.encode and result.status == "ok" and result.samples:
+                after = shards.add(result)
+            if shards is not None and task.flush_after and not after:
+                after = shards.close()
+            results.send_bytes(_message(result, task))
+            for message in after:
+                results.send_bytes(message)
+    finally:
+        if shards is not None:
+            shards.abort()
 
 
 if __name__ == "__main__":

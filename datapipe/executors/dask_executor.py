@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from datapipe.engine.driver import RunDriver, RunOptions
-from datapipe.engine.partition import PartitionSpec, is_full, merge_shards, run_partition
+from datapipe.engine.merge import is_full, merge_shards
+from datapipe.engine.partition import PartitionSpec, run_partition
 from datapipe.engine.pool import PoolSettings
 from datapipe.engine.report import RunReport
 from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard

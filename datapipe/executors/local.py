@@ -1,7 +1,9 @@
 """The embedded default executor: this process, plus an optional pool of worker processes.
 
 Stages that declare ``isolate = True`` (untrusted decoders) always run in child processes
-under the per-item time limit and memory cap, even with ``workers=0``.
+under the per-item time limit and memory cap, even with ``workers=0``. Those children write
+their samples into shards themselves (:mod:`datapipe.engine.child_shards`): the parent checks
+and records the shards, and never handles the samples' bytes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datapipe.engine.child_shards import ShardTarget
 from datapipe.engine.driver import RunDriver, RunOptions
 from datapipe.engine.pool import PoolSettings, make_pool
 from datapipe.engine.report import RunReport
@@ -33,8 +36,13 @@ def run_local(
         driver = RunDriver(
             pipeline,
             store,
-            lambda p, fitted, run_id: make_pool(cfg, p, fitted),
+            lambda p, fitted, run_id: make_pool(cfg, p, fitted, _shards(store, p, run_id)),
             hooks,
             RunOptions(retry_errors=retry_errors, epoch=cfg.epoch),
         )
         return driver.run()
+
+
+def _shards(store: OutputStore, pipeline: Pipeline, run_id: int) -> ShardTarget:
+    out = pipeline.output
+    return ShardTarget(str(store.shard_dir), f"shard-{run_id:05d}", out.shard_size, out.shard_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 from datapipe.store.codec import decode_value, split_member
 from datapipe.store.files import fsync_dir, tmp_name
-from datapipe.store.tarformat import TarStream
+from datapipe.store.tarformat import TarStream, walk_members
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,24 @@ class ShardWriter:
 
 
 def iter_members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Stream (name, bytes) from a tar without extracting anything to disk."""
+    """Stream (name, bytes) from a tar without extracting anything to disk: the archive as
+    datapipe writes it is walked directly (several times faster than :mod:`tarfile`), any
+    other (or a damaged one) goes through ``tarfile``, which reads what it can."""
+    with open(path, "rb") as fh:
+        try:
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            data = None
+        if data is not None:
+            with data:
+                try:
+                    members = walk_members(data)
+                except ValueError:
+                    members = None
+                if members is not None:
+                    for name, start, size in members:
+                        yield name, data[start : start + size]
+                    return
     with tarfile.open(path, mode="r|") as tar:
         for info in tar:
             if not info.isfile():

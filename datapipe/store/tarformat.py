@@ -7,7 +7,10 @@ a fraction of ``TarInfo.tobuf`` (a sample has several members); the bytes are id
 
 from __future__ import annotations
 
+import mmap
 from typing import BinaryIO
+
+import numpy as np
 
 _BLOCK = 512
 _FIXED = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
@@ -75,3 +78,53 @@ class TarStream:
 
     def finish(self) -> None:
         self.fh.write(b"\0" * (2 * _BLOCK))
+
+
+def walk_members(data: bytes | memoryview | mmap.mmap) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of every member of a ustar archive as :class:`TarStream`
+    writes it (regular files, then two zero blocks, nothing after); ValueError for anything
+    else: a bad checksum, another member type, a member running past the end.
+
+    The walk reads only each header's size and names; the checksums, types and magic of all
+    headers are then checked at once (numpy), a few microseconds a member in all."""
+    end = len(data)
+    found: list[tuple[str, int, int]] = []
+    starts: list[int] = []
+    pos = 0
+    while pos + _BLOCK <= end and data[pos : pos + 1] != b"\0":
+        try:
+            size = int(data[pos + 124 : pos + 135], 8)
+        except ValueError:
+            raise ValueError(f"member header at byte {pos} is not a ustar header") from None
+        name = bytes(data[pos : pos + 100]).split(b"\0", 1)[0]
+        if data[pos + 345 : pos + 346] != b"\0":
+            name = bytes(data[pos + 345 : pos + 500]).split(b"\0", 1)[0] + b"/" + name
+        starts.append(pos)
+        found.append((name.decode("utf-8", "strict"), pos + _BLOCK, size))
+        pos += _BLOCK + size + (-size % _BLOCK)
+    if pos + 2 * _BLOCK != end or bytes(data[pos:end]) != bytes(2 * _BLOCK):
+        raise ValueError("the archive does not end with its two end-of-archive blocks")
+    _check_headers(np.frombuffer(data, np.uint8), np.asarray(starts, np.int64))
+    return found
+
+
+def _check_headers(raw: np.ndarray, starts: np.ndarray) -> None:
+    """Checksum, type (regular file) and magic of the headers at ``starts``, all at once."""
+    if not len(starts):
+        return
+    heads = raw[: len(raw) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
+    field = heads[:, 148:156]
+    digits = field[:, :6].astype(np.int64) - ord("0")
+    if (digits < 0).any() or (digits > 7).any():
+        raise ValueError("a member header's checksum is not an octal number")
+    stored = digits @ (8 ** np.arange(5, -1, -1))
+    computed = heads.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 256
+    if (stored != computed).any():
+        bad = int(starts[np.argmax(stored != computed)])
+        raise ValueError(f"member header at byte {bad} has a bad checksum")
+    kinds = heads[:, 156]
+    if not np.isin(kinds, (ord("0"), 0)).all() or (heads[:, 257:263] != _MAGIC).any():
+        raise ValueError("a member is not a regular ustar file")
+
+
+_MAGIC = np.frombuffer(b"ustar\0", np.uint8)
