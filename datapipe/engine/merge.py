@@ -7,13 +7,15 @@ shard; :func:`merge_shards` copies their samples, whole items at a time, into ne
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datapipe.engine.runner import ItemResult, WrittenShard
 from datapipe.keys import item_key_of
 from datapipe.store.codec import split_member
-from datapipe.store.shards import ShardWriter, iter_members
+from datapipe.store.shards import ShardWriter
+from datapipe.store.tarformat import BLOCK, walk_members
 
 
 def close_shard(writer: ShardWriter, held: list[ItemResult]) -> WrittenShard:
@@ -35,19 +37,17 @@ def merge_shards(
 
     Every item's samples stay together; the result lists each new shard with the results of
     the items it holds. Names are deterministic, so a retried merge rewrites the same files.
+    An item's members are copied as one byte range, by the kernel where it can.
     """
     merger = _Merger(Path(shard_dir), prefix, max_samples, max_bytes)
     try:
         for old in shards:
             results = {r.key: r for r in old.results}
-            sample: list[tuple[str, bytes]] = []
-            for name, data in iter_members(merger.directory / old.name):
-                if sample and split_member(sample[0][0])[0] != split_member(name)[0]:
-                    merger.add(sample, results)
-                    sample = []
-                sample.append((name, data))
-            if sample:
-                merger.add(sample, results)
+            with open(merger.directory / old.name, "rb") as fh:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    members = walk_members(data)
+                for item, start, end, n_samples in item_ranges(members):
+                    merger.add(results[item], fh.fileno(), start, end - start, n_samples)
         merger.close()
     finally:
         if merger.writer is not None:
@@ -57,6 +57,23 @@ def merge_shards(
     return merger.merged
 
 
+def item_ranges(members: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
+    """(item, first byte, end byte, samples) of each item's run of members in an archive."""
+    out: list[tuple[str, int, int, int]] = []
+    samples: set[str] = set()
+    for name, offset, size in members:
+        sample = split_member(name)[0]
+        item = item_key_of(sample)
+        end = offset + size + (-size % BLOCK)
+        if out and out[-1][0] == item:
+            samples.add(sample)
+            out[-1] = (item, out[-1][1], end, len(samples))
+        else:
+            samples = {sample}
+            out.append((item, offset - BLOCK, end, 1))
+    return out
+
+
 @dataclass
 class _Merger:
     directory: Path
@@ -64,23 +81,19 @@ class _Merger:
     max_samples: int
     max_bytes: int
     writer: ShardWriter | None = None
-    item: str | None = None
     held: list[ItemResult] = field(default_factory=list)
     merged: list[WrittenShard] = field(default_factory=list)
 
-    def add(self, sample: list[tuple[str, bytes]], results: dict[str, ItemResult]) -> None:
-        """Add one sample's members; a new item may start a new shard when this one is full."""
-        item = item_key_of(split_member(sample[0][0])[0])
-        if item != self.item:
-            if self.writer is not None and self.writer.full:
-                self.close()
-            if self.writer is None:
-                name = f"{self.prefix}-{len(self.merged) + 1:03d}.tar"
-                self.writer = ShardWriter(self.directory, name, self.max_samples, self.max_bytes)
-            self.held.append(results[item])
-            self.item = item
-        assert self.writer is not None
-        self.writer.add(sample)
+    def add(self, result: ItemResult, src_fd: int, offset: int, length: int, n: int) -> None:
+        """Add one item's members (a byte range of an old shard); it starts a new shard when
+        this one is full."""
+        if self.writer is not None and self.writer.full:
+            self.close()
+        if self.writer is None:
+            name = f"{self.prefix}-{len(self.merged) + 1:03d}.tar"
+            self.writer = ShardWriter(self.directory, name, self.max_samples, self.max_bytes)
+        self.held.append(result)
+        self.writer.add_copied(src_fd, offset, length, n)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -47,6 +47,28 @@ class ShardWriter:
         self._tar.add_many(members)
         self.n_samples += 1
 
+    def add_copied(self, src_fd: int, offset: int, length: int, n_samples: int) -> None:
+        """Append ``length`` bytes of another archive (whole members, from ``offset``) holding
+        ``n_samples`` samples, copied by the kernel where it can (``copy_file_range``)."""
+        self._fh.flush()
+        out, done = self._fh.fileno(), 0
+        try:
+            while done < length:
+                n = os.copy_file_range(src_fd, out, length - done, offset + done)
+                if n == 0:
+                    raise OSError("copy_file_range copied nothing")
+                done += n
+        except (OSError, AttributeError):  # another filesystem, or no such call here
+            os.lseek(out, 0, os.SEEK_END)
+            while done < length:
+                chunk = os.pread(src_fd, min(length - done, 1 << 24), offset + done)
+                if not chunk:
+                    raise OSError("the source archive ended early") from None
+                os.write(out, chunk)
+                done += len(chunk)
+        self._fh.seek(0, os.SEEK_END)
+        self.n_samples += n_samples
+
     @property
     def full(self) -> bool:
         return self.n_samples >= self.max_samples or self.n_bytes >= self.max_bytes

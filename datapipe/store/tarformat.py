@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-_BLOCK = 512
+BLOCK = 512  # bytes of a header, and the unit members are padded to
 _FIXED = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
 
 
@@ -57,10 +57,10 @@ _CONSTANT_SUM = sum(_FIXED) + sum(_MIDDLE.replace(b"%06o\0 ", b" " * 8))
 
 def member_bytes(name: str, data: bytes) -> bytes:
     """One member as it sits in the archive: header, data, padding to the next block."""
-    return b"".join((ustar_header(name, len(data)), data, _PADS[-len(data) % _BLOCK]))
+    return b"".join((ustar_header(name, len(data)), data, _PADS[-len(data) % BLOCK]))
 
 
-_PADS = [b"\0" * n for n in range(_BLOCK)]
+_PADS = [b"\0" * n for n in range(BLOCK)]
 
 
 class TarStream:
@@ -77,7 +77,7 @@ class TarStream:
         self.fh.write(b"".join([member_bytes(name, data) for name, data in members]))
 
     def finish(self) -> None:
-        self.fh.write(b"\0" * (2 * _BLOCK))
+        self.fh.write(b"\0" * (2 * BLOCK))
 
 
 def walk_members(data: bytes | memoryview | mmap.mmap) -> list[tuple[str, int, int]]:
@@ -91,7 +91,7 @@ def walk_members(data: bytes | memoryview | mmap.mmap) -> list[tuple[str, int, i
     found: list[tuple[str, int, int]] = []
     starts: list[int] = []
     pos = 0
-    while pos + _BLOCK <= end and data[pos : pos + 1] != b"\0":
+    while pos + BLOCK <= end and data[pos : pos + 1] != b"\0":
         try:
             size = int(data[pos + 124 : pos + 135], 8)
         except ValueError:
@@ -100,9 +100,9 @@ def walk_members(data: bytes | memoryview | mmap.mmap) -> list[tuple[str, int, i
         if data[pos + 345 : pos + 346] != b"\0":
             name = bytes(data[pos + 345 : pos + 500]).split(b"\0", 1)[0] + b"/" + name
         starts.append(pos)
-        found.append((name.decode("utf-8", "strict"), pos + _BLOCK, size))
-        pos += _BLOCK + size + (-size % _BLOCK)
-    if pos + 2 * _BLOCK != end or bytes(data[pos:end]) != bytes(2 * _BLOCK):
+        found.append((name.decode("utf-8", "strict"), pos + BLOCK, size))
+        pos += BLOCK + size + (-size % BLOCK)
+    if pos + 2 * BLOCK != end or bytes(data[pos:end]) != bytes(2 * BLOCK):
         raise ValueError("the archive does not end with its two end-of-archive blocks")
     _check_headers(np.frombuffer(data, np.uint8), np.asarray(starts, np.int64))
     return found
@@ -112,7 +112,7 @@ def _check_headers(raw: np.ndarray, starts: np.ndarray) -> None:
     """Checksum, type (regular file) and magic of the headers at ``starts``, all at once."""
     if not len(starts):
         return
-    heads = raw[: len(raw) // _BLOCK * _BLOCK].reshape(-1, _BLOCK)[starts // _BLOCK]
+    heads = raw[: len(raw) // BLOCK * BLOCK].reshape(-1, BLOCK)[starts // BLOCK]
     field = heads[:, 148:156]
     digits = field[:, :6].astype(np.int64) - ord("0")
     if (digits < 0).any() or (digits > 7).any():
