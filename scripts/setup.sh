@@ -2,17 +2,21 @@
 # Set up datapipe in ./.venv on a fresh Debian/Ubuntu machine.
 #   bash scripts/setup.sh          runtime only
 #   bash scripts/setup.sh --dev    plus the test/lint tools (pytest, ruff, webdataset, ...)
+#   bash scripts/setup.sh --bench  plus the peers the benchmarks measure (scripts/bench.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXTRAS=""
 if [[ "${1:-}" == "--dev" ]]; then EXTRAS="[dev]"; fi
+if [[ "${1:-}" == "--bench" ]]; then EXTRAS="[dev,bench]"; fi
 PYTHON="${PYTHON:-python3}"
 
 # System libraries: Open3D's wheel links libusb-1.0 and libgomp; jpeg.dct and the JPEG
 # decoders read JPEGs through the system libturbojpeg. Installed with apt-get (through sudo
 # when not root), only those missing.
 SYSTEM_PACKAGES=(libturbojpeg0 libgomp1 libusb-1.0-0)
+# the bench peers' OpenCV (pulled by PySceneDetect and mv-extractor) links libGL
+if [[ "${1:-}" == "--bench" ]]; then SYSTEM_PACKAGES+=(libgl1); fi
 if command -v apt-get >/dev/null 2>&1; then
     missing=()
     for pkg in "${SYSTEM_PACKAGES[@]}"; do

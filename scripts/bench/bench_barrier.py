@@ -8,10 +8,16 @@ the select node removed (every input decoded once, nothing kept back): the ratio
 the barrier costs beyond its own decision. It also counts decode calls per input (inline
 runs, ``workers=0``), which must be 1.0.
 
+``--quick`` takes 40 photos and no clips (a first run over even a few short clips takes
+seconds: too long for ten runs). ``--report PATH`` writes one row per kind (every first run's
+seconds with the select node, against the run without it) in the shared format of
+``results.py``; there a speed-up below 1 is the barrier's cost, as expected.
+
 Run from the repository root::
 
-    .venv/bin/python scripts/bench/bench_barrier.py              # photos and clips, 3 repeats
-    .venv/bin/python scripts/bench/bench_barrier.py --repeats 5 --workers 2
+    .venv/bin/python scripts/bench/bench_barrier.py              # photos and clips, 5 repeats
+    .venv/bin/python scripts/bench/bench_barrier.py --repeats 7 --workers 2
+    .venv/bin/python scripts/bench/bench_barrier.py --quick --report barrier.json
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from results import Row, write_report
 
 from datapipe.engine import runner
 from datapipe.executors.local import run_local
@@ -102,18 +109,23 @@ def first_run(p: Pipeline, out: Path, workers: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photos", type=int, default=400)
-    ap.add_argument("--clips", type=int, default=40)
+    ap.add_argument("--photos", type=int, default=None, help="JPEGs (400; quick: 40)")
+    ap.add_argument("--clips", type=int, default=None, help="H.264 clips (40; quick: 0)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="40 photos, no clips")
+    ap.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = ap.parse_args()
+    args.photos = (40 if args.quick else 400) if args.photos is None else args.photos
+    args.clips = (0 if args.quick else 40) if args.clips is None else args.clips
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         cases = [
             ("image", "image.resize", args.photos, make_photos),
             ("video", "video.motion_vectors", args.clips, make_clips),
         ]
-        for kind, stage, n, make in cases:
+        for kind, stage, n, make in (c for c in cases if c[2] > 0):
             make(base / kind, n)
             with_select = pipeline(base / kind, kind, True)
             plain = pipeline(base / kind, kind, False)
@@ -129,6 +141,14 @@ def main() -> None:
                 f"{per_input:.2f}; first run (median of {args.repeats}, {args.workers} workers) "
                 f"with select {sel:.2f} s, without {pl:.2f} s, ratio {sel / pl:.2f}"
             )
+            note = (
+                f"ours: with the select node; below 1x is expected (the barrier's cost); "
+                f"{per_input:.2f} decodes per input (must be 1.00); {args.workers} workers"
+            )
+            task = f"first run, {n} {kind} inputs: files -> {stage} -> select.random"
+            peers = {"without select": times["plain"]}
+            rows.append(Row(task, "s/run", False, "with select", times["select"], peers, note=note))
+    write_report(args.report, rows)
 
 
 if __name__ == "__main__":

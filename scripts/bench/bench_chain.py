@@ -34,8 +34,13 @@ Protocol:
 The machine may be shared: timings move with its load; compare rows of one run only.
 
     .venv/bin/python scripts/bench/bench_chain.py [--quick] [--threads 2] [--json out.json]
+        [--report chain.json]
 
-``--quick`` (tiny sets, one epoch) only checks that it runs (about a minute at 1 thread).
+``--quick`` (tiny sets, one epoch, images only unless ``--parts`` says otherwise) only checks
+that it runs (about 20 s at 2 threads). ``--report PATH`` writes, per part and batch size,
+the pruned + int8 chain against the fp32 twins (every round: ms per file at batch 1, files/s
+at batch 64; the target >= 3x against the faster fp32 torch row) in the shared format of
+``results.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evidence"))
 from evidence_common import video_data, write_json
+from results import Row, write_report
 
 import datapipe
 from datapipe import registry
@@ -75,7 +81,7 @@ PHASES = ("decode", "prepare", "forward")
 
 
 @dataclass
-class Row:
+class Chain:
     """One chain: the stage kernel that reads a file, the saved model, its runtime."""
 
     name: str
@@ -130,21 +136,23 @@ def loaded(folder: Path) -> tuple[TrainedModel, dict[str, Any]]:
 def twins(
     data: Path, kind: str, work: Path, args: Namespace, base: tuple[str, dict, dict[str, dict]],
     comp: tuple[str, dict, dict],
-) -> tuple[list[Row], Path]:  # fmt: skip
+) -> tuple[list[Chain], Path]:  # fmt: skip
     """Train both sides; the rows: the fp32 twin after each of its reads (the first is its
     pipeline's), in ONNX Runtime after the last, then each compressed variant."""
     (name, trainer, reads), (comp_name, comp_trainer, comp_read) = base, comp
     first = next(iter(reads.values()))
     fp32 = train(data, kind, first, trainer, work / name, args, False)["fp32"]
     variants = train(data, kind, comp_read, comp_trainer, work / comp_name, args, True)
-    rows = [Row(f"{name} fp32{how}", True, reader(r), *loaded(fp32)) for how, r in reads.items()]
+    rows = [Chain(f"{name} fp32{how}", True, reader(r), *loaded(fp32)) for how, r in reads.items()]
     last = [*reads][-1]
-    rows.append(Row(f"{name} fp32{last}", True, reader(reads[last]), *loaded(fp32), "ort"))
+    rows.append(Chain(f"{name} fp32{last}", True, reader(reads[last]), *loaded(fp32), "ort"))
     rows[-1].model.model = OnnxModule(fp32 / "model.onnx", args.threads).eval()
     for variant, folder in variants.items():
         model, report = loaded(folder)
         runtime = "ort" if isinstance(model.model, OnnxModule) else "torch"
-        rows.append(Row(f"{comp_name} {variant}", False, reader(comp_read), model, report, runtime))
+        rows.append(
+            Chain(f"{comp_name} {variant}", False, reader(comp_read), model, report, runtime)
+        )
     return rows, work / name
 
 
@@ -159,7 +167,7 @@ def validation(out: Path, data: Path, seed: int) -> tuple[list[Path], list[int]]
     return [paths[k] for k in sorted(val)], [labels[k] for k in sorted(val)]
 
 
-def chain(row: Row, files: list[Path], batch: int) -> tuple[dict[str, float], list[int]]:
+def chain(row: Chain, files: list[Path], batch: int) -> tuple[dict[str, float], list[int]]:
     """Seconds per phase over ``files`` in batches of ``batch``, and the predictions."""
     tm, spent, preds = row.model, dict.fromkeys(PHASES, 0.0), []
     for i in range(0, len(files), batch):
@@ -185,7 +193,7 @@ def chain(row: Row, files: list[Path], batch: int) -> tuple[dict[str, float], li
     return spent, preds
 
 
-def measure(rows: list[Row], files: list[Path], labels: list[int], repeats: int) -> None:
+def measure(rows: list[Chain], files: list[Path], labels: list[int], repeats: int) -> None:
     """Each row's accuracy (an untimed pass that also warms up every batch shape), then
     ``repeats`` interleaved rounds at batch 1 and 64 (ms per file per phase)."""
     for row in rows:
@@ -200,14 +208,42 @@ def measure(rows: list[Row], files: list[Path], labels: list[int], repeats: int)
                 row.times.setdefault(batch, []).append({**ms, "total": sum(ms.values())})
 
 
-def median(row: Row, batch: int, key: str = "total") -> float:
+def median(row: Chain, batch: int, key: str = "total") -> float:
     return statistics.median(t[key] for t in row.times[batch])
 
 
-def summary(rows: list[Row], title: str, n: int) -> dict[str, Any]:
+def baseline(rows: list[Chain], batch: int) -> Chain:
+    """The baseline of the targets at ``batch``: the faster fp32 torch row."""
+    return min(
+        (r for r in rows if r.baseline and r.runtime == "torch"), key=lambda r: median(r, batch)
+    )
+
+
+def label(row: Chain) -> str:
+    return row.name + (" (ort)" if row.runtime == "ort" and row.baseline else "")
+
+
+def per_round(row: Chain, batch: int) -> list[float]:
+    """Each round's figure as the table shows it: ms per file at batch 1, else files/s."""
+    return [t["total"] if batch == 1 else 1000 / t["total"] for t in row.times[batch]]
+
+
+def report_rows(rows: list[Chain], task: str) -> list[Row]:
+    """Pruned + int8 against every fp32 twin at batch 1 and 64; the target (>= 3x) against
+    the faster fp32 torch row, as in the table."""
+    target, out = rows[-1], []
+    for b, unit in ((1, "ms/file"), (64, "files/s")):
+        base, ours = baseline(rows, b), per_round(target, b)
+        peers = {label(r): per_round(r, b) for r in rows if r.baseline}
+        note = f"accuracy {target.accuracy:.3f} vs {base.accuracy:.3f} (target: within 0.02)"
+        goal = {label(base): ">= 3"}
+        out.append(Row(f"{task}, batch {b}", unit, b > 1, target.name, ours, peers, goal, note))
+    return out
+
+
+def summary(rows: list[Chain], title: str, n: int) -> dict[str, Any]:
     """Print the table, the targets and the profile; the figures."""
-    fp32 = [r for r in rows if r.baseline and r.runtime == "torch"]
-    base = {b: min(fp32, key=lambda r, b=b: median(r, b)) for b in (1, 64)}  # per batch size
+    base = {b: baseline(rows, b) for b in (1, 64)}  # per batch size
     best = {
         b: min((r for r in rows if r.baseline), key=lambda r, b=b: median(r, b)) for b in (1, 64)
     }
@@ -224,7 +260,7 @@ def summary(rows: list[Row], title: str, n: int) -> dict[str, Any]:
         ms = {b: {k: median(r, b, k) for k in (*PHASES, "total")} for b in (1, 64)}
         x = {b: median(base[b], b) / ms[b]["total"] for b in (1, 64)}
         split = {b: " / ".join(f"{ms[b][k]:.2f}" for k in PHASES) for b in (1, 64)}
-        out["rows"][r.name + (" (ort)" if r.runtime == "ort" and r.baseline else "")] = {
+        out["rows"][label(r)] = {
             "runtime": r.runtime, "macs": r.report["macs"], "accuracy": r.accuracy,
             "report_val_accuracy": r.report["val_accuracy"], "b1_ms_per_file": ms[1],
             "b64_ms_per_file": ms[64], "b64_files_per_s": 1000 / ms[64]["total"],
@@ -258,7 +294,7 @@ def summary(rows: list[Row], title: str, n: int) -> dict[str, Any]:
     return out
 
 
-def images(args: Namespace, work: Path) -> tuple[list[Row], Path, Path, str]:
+def images(args: Namespace, work: Path) -> tuple[list[Chain], Path, Path, str]:
     data, size = work / "images", (args.size, args.size)
     make_image_dataset(data, classes=args.classes, per_class=args.per_class, size=size, seed=0)
     common = {
@@ -279,7 +315,7 @@ def images(args: Namespace, work: Path) -> tuple[list[Row], Path, Path, str]:
     return rows, out, data, title
 
 
-def video(args: Namespace, work: Path) -> tuple[list[Row], Path, Path, str]:
+def video(args: Namespace, work: Path) -> tuple[list[Chain], Path, Path, str]:
     clips = Namespace(
         classes=args.video_classes, per_class=args.video_per_class, side=args.side,
         frames=args.frames, camera=0, threads=args.threads, out=work / "video",
@@ -316,7 +352,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="tiny sizes, to check that it runs")
-    add("--parts", nargs="+", default=["images", "video"], choices=["images", "video"])
+    add("--parts", nargs="+", default=None, choices=["images", "video"], help="default: both")
     add("--classes", type=int, default=10)
     add("--per-class", type=int, default=80)
     add("--size", type=int, default=128, help="JPEG side, px (a multiple of 16)")
@@ -340,13 +376,17 @@ def main() -> None:
     add("--threads", type=int, default=2)
     add("--repeats", type=int, default=5)
     add("--json", type=Path, default=None)
+    add("--report", type=Path, default=None, help="write rows (results.py)")
     args = parser.parse_args()
     if args.quick:
         args.__dict__.update(
             classes=3, per_class=12, size=64, epochs=1, finetune_epochs=1, video_classes=3,
-            video_per_class=6, side=32, frames=12, video_epochs=1, repeats=2,
+            video_per_class=6, side=32, frames=12, video_epochs=1,
         )  # fmt: skip
+    args.parts = args.parts or (["images"] if args.quick else ["images", "video"])
     json_path = args.json.resolve() if args.json else None
+    report_path = args.report.resolve() if args.report else None
+    report: list[Row] = []
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_chain_") as tmp:
@@ -365,8 +405,11 @@ def main() -> None:
                 "files": len(files),
                 **summary(rows, title, len(files)),
             }
+            task = f"JPEG {args.size} px" if part == "images" else f"H.264 clip {args.side} px"
+            report += report_rows(rows, f"{task} -> prediction")
     print(f"\n{args.threads} threads, median of {args.repeats} interleaved rounds")
     write_json(json_path, args, results)
+    write_report(report_path, report)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,13 @@ median, the IQR / median, and the ratio to the group's reference:
 - uint8: the floor of one pass over the bytes (a sum of the clip viewed as uint64), converting
   the whole clip to float32 then one pass, and ``dynamic_image`` (chunked conversion).
 
+``--quick`` pools 150 frames (still far larger than the caches). ``--report PATH`` writes, in
+the shared format of ``results.py``, one row per input (float32 array, uint8 array, uint8 and
+float32 iterators) for ``dynamic_image`` against the methods timed beside it (every repeat, in
+ms per clip).
+
     python scripts/bench/bench_dynamic_image.py [--frames 300] [--size 224] [--repeats 15]
-        [--json F]
+        [--quick] [--json F] [--report F]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from results import Row, write_report
 from threadpoolctl import threadpool_limits
 
 from datapipe.stages.represent.dynamic_image import dynamic_image
@@ -67,11 +73,14 @@ def rel_error(got: np.ndarray, frames: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=None, help="300 (--quick: 150)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="150 frames")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = parser.parse_args()
+    args.frames = args.frames or (150 if args.quick else 300)
 
     rng = np.random.default_rng(0)
     shape = (args.frames, args.size, args.size, 3)
@@ -123,6 +132,33 @@ def main() -> None:
     print(f"\nuint8: dynamic_image(X) takes {ours / whole:.2f}x the convert-then-pass time")
     if args.json:
         args.json.write_text(json.dumps({"shape": shape, "tables": rows}, indent=2))
+    write_report(args.report, report_rows(shape, f32, u8))
+
+
+def report_rows(
+    shape: tuple[int, ...], f32: dict[str, list[float]], u8: dict[str, list[float]]
+) -> list[Row]:
+    """``dynamic_image`` on each input against the methods timed beside it, in ms per clip."""
+    clip = "x".join(map(str, shape))
+    ms = {group: {k: [t * 1e3 for t in v] for k, v in times.items()}
+          for group, times in (("float32", f32), ("uint8", u8))}  # fmt: skip
+    u8_peers = {k: ms["uint8"][k] for k in (FLOOR, "X.astype(float32), tensordot")}
+    one_thread = "float32: tensordot(alpha, X, 1), 1 thread"
+    return [
+        Row(f"dynamic image, float32 {clip}", "ms/clip", False, "dynamic_image(X)",
+            ms["float32"]["dynamic_image(X)"], {REF32: ms["float32"][REF32]},
+            note="BLAS default threads"),
+        Row(f"dynamic image, uint8 {clip}", "ms/clip", False, "dynamic_image(X)",
+            ms["uint8"]["dynamic_image(X)"], u8_peers, note="BLAS 1 thread"),
+        Row(f"dynamic image, uint8 iterator {clip}", "ms/clip", False,
+            "dynamic_image(iter(X)) (T unknown)", ms["uint8"]["dynamic_image(iter(X)) (T unknown)"],
+            u8_peers, note="BLAS 1 thread; the peers take the whole array"),
+        Row(f"dynamic image, float32 iterator {clip}", "ms/clip", False,
+            "float32: dynamic_image(iter(X)) (T unknown)",
+            ms["uint8"]["float32: dynamic_image(iter(X)) (T unknown)"],
+            {one_thread: ms["uint8"][one_thread]},
+            note="BLAS 1 thread; the peer takes the whole array"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

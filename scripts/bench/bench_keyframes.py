@@ -1,8 +1,9 @@
 """Key-frame selection against the PyAV baselines a user would write, side by side.
 
-For each method: our time, the baseline's time and their ratio (best of ``--repeat``), on
-synthetic H.264 clips (``video_synth``: a textured square over a textured background, a
-hard cut to a darker scene in the middle, off the GOP grid). Baselines:
+For each method: our time, the baseline's time and their ratio (best of ``--repeat``, timed
+interleaved round-robin after a warm-up call), on synthetic H.264 clips (``video_synth``: a
+textured square over a textured background, a hard cut to a darker scene in the middle, off
+the GOP grid). Baselines:
 
 - ``full RGB``: decode every frame with PyAV and convert it (``to_ndarray("rgb24")``), then
   pick: what a loader without seeking does;
@@ -12,12 +13,17 @@ hard cut to a darker scene in the middle, off the GOP grid). Baselines:
 - ``RGB hist``: full RGB decode, then the same cell histograms on a gray conversion
   (what PySceneDetect's detectors do: every pixel decoded and converted);
 - ``PySceneDetect``: its ``ContentDetector`` on the same clip (PyAV backend), where
-  ``scenedetect`` installs (it pulls the GUI ``opencv-python``: not in the ``bench`` extra);
+  ``scenedetect`` is installed (the ``bench`` extra: ``bash scripts/setup.sh --bench``);
 - ``key packets``: key-frame timestamps from the demuxer's packet flags, no decoding (the
   like-for-like peer of an index computation);
 - ``PyAV seek``: each key frame fetched by seeking to its timestamp and decoding one frame.
 
-Usage: ``python scripts/bench/bench_keyframes.py [--size 640x360] [--frames 300] [--repeat 3]``
+``--quick`` uses a 320x180 clip of 90 frames. ``--report PATH`` writes, in the shared format of
+``results.py``, one row per headline method (uniform and TSN decode, I-frame decode, motion,
+scene, cues) against its baselines (every repeat, in ms per clip).
+
+Usage: ``python scripts/bench/bench_keyframes.py [--size 640x360] [--frames 300] [--repeat 5]
+[--quick] [--report F]``
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from results import Row, write_report
 
 from datapipe.stages.common.video_synth import Square, render, write_clip
 from datapipe.stages.compressed.video_frames import read_iframes
@@ -44,13 +51,18 @@ from datapipe.stages.keyframes.methods import (
 from datapipe.stages.keyframes.signals import frame_cues, grid_histogram
 
 
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def measure(methods: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Seconds of each call of each method: one warm-up call each, then ``repeat`` rounds
+    interleaved round-robin (the machine may be shared and noisy)."""
+    for fn in methods.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def full_rgb(path: Path, pick: np.ndarray) -> np.ndarray:
@@ -104,7 +116,7 @@ def seek_keys(path: Path) -> list[np.ndarray]:
 
 def scenedetect_cuts(path: Path) -> list[int] | None:
     """PySceneDetect's content detector (PyAV backend) on the clip: the frame of each cut;
-    None where ``scenedetect`` is not installed (it pulls the GUI ``opencv-python``)."""
+    None where ``scenedetect`` is not installed (``bash scripts/setup.sh --bench``)."""
     try:
         from scenedetect import ContentDetector, SceneManager, open_video
     except ImportError:
@@ -126,91 +138,100 @@ def make_clip(path: Path, width: int, height: int, frames: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="640x360")
-    ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", default=None, help="640x360 (--quick: 320x180)")
+    ap.add_argument("--frames", type=int, default=None, help="300 (--quick: 90)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="a 320x180 clip of 90 frames")
+    ap.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = ap.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    size = args.size or ("320x180" if args.quick else "640x360")
+    frames = args.frames or (90 if args.quick else 300)
+    width, height = (int(v) for v in size.split("x"))
+    report: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
-        make_clip(path, width, height, args.frames)
-        n, r = args.frames, args.repeat
+        make_clip(path, width, height, frames)
+        n, r = frames, args.repeat
+        clip = f"{width}x{height}, {n} frames"
         print(f"clip: {width}x{height}, {n} frames, H.264 GOP 30, 2 B-frames; best of {r}")
         print(f"{'method':<34}{'ours s':>9}{'baseline':>16}{'base s':>9}{'ratio':>8}")
 
-        def row(name: str, ours: float, base_name: str, base: float) -> None:
-            print(f"{name:<34}{ours:9.4f}{base_name:>16}{base:9.4f}{base / ours:7.1f}x")
+        def task(
+            name: str,
+            ours: Callable[[], object],
+            peers: dict[str, Callable[[], object]],
+            stage: str | None = None,
+        ) -> None:
+            """Time ours and its baselines together and print a row per baseline; with
+            ``stage`` (ours, by its stage's name), a headline task: add its report row."""
+            times = measure({"ours": ours, **peers}, r)
+            for base_name in peers:
+                base, best = min(times[base_name]), min(times["ours"])
+                print(f"{name:<34}{best:9.4f}{base_name:>16}{base:9.4f}{base / best:7.1f}x")
+            if stage is not None:
+                ms = {k: [t * 1e3 for t in v] for k, v in times.items()}
+                peer_ms = {k: ms[k] for k in peers}
+                report.append(Row(f"{name} ({clip})", "ms/clip", False, stage, ms["ours"], peer_ms))
 
         for k in (8, 32):
             pick = uniform_indices(n, k)
-            ours = best(lambda k=k: keyframes_uniform(path, k=k, decode=True), r)
-            row(
+            task(
                 f"uniform k={k} decode",
-                ours,
-                "full RGB",
-                best(lambda pick=pick: full_rgb(path, pick), r),
+                lambda k=k: keyframes_uniform(path, k=k, decode=True),
+                {
+                    "full RGB": lambda pick=pick: full_rgb(path, pick),
+                    "seq + pick": lambda pick=pick: seq_pick(path, pick),
+                },
+                stage="keyframes.uniform" if k == 8 else None,
             )
-            row(
-                f"uniform k={k} decode",
-                ours,
-                "seq + pick",
-                best(lambda pick=pick: seq_pick(path, pick), r),
-            )
-        row(
+        task(
             "uniform k=8 indices only",
-            best(lambda: keyframes_uniform(path, k=8), r),
-            "key packets",
-            best(lambda: key_packets(path), r),
+            lambda: keyframes_uniform(path, k=8),
+            {"key packets": lambda: key_packets(path)},
         )
-        row(
+        task(
             "tsn k=8 train decode",
-            best(lambda: keyframes_tsn(path, 8, mode="train", decode=True), r),
-            "full RGB",
-            best(lambda: full_rgb(path, uniform_indices(n, 8)), r),
+            lambda: keyframes_tsn(path, 8, mode="train", decode=True),
+            {"full RGB": lambda: full_rgb(path, uniform_indices(n, 8))},
+            "keyframes.tsn",
         )
-        row(
+        task(
             "iframes decode",
-            best(lambda: keyframes_iframes(path, decode=True), r),
-            "video.iframes",
-            best(lambda: read_iframes(path), r),
+            lambda: keyframes_iframes(path, decode=True),
+            {"video.iframes": lambda: read_iframes(path), "PyAV seek": lambda: seek_keys(path)},
+            "keyframes.iframes",
         )
-        row(
-            "iframes decode",
-            best(lambda: keyframes_iframes(path, decode=True), r),
-            "PyAV seek",
-            best(lambda: seek_keys(path), r),
-        )
-        row(
+        task(
             "iframes indices only",
-            best(lambda: keyframes_iframes(path), r),
-            "key packets",
-            best(lambda: key_packets(path), r),
+            lambda: keyframes_iframes(path),
+            {"key packets": lambda: key_packets(path)},
         )
-        full = best(lambda: full_rgb(path, np.arange(1)), r)
-        row(
+        task(
             "motion k=4 (compressed domain)",
-            best(lambda: keyframes_motion(path, k=4), r),
-            "full RGB",
-            full,
+            lambda: keyframes_motion(path, k=4),
+            {"full RGB": lambda: full_rgb(path, np.arange(1))},
+            "keyframes.motion",
         )
         scene = keyframes_scene(path)
-        row(
-            "scene (Y plane histograms)",
-            best(lambda: keyframes_scene(path), r),
-            "RGB hist",
-            best(lambda: rgb_hist(path), r),
-        )
         theirs = scenedetect_cuts(path)
+        scene_peers: dict[str, Callable[[], object]] = {"RGB hist": lambda: rgb_hist(path)}
         if theirs is not None:
-            row(
-                "scene (Y plane histograms)",
-                best(lambda: keyframes_scene(path), r),
-                "PySceneDetect",
-                best(lambda: scenedetect_cuts(path), r),
-            )
-        row("cues (learned scorer input)", best(lambda: frame_cues(path), r), "full RGB", full)
+            scene_peers["PySceneDetect"] = lambda: scenedetect_cuts(path)
+        task(
+            "scene (Y plane histograms)",
+            lambda: keyframes_scene(path),
+            scene_peers,
+            "keyframes.scene",
+        )
+        task(
+            "cues (learned scorer input)",
+            lambda: frame_cues(path),
+            {"full RGB": lambda: full_rgb(path, np.arange(1))},
+            "keyframes.cues",
+        )
         print(f"scene cuts found: {scene.cuts.tolist()} (planted: [{n // 2 + 3}]); "
               f"PySceneDetect ContentDetector: {theirs}")  # fmt: skip
+    write_report(args.report, report)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ freshly initialised (their accuracy is the evidence script's business). Cascades
 - ``random(M) + pointnet(M)``: the floor.
 
 Median ms per batch at ``--threads`` for batch 1 and 64 (clouds of ``make_point_dataset``),
-after a warm-up; the sampler's share is shown on its own.
+over ``--rounds`` rounds in which every cascade and sampler runs in turns, after a warm-up;
+the sampler's share is shown on its own. ``--quick`` takes batch 1 and 16.
+``--report PATH`` writes one row per cascade and batch size (every round's ms, against
+``pointnet(N)`` at that batch size) in the shared format of ``results.py``.
 
     .venv/bin/python scripts/bench/bench_point_cascade.py [--m 16] [--threads 2] [--rounds 7]
-        [--task-width 32] [--sampler-width 32]
+        [--task-width 32] [--sampler-width 32] [--quick] [--report cascade.json]
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+from results import Row, write_report
 
 from datapipe.demo.point_data import POINT_CLASSES, make_cloud
 from datapipe.models import pointnet
@@ -33,14 +38,18 @@ from datapipe.stages.points.sampling import farthest_point_sample
 from datapipe.stages.points.snet import SNet, match_to_input
 
 
-def median_ms(fn: Callable[[], object], rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
+def interleaved_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Ms of each round of each function, run in turns after one untimed call each (so drift
+    on a shared machine hits all)."""
+    for fn in fns.values():
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 def main() -> None:
@@ -51,6 +60,8 @@ def main() -> None:
     parser.add_argument("--task-width", type=int, default=32, help="PointNet width")
     parser.add_argument("--sampler-width", type=int, default=32, help="S-NET width")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 16 (not 64)")
+    parser.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -83,17 +94,29 @@ def main() -> None:
     )
     print("| cascade | batch | sampler ms | total ms | x pointnet(all) |")
     print("|---|---|---|---|---|")
-    for b in (1, 64):
+    rows: list[Row] = []
+    whole_name = f"pointnet({args.points})"
+    samplers = {"fps": fps, "snet + match": learned, "random": random}
+    for b in (1, 16) if args.quick else (1, 64):
         batch = clouds[:b]
-        whole = median_ms(lambda batch=batch: classify(batch), args.rounds)
-        print(f"| pointnet({args.points}) | {b} | - | {whole:.2f} | 1.00 |")
-        for name, sampler in (("fps", fps), ("snet + match", learned), ("random", random)):
-            cost = median_ms(lambda batch=batch, s=sampler: s(batch), args.rounds)
-            total = median_ms(lambda batch=batch, s=sampler: classify(s(batch)), args.rounds)
-            print(
-                f"| {name}({args.m}) + pointnet({args.m}) | {b} | {cost:.2f} | {total:.2f} | "
-                f"{total / whole:.2f} |"
-            )
+        fns: dict[str, Callable[[], object]] = {whole_name: lambda batch=batch: classify(batch)}
+        for name, sampler in samplers.items():
+            fns[name] = lambda batch=batch, s=sampler: s(batch)
+            fns[f"{name} + pointnet"] = lambda batch=batch, s=sampler: classify(s(batch))
+        times = interleaved_ms(fns, args.rounds)
+        whole = statistics.median(times[whole_name])
+        print(f"| {whole_name} | {b} | - | {whole:.2f} | 1.00 |")
+        for name in samplers:
+            cost, total = (statistics.median(times[k]) for k in (name, f"{name} + pointnet"))
+            cascade = f"{name}({args.m}) + pointnet({args.m})"
+            print(f"| {cascade} | {b} | {cost:.2f} | {total:.2f} | {total / whole:.2f} |")
+            note = f"the sampler alone: {cost:.2f} ms (median)"
+            if name == "random":
+                note += "; random sampling is the floor"
+            label, peers = f"{cascade}, batch {b}", {whole_name: times[whole_name]}
+            ours = times[f"{name} + pointnet"]
+            rows.append(Row(label, "ms/batch", False, cascade, ours, peers, note=note))
+    write_report(args.report, rows)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,16 @@ to a temporary folder once. Rows:
   an already built ``PointCloud`` (the conversion from numpy is not counted for Open3D).
 
 Times are the best of ``--repeats`` runs; throughput is input points per second and the
-ratio is datapipe's time over Open3D's (below 1 is faster).
+ratio is datapipe's time over Open3D's (below 1 is faster). ``--quick`` reads and voxelizes
+200,000 points (50,000 in ASCII) instead. ``--report PATH`` writes the rows with an Open3D
+peer (reads and centroid voxelization), every repeat's ms, in the shared format of
+``results.py``.
 
 Run from the repository root::
 
     .venv/bin/python scripts/bench/bench_points.py
     .venv/bin/python scripts/bench/bench_points.py --n 2000000 --voxel 0.02 --repeats 7
+    .venv/bin/python scripts/bench/bench_points.py --quick --report points.json
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+from results import Row, write_report
 
 from datapipe.stages.points.header import read_head
 from datapipe.stages.points.header_ply import check_ply, parse_ply_header
@@ -43,8 +48,9 @@ from datapipe.stages.points.read import read_points
 from datapipe.stages.points.voxelize import voxelize
 
 
-def best_of(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best time of each function, run in turns (so drift on a shared machine hits all)."""
+def timed(fns: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Seconds of each run of each function, run in turns (so drift on a shared machine hits
+    all)."""
     for fn in fns:
         fn()  # warm the page cache and any lazy imports
     times: list[list[float]] = [[] for _ in fns]
@@ -53,7 +59,7 @@ def best_of(fns: list[Callable[[], object]], repeats: int) -> list[float]:
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-    return [min(ts) for ts in times]
+    return times
 
 
 def write_files(root: Path, n: int, ascii_n: int, seed: int) -> dict[str, Path]:
@@ -86,14 +92,18 @@ def header_only(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=1_000_000, help="points per cloud")
-    ap.add_argument("--ascii-n", type=int, default=200_000, help="points in the ASCII PLY")
+    ap.add_argument("--n", type=int, default=None, help="points per cloud (1,000,000)")
+    ap.add_argument("--ascii-n", type=int, default=None, help="points in the ASCII PLY (200,000)")
     ap.add_argument("--voxel", type=float, nargs="+", default=[0.05, 0.2], help="voxel sizes")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="200,000 points (50,000 in ASCII)")
+    ap.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = ap.parse_args()
+    args.n = args.n or (200_000 if args.quick else 1_000_000)
+    args.ascii_n = args.ascii_n or (50_000 if args.quick else 200_000)
 
-    rows: list[tuple[str, int, float, float | None, str]] = []
+    rows: list[tuple[str, int, list[float], list[float] | None, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         files = write_files(Path(tmp), args.n, args.ascii_n, args.seed)
         for label, key, fmt, n in [
@@ -103,7 +113,7 @@ def main() -> None:
             ("read PLY ascii (xyz)", "ply_ascii", "ply", args.ascii_n),
         ]:
             path = files[key]
-            ours, theirs = best_of(
+            ours, theirs = timed(
                 [
                     lambda p=path: read_points(p),
                     lambda p=path, f=fmt: o3d.io.read_point_cloud(str(p), format=f),
@@ -114,7 +124,7 @@ def main() -> None:
             rows.append((label, n, ours, theirs, size))
         path = files["ply_xyz"]
         rows.append(
-            ("PLY header check only", args.n, best_of([lambda: header_only(path)], 50)[0], None, "")
+            ("PLY header check only", args.n, timed([lambda: header_only(path)], 50)[0], None, "")
         )
         xyz = np.load(files["xyz"])
         cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz.astype(np.float64)))
@@ -124,7 +134,7 @@ def main() -> None:
                 fns = [lambda s=size, md=mode: voxelize(xyz, s, mode=md)]
                 if mode == "centroid":
                     fns.append(lambda s=size: cloud.voxel_down_sample(s))
-                ours, *rest = best_of(fns, args.repeats)
+                ours, *rest = timed(fns, args.repeats)
                 theirs = rest[0] if rest else None
                 rows.append(
                     (f"voxelize {mode}, voxel {size}", args.n, ours, theirs, f"{m:,} voxels")
@@ -138,7 +148,15 @@ def main() -> None:
         "| task | points | datapipe ms | Open3D ms | datapipe Mpt/s | Open3D Mpt/s | ratio | note |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for label, n, ours, theirs, note in rows:
+    report: list[Row] = []
+    for label, n, runs, peer_runs, note in rows:
+        if peer_runs is not None:
+            ours_ms, peer_ms = ([1e3 * t for t in ts] for ts in (runs, peer_runs))
+            task = f"{label}, {n:,} points"
+            report.append(
+                Row(task, "ms", False, "datapipe", ours_ms, {"Open3D": peer_ms}, note=note)
+            )
+        ours, theirs = min(runs), min(peer_runs) if peer_runs else None
         t_ms = f"{theirs * 1e3:.1f}" if theirs else "-"
         t_rate = f"{n / theirs / 1e6:.1f}" if theirs else "-"
         ratio = f"{ours / theirs:.2f}" if theirs else "-"
@@ -146,6 +164,7 @@ def main() -> None:
             f"| {label} | {n:,} | {ours * 1e3:.2f} | {t_ms} | {n / ours / 1e6:.1f} | {t_rate} | "
             f"{ratio} | {note} |"
         )
+    write_report(args.report, report)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,13 @@ file; and ``ops.decode_dct_reduced`` from DCT coefficients already read by ``jpe
 low k x k frequencies of the scale, k-point IDCT), alone and with the coefficient read. Timed
 interleaved round-robin after a warm-up; medians over ``--repeats``.
 
+``--quick`` takes 10 repeats instead of 30. ``--report PATH`` writes, in the shared format of
+``results.py``, one row per size for ours against Pillow draft + resize, simplejpeg and Pillow
+full + resize, and one per size for the decode from DCT coefficients against Pillow full +
+resize (every repeat, in ms per image).
+
     python scripts/bench/bench_resize.py [--sizes 56 112 224] [--filter bicubic] [--repeats 30]
+        [--progressive] [--quick] [--json F] [--report F]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from results import Row, write_report
 from sklearn.datasets import load_sample_images
 
 from datapipe.stages.compressed.jpeg_dct import read_jpeg_dct
@@ -89,10 +96,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[56, 112, 224])
     parser.add_argument("--filter", default="bicubic", choices=sorted(FILTERS))
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=None, help="default 30 (--quick: 10)")
     parser.add_argument("--progressive", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="10 repeats")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = parser.parse_args()
+    repeats = args.repeats or (10 if args.quick else 30)
 
     buf = io.BytesIO()
     Image.fromarray(photo_1280x854()).save(buf, "JPEG", quality=90, progressive=args.progressive)
@@ -108,6 +118,7 @@ def main() -> None:
           "| DCT / full | DCT read + decode ms | PSNR DCT vs full |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
+    report: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "photo.jpg"
         path.write_bytes(data)
@@ -126,7 +137,7 @@ def main() -> None:
             for fn in methods.values():
                 fn()
             times: dict[str, list[float]] = {name: [] for name in methods}
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 for name, fn in methods.items():
                     t0 = time.perf_counter()
                     fn()
@@ -149,8 +160,22 @@ def main() -> None:
                   f"| {quality:.1f} dB | {med['dct'] * 1e3:.2f} ({1 / med['dct']:.0f}) "
                   f"| {med['dct'] / med['full']:.2f} | {med['dct+read'] * 1e3:.2f} "
                   f"| {dct_quality:.1f} dB |")  # fmt: skip
+            ms = {name: [t * 1e3 for t in ts] for name, ts in times.items()}
+            report += [
+                Row(f"1280x854 {kind} JPEG -> {size} px", "ms/image", False,
+                    "decode_jpeg_reduced", ms["ours"],
+                    {"Pillow draft + resize": ms["draft"],
+                     "simplejpeg min_* + resize": ms["simplejpeg"],
+                     "Pillow full + resize": ms["full"]},
+                    note=f"filter {args.filter}; PSNR vs full {quality:.1f} dB"),
+                Row(f"DCT coefficients -> {size} px", "ms/image", False,
+                    "decode_dct_reduced", ms["dct"], {"Pillow full + resize": ms["full"]},
+                    note=f"coefficients already read by jpeg.dct; the peer decodes the "
+                         f"{kind} JPEG; PSNR vs full {dct_quality:.1f} dB"),
+            ]  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"jpeg": kind, "filter": args.filter, "rows": rows}))
+    write_report(args.report, report)
 
 
 if __name__ == "__main__":

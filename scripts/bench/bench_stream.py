@@ -6,10 +6,12 @@ with ``files -> image.resize(size=112)`` and the local executor (timed, but not 
 comparison), then times full epochs of ``batch`` samples per batch for each loader, with 0 and
 2 DataLoader workers:
 
-- ``plain``: a map-style ``Dataset`` doing ``Image.open(path).convert("RGB").resize((112, 112))``
-  (what one writes without datapipe), ``shuffle=True``, the default collate;
-- ``plain+draft``: the same with ``img.draft("RGB", (112, 112))`` first (JPEG DCT scaling),
-  to separate what draft decoding buys from what the loader costs;
+- ``plain``: a map-style ``Dataset`` doing what ``image.resize(size=112)`` does, by hand:
+  ``Image.open(path).convert("RGB")``, the shorter side resized to 112 (bicubic), the centre
+  112x112 kept (what one writes without datapipe), ``shuffle=True``, the default collate;
+- ``plain+draft``: the same with ``img.draft("RGB", ...)`` first (JPEG DCT scaling, as
+  ``image.resize`` does): ``from_pipeline``'s like-for-like peer (the script checks that the
+  two give the same pixels);
 - ``from_shards``: the prepared 112x112 shards, ``datapipe.stream.collate``;
 - ``webdataset + DataLoader``: the same shards through webdataset (every member decoded,
   a seeded 1,000-sample shuffle buffer, shards split by worker): ``from_shards``' peer;
@@ -21,15 +23,20 @@ comparison), then times full epochs of ``batch`` samples per batch for each load
   ``output.compress``) with ``represent.resize`` (input dct) as a loader stage. The bytes on
   disk of the JPEGs and of each output are printed.
 
-Each epoch includes starting the workers. The best of ``--repeats`` epochs is reported as
-samples/s, as a ratio to ``plain`` with the same number of workers, and as a ratio to the
-like-for-like peer (:data:`PEERS`): ``from_shards`` against webdataset on the same shards,
-``from_pipeline`` against ``plain+draft``.
+Each epoch includes starting the workers. The loaders take turns epoch by epoch, and the
+median of ``--repeats`` epochs (default 5) is reported as samples/s, as a ratio to ``plain``
+with the same number of workers, and as a ratio to the like-for-like peer (:data:`PEERS`):
+``from_shards`` against webdataset on the same shards, ``from_pipeline`` against
+``plain+draft``.
 
 Run from the repository root::
 
     .venv/bin/python scripts/bench/bench_stream.py
     .venv/bin/python scripts/bench/bench_stream.py --n 5000 --workers 0 2 4 --json /tmp/stream.json
+    .venv/bin/python scripts/bench/bench_stream.py --quick    # 500 photos, 2 workers
+
+``--report PATH`` writes the rows for ``scripts/bench.py``: each streaming loader against its
+peer (target: at least its samples/s).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from results import Row, write_report
 from sklearn.datasets import load_sample_images
 from torch.utils.data import DataLoader, Dataset
 
@@ -101,10 +110,15 @@ class PlainPhotos(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
         with Image.open(path) as img:
+            w, h = img.size
+            scale = SIZE / min(w, h)
+            target = (max(SIZE, round(w * scale)), max(SIZE, round(h * scale)))
             if self.draft:
-                img.draft("RGB", (SIZE, SIZE))
-            rgb = img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(rgb).copy()), label
+                img.draft("RGB", target)
+            rgb = np.asarray(img.convert("RGB").resize(target, Image.Resampling.BICUBIC))
+        top, left = (rgb.shape[0] - SIZE) // 2, (rgb.shape[1] - SIZE) // 2
+        crop = rgb[top : top + SIZE, left : left + SIZE]
+        return torch.from_numpy(np.ascontiguousarray(crop)), label
 
 
 def webdataset_loader(shards: list[str], batch: int, workers: int, epoch: int) -> DataLoader:
@@ -125,18 +139,50 @@ def webdataset_loader(shards: list[str], batch: int, workers: int, epoch: int) -
     return DataLoader(dataset, batch_size=batch, num_workers=workers)
 
 
-def time_epochs(make_loader: Callable[[int], Any], repeats: int) -> tuple[float, int]:
-    """Best samples/s over ``repeats`` epochs (worker start-up included)."""
-    best, count = 0.0, 0
-    for epoch in range(repeats):
-        loader = make_loader(epoch)
-        t0 = time.perf_counter()
-        count = 0
-        for batch in loader:
-            images = batch["image"] if isinstance(batch, dict) else batch[0]
-            count += images.shape[0]
-        best = max(best, count / (time.perf_counter() - t0))
-    return best, count
+def time_epoch(loader: Any) -> tuple[float, int]:
+    """Samples/s of one epoch (worker start-up included) and the samples read."""
+    t0 = time.perf_counter()
+    count = 0
+    for batch in loader:
+        images = batch["image"] if isinstance(batch, dict) else batch[0]
+        count += images.shape[0]
+    return count / (time.perf_counter() - t0), count
+
+
+def check_same_pixels(live: Any, items: list[tuple[str, int]], root: Path, n: int = 8) -> None:
+    """``from_pipeline`` and its peer must compute the same images (else the race is unfair)."""
+    peer = PlainPhotos(items, draft=True)
+    index = {
+        Path(p).relative_to(root).with_suffix("").as_posix(): i for i, (p, _) in enumerate(items)
+    }
+    live.set_epoch(0)
+    for sample, _ in zip(live, range(n), strict=False):
+        theirs = peer[index[sample["key"]]][0]
+        if not torch.equal(sample["image"], theirs):
+            raise SystemExit(f"from_pipeline and plain+draft differ on {sample['key']}")
+
+
+def report_rows(epochs: dict[tuple[str, int], list[float]], args: argparse.Namespace) -> list[Row]:
+    """Each streaming loader against its like-for-like peer, per worker count."""
+    rows = []
+    for (name, w), rates in epochs.items():
+        peer = PEERS.get(name)
+        if peer is None:
+            continue
+        what = "shards written by datapipe" if name == "from_shards" else "JPEG files"
+        rows.append(
+            Row(
+                f"stream {args.n} samples ({what}) -> 112 px batches of {args.batch}, "
+                f"{w} DataLoader workers",
+                "samples/s",
+                True,
+                name,
+                rates,
+                {peer: epochs[peer, w]},
+                {peer: ">= 1.0"} if name in ("from_shards", "from_pipeline") else {},
+            )
+        )
+    return rows
 
 
 def main() -> None:
@@ -144,12 +190,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="number of photos")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--repeats", type=int, default=2, help="epochs per loader; best is kept")
+    ap.add_argument("--repeats", type=int, default=5, help="epochs per loader (median kept)")
+    ap.add_argument("--quick", action="store_true", help="500 photos, 2 workers only")
+    ap.add_argument("--report", type=Path, default=None, help="rows for scripts/bench.py")
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: tmp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--progressive", action="store_true", help="add the per-epoch resizers")
     ap.add_argument("--keep", type=int, default=16, help="DCT coefficients kept (--progressive)")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.workers = 500, [2]
     torch.set_num_threads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stream-"))
     try:
@@ -172,6 +222,7 @@ def main() -> None:
         }
         shards = from_shards(work / "out")
         live = from_pipeline(pipeline)
+        check_same_pixels(live, items, work / "photos")
 
         def streaming(ds: Any) -> Callable[[int, int], Any]:
             def make(w: int, e: int) -> DataLoader:
@@ -210,16 +261,20 @@ def main() -> None:
                 Files(root=str(work / "photos")), ProgressiveResize(**resize)
             )
             loaders["resize live"] = streaming(from_pipeline(live_resize))
-        rows = []
+        rows, epochs = [], {}
         for w in args.workers:
-            for name, make_loader in loaders.items():
-                rate, count = time_epochs(lambda e, m=make_loader, w=w: m(w, e), args.repeats)
-                if count != args.n:
-                    raise SystemExit(f"{name} with {w} workers read {count} of {args.n} samples")
+            for epoch in range(args.repeats):  # round-robin: drift hits every loader alike
+                for name, make_loader in loaders.items():
+                    rate, count = time_epoch(make_loader(w, epoch))
+                    if count != args.n:
+                        raise SystemExit(f"{name} with {w} workers read {count} of {args.n}")
+                    epochs.setdefault((name, w), []).append(rate)
+            for name in loaders:
+                rate = statistics.median(epochs[name, w])
                 rows.append({"loader": name, "workers": w, "samples_per_s": round(rate, 1)})
         base = {r["workers"]: r["samples_per_s"] for r in rows if r["loader"] == "plain"}
         print(
-            f"\nbatch {args.batch}, {args.n} samples, {os.cpu_count()} CPUs, best of "
+            f"\nbatch {args.batch}, {args.n} samples, {os.cpu_count()} CPUs, median of "
             f"{args.repeats} epochs\n"
         )
         rate = {(r["loader"], r["workers"]): r["samples_per_s"] for r in rows}
@@ -237,6 +292,7 @@ def main() -> None:
             )
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "prepare_s": prep}, indent=2))
+        write_report(args.report, report_rows(epochs, args))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

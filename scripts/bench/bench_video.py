@@ -17,8 +17,8 @@ vectors differ from run to run, and the engine parallelises over files, not insi
 OpenCV's Farneback runs with OpenCV's default thread count.
 
 Motion peers: PyAV's own ``+export_mvs`` side data (the sparse per-block vectors a PyAV user
-reads), mv-extractor with frame decoding off (where ``motion-vector-extractor`` installs; it
-pulls the GUI ``opencv-python``, so it is not in the ``bench`` extra), and dense optical flow
+reads), mv-extractor with frame decoding off (``motion-vector-extractor``, in the ``bench``
+extra on Linux x86-64), and dense optical flow
 (Farneback, DIS fast) both at full resolution and at the motion-vector grid's resolution
 (frames shrunk 16x first: the same output size as the block-16 field).
 
@@ -30,8 +30,14 @@ imports and an 8-frame warm-up, the RSS high-water mark of the measured call (``
 after the warm-up), and tracemalloc's peak (numpy and Python allocations; FFmpeg's own buffers
 show in RSS only).
 
+``--quick`` uses 60-frame clips and 3 flow pairs, leaves out the rows no ratio or report uses
+(block 8, AUTO threads, CoViAR) and the memory table. ``--report PATH`` writes, in the shared
+format of ``results.py``, one row per clip for motion vectors (against every decode and flow
+peer, with the targets of the ratio table), I-frames and frame types (every round, frames/s).
+
     pip install opencv-python-headless   # the Farneback peer (or: pip install -e .[bench])
-    python scripts/bench/bench_video.py [--rounds 5] [--flow-pairs 30] [--workdir DIR]
+    python scripts/bench/bench_video.py [--rounds 5] [--flow-pairs 30] [--workdir DIR] [--quick]
+        [--report F]
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+from results import Row, write_report
 
 from datapipe.stages.common.motion_vectors import motion_vectors
 from datapipe.stages.common.video_synth import texture, write_clip
@@ -82,16 +89,20 @@ def render(n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def make_clips(workdir: Path) -> dict[str, Path]:
-    paths = {}
-    frames = render(1000)
-    for name, spec in CLIPS.items():
-        paths[name] = workdir / f"{name}_640x480_300.mp4"
-        if not paths[name].exists():
-            write_clip(paths[name], frames[:300], fps=FPS, **spec)  # type: ignore[arg-type]
-    paths["h264_1000"] = workdir / "h264_640x480_1000.mp4"
-    if not paths["h264_1000"].exists():
-        write_clip(paths["h264_1000"], frames, fps=FPS, **CLIPS["h264"])  # type: ignore[arg-type]
+def make_clips(workdir: Path, frames: int = 300, long: int | None = 1000) -> dict[str, Path]:
+    """Each clip of ``CLIPS`` with ``frames`` frames and, unless ``long`` is None, the h264 one
+    with ``long`` frames (``h264_long``, for the memory rows); kept in ``workdir``."""
+    paths = {name: workdir / f"{name}_640x480_{frames}.mp4" for name in CLIPS}
+    specs = dict(CLIPS)
+    if long is not None:
+        paths["h264_long"] = workdir / f"h264_640x480_{long}.mp4"
+        specs["h264_long"] = CLIPS["h264"]
+    missing = [name for name, path in paths.items() if not path.exists()]
+    if missing:
+        video = render(max(frames, long or 0))
+        for name in missing:
+            n = long if name == "h264_long" else frames
+            write_clip(paths[name], video[:n], fps=FPS, **specs[name])  # type: ignore[arg-type]
     return paths
 
 
@@ -152,7 +163,7 @@ def pyav_side_data(path: Path) -> int:
 
 def mv_extractor(path: Path) -> int | None:
     """mv-extractor (``motion-vector-extractor`` on PyPI) with frame decoding to images off;
-    None where it does not install (it pulls the GUI ``opencv-python``)."""
+    None where it is not installed (the ``bench`` extra has it on Linux x86-64)."""
     try:
         from mvextractor.videocap import VideoCap
     except ImportError:
@@ -184,7 +195,17 @@ def grid_flow(frames: list[np.ndarray], method: str, block: int = 16) -> int:
     return len(frames) - 1
 
 
-def method_table(path: Path, flow: list[np.ndarray] | None) -> dict[str, Callable[[], int]]:
+QUICK_SKIP = (
+    "PyAV decode, no conversion, AUTO threads",
+    "ours motion_vectors, block 8",
+    "ours coviar (stride 10: all traced, 1/10 kept)",
+)
+
+
+def method_table(
+    path: Path, flow: list[np.ndarray] | None, quick: bool = False
+) -> dict[str, Callable[[], int]]:
+    """Every method on ``path``; ``quick`` leaves out ``QUICK_SKIP``."""
     methods: dict[str, Callable[[], int]] = {
         "PyAV decode, no conversion (floor)": lambda: pyav_decode(path),
         "PyAV decode, no conversion, AUTO threads": lambda: pyav_decode(path, "AUTO"),
@@ -199,6 +220,8 @@ def method_table(path: Path, flow: list[np.ndarray] | None) -> dict[str, Callabl
             coviar(path, stride=10).frame_types
         ),
     }
+    if quick:
+        methods = {k: v for k, v in methods.items() if k not in QUICK_SKIP}
     methods["PyAV +export_mvs side data (sparse, per block)"] = lambda: pyav_side_data(path)
     if mv_extractor(path) is not None:
         methods["mv-extractor, frames not decoded to images"] = lambda: mv_extractor(path) or 0
@@ -279,6 +302,30 @@ def memory(path: Path, frames: int) -> dict[str, int]:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+FLOOR = "PyAV decode, no conversion (floor)"
+RGB = "PyAV decode -> RGB (to_ndarray)"
+FARNEBACK = "OpenCV Farneback flow (pairs, RGB given)"
+MV = "ours motion_vectors, block 16"
+
+
+def report_rows(clip: str, fps: dict[str, list[float]], note: str) -> list[Row]:
+    """The headline rows of one clip: motion vectors against every decode and flow peer (the
+    ratio table's targets), I-frames against decode -> RGB, frame types against the bare
+    decode a PyAV user reads them from."""
+    mv_peers = {k: v for k, v in fps.items() if not k.startswith(("ours", "PyAV decode, no conv"))}
+    mv_target = {FLOOR: ">= 0.8", RGB: ">= 1.2", FARNEBACK: ">= 20"}
+    return [
+        Row(f"motion vectors, {clip}", "frames/s", True, MV, fps[MV],
+            {FLOOR: fps[FLOOR], **mv_peers}, {k: v for k, v in mv_target.items() if k in fps},
+            note),
+        Row(f"I-frames, {clip}", "frames/s", True, "ours iframes (frames of the clip covered)",
+            fps["ours iframes (frames of the clip covered)"], {RGB: fps[RGB]},
+            note="frames/s of the clip covered by its key frames"),
+        Row(f"frame types, {clip}", "frames/s", True, "ours frame_types", fps["ours frame_types"],
+            {FLOOR: fps[FLOOR]}, note="the peer decodes every frame, where PyAV gives its type"),
+    ]  # fmt: skip
+
+
 def npy_bytes(a: np.ndarray) -> int:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
@@ -288,9 +335,14 @@ def npy_bytes(a: np.ndarray) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--flow-pairs", type=int, default=30)
+    parser.add_argument("--flow-pairs", type=int, default=None, help="30 (--quick: 3)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="60-frame clips, fewer rows, no memory table"
+    )
+    parser.add_argument("--report", type=Path, default=None, help="write rows (results.py)")
     args = parser.parse_args()
+    flow_pairs = args.flow_pairs or (3 if args.quick else 30)
     try:
         import cv2  # noqa: F401
 
@@ -301,17 +353,16 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_video_"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    paths = make_clips(workdir)
+    paths = make_clips(workdir, 60, None) if args.quick else make_clips(workdir)
     print(f"clips in {workdir} ({time.perf_counter() - t0:.0f} s to make)")
     print(f"PyAV {av.__version__}, FFmpeg libavcodec {av.library_versions['libavcodec']}")
 
     results = {}
     for name in CLIPS:
-        flow = rgb_frames(paths[name], args.flow_pairs + 1) if have_cv2 else None
-        results[name] = measure(method_table(paths[name], flow), args.rounds)
+        flow = rgb_frames(paths[name], flow_pairs + 1) if have_cv2 else None
+        results[name] = measure(method_table(paths[name], flow, args.quick), args.rounds)
 
-    floor, rgb = "PyAV decode, no conversion (floor)", "PyAV decode -> RGB (to_ndarray)"
-    ours = "ours motion_vectors, block 16"
+    floor, rgb, ours = FLOOR, RGB, MV
     counts = ", ".join(f"{n} {clip_frames(paths[n])}" for n in CLIPS)
     print(f"\nframes/s, median of {args.rounds} rounds (640x480; frames: {counts})\n")
     names = list(CLIPS)
@@ -345,18 +396,20 @@ def main() -> None:
                 "OpenCV Farneback flow (pairs, RGB given)",
             ),
         )
+    checks = [c for c in checks if c[1] in results[names[0]] and c[2] in results[names[0]]]
     for label, a, b in checks:
         print(f"| {label} | " + " | ".join(f"{ratio(results[n], a, b):.2f}" for n in names) + " |")
 
-    print("\nmotion_vectors memory, h264 640x480 (child process, block 16)\n")
-    print("| frames | RSS after warm-up | peak RSS of the call | tracemalloc peak | mv array |")
-    print("|---|---|---|---|---|")
-    for n in (100, 1000):
-        m = memory(paths["h264_1000"], n)
-        print(
-            f"| {m['frames']} | {m['base_kb'] / 1024:.0f} MB | {m['peak_kb'] / 1024:.0f} MB "
-            f"| {m['traced'] / 2**20:.1f} MB | {m['out'] / 2**20:.2f} MB |"
-        )
+    if "h264_long" in paths:
+        print("\nmotion_vectors memory, h264 640x480 (child process, block 16)\n")
+        print("| frames | RSS after warm-up | peak RSS of the call | tracemalloc peak | mv array |")
+        print("|---|---|---|---|---|")
+        for n in (100, 1000):
+            m = memory(paths["h264_long"], n)
+            print(
+                f"| {m['frames']} | {m['base_kb'] / 1024:.0f} MB | {m['peak_kb'] / 1024:.0f} MB "
+                f"| {m['traced'] / 2**20:.1f} MB | {m['out'] / 2**20:.2f} MB |"
+            )
 
     print("\nstored size per clip (mv as int16 quarter pixels, .npy) vs the source video\n")
     print("| clip | source | block 16 | block 8 |")
@@ -368,6 +421,14 @@ def main() -> None:
             f"| {name} | {src / 1e6:.2f} MB | {sizes[0] / 1e6:.2f} MB ({sizes[0] / src:.2f}x) "
             f"| {sizes[1] / 1e6:.2f} MB ({sizes[1] / src:.2f}x) |"
         )
+    note = f"Farneback: first {flow_pairs} frame pairs, decoding excluded" if have_cv2 else ""
+    report = [
+        row
+        for name in names
+        for row in report_rows(f"{name} 640x480, {clip_frames(paths[name])} frames",
+                               results[name], note)
+    ]  # fmt: skip
+    write_report(args.report, report)
 
 
 if __name__ == "__main__":
