@@ -22,6 +22,8 @@ from datapipe.errors import ItemError
 #: Keys are relative, slash-separated names without dots (WebDataset splits at the first dot).
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-@]+(/[A-Za-z0-9_\-@]+)*$")
 MAX_KEY_LENGTH = 200
+#: a path stem that is already a key, as :func:`sanitize_key` would make it
+_SAFE_STEM = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 
 
 def check_key(key: str, *, item: bool = False) -> str:
@@ -74,6 +76,8 @@ def sanitize_key(relpath: str) -> str:
     'cats/tom_01_5c9c4c78'
     """
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
+    if _SAFE_STEM.match(stem):  # the common case: nothing to replace or drop
+        return stem
     parts = [p for p in stem.split("/") if p not in ("", ".")]
     safe = [re.sub(r"[^A-Za-z0-9_\-]", "_", p) for p in parts]
     key = "/".join(safe)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -68,6 +69,8 @@ class ItemRow:
 
 
 _COLUMNS = [f.name for f in fields(ItemRow)]
+#: a row's values in column order, in one call
+_values = operator.attrgetter(*_COLUMNS)
 
 
 class Manifest:
@@ -142,7 +145,7 @@ class Manifest:
                 )
             self.db.executemany(
                 f"INSERT OR REPLACE INTO items ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [tuple(getattr(r, c) for c in _COLUMNS) for r in rows],
+                [_values(r) for r in rows],
             )
 
     def touch(self, updates: Iterable[tuple[int, int, str]]) -> None:

@@ -292,8 +292,7 @@ class Files(Source):
         keys = unique_keys([rel for rel, *_ in found])
         table = self._extensions()
         for (rel, st, path, label), key in zip(found, keys, strict=True):
-            rec = _record(path, rel, self._kind_of(rel, table) or "", st, label, index)
-            rec["key"] = key
+            rec = _record(key, path, rel, self._kind_of(rel, table) or "", st, label, index)
             if st is None:
                 rec[SOURCE_ERROR] = f"{rel!r} is listed in the labels CSV but does not exist"
             records.append(rec)
@@ -301,10 +300,16 @@ class Files(Source):
 
 
 def _record(
-    path: str, rel: str, kind: str, st: os.stat_result | None, label: str, index: dict[str, int]
+    key: str,
+    path: str,
+    rel: str,
+    kind: str,
+    st: os.stat_result | None,
+    label: str,
+    index: dict[str, int],
 ) -> Record:
     return {
-        "key": sanitize_key(rel),
+        "key": key,
         "path": path,
         "relpath": rel,
         "kind": kind,
