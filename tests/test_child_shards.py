@@ -5,6 +5,7 @@ oracle for the archive format; hostile children try to slip in what they should 
 from __future__ import annotations
 
 import io
+import mmap
 import tarfile
 from pathlib import Path
 
@@ -215,3 +216,15 @@ def test_progress_hears_of_each_item_once(tmp_path: Path) -> None:
     assert sorted(hooks.items) == [f"x/{n}" for n in sorted(names)]
     # 30 items fit in one shard per child, closed only when the work is done
     assert hooks.before_any_shard == len(names)
+
+
+def test_a_damaged_mapped_archive_raises_its_own_error(tmp_path: Path) -> None:
+    """The walk's numpy view of a mapped file is gone before it raises, so closing the map
+    does not replace the real error with a BufferError."""
+    data = bytearray(_archive([("k/a.x.bin", b"abc" * 300)]))
+    data[150] ^= 0x01  # the checksum field
+    path = tmp_path / "bad.tar"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            walk_members(view)

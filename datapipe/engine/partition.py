@@ -2,8 +2,11 @@
 
 This is what a Dask task executes on a worker: the samples go straight into shards in the
 output directory (temporary name, fsync, rename); only light results travel back to the
-client, which records them in the manifest. Shard names are a function of (run, partition),
-so a retried task rewrites the same names with the same bytes.
+client, which records them in the manifest. Isolated stages run in a child that writes its
+shards itself (:mod:`datapipe.engine.child_shards`, names unique to the child), which the
+worker checks; otherwise the worker writes them, named for (run, partition). Either way the
+client records only the shards of the results it receives: those of an attempt lost with its
+worker are never recorded, and the next run deletes them.
 
 A partition's last shard is usually not full; :func:`~datapipe.engine.merge.merge_shards`
 gathers such shards into shards of ``output.shard_size`` samples, so a Dask run has the layout
@@ -15,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datapipe.engine.child_shards import ShardTarget
 from datapipe.engine.merge import close_shard
 from datapipe.engine.pool import InlinePool, ProcessPool
-from datapipe.engine.runner import ItemResult, ItemTask, WrittenShard
+from datapipe.engine.runner import Answered, ItemResult, ItemTask, WrittenShard
 from datapipe.graph import Pipeline
 from datapipe.store.shards import ShardWriter
 
@@ -48,6 +53,8 @@ class PartitionSpec:
                 self.timeout_s,
                 self.memory_mb,
                 self.retries,
+                self.shard_dir,  # where an isolated child writes its shards, and under
+                self.run_id,  # which run's names
             ],
             sort_keys=True,
             default=str,
@@ -73,6 +80,7 @@ def _pool_for(spec: PartitionSpec) -> InlinePool | ProcessPool:
                 timeout_s=spec.timeout_s,
                 memory_mb=spec.memory_mb,
                 retries=spec.retries,
+                shards=_child_shards(spec),
                 fitted=spec.fitted,
                 epoch=spec.epoch,
             )
@@ -80,6 +88,13 @@ def _pool_for(spec: PartitionSpec) -> InlinePool | ProcessPool:
             cached[key] = InlinePool(spec.pipeline, spec.fitted, spec.epoch)
         _local.pools = cached
     return cached[key]
+
+
+def _child_shards(spec: PartitionSpec) -> ShardTarget:
+    """Shards of this worker's child: names unique across workers and machines."""
+    out = spec.pipeline.output
+    prefix = f"shard-{spec.run_id:05d}-c{uuid.uuid4().hex[:8]}"
+    return ShardTarget(spec.shard_dir, prefix, out.shard_size, out.shard_bytes)
 
 
 def run_partition(
@@ -95,6 +110,11 @@ def run_partition(
     pool = _pool_for(spec)
     try:
         for res in pool.imap_unordered(tasks):
+            if isinstance(res, Answered):  # progress on the child's open shard: none here
+                continue
+            if isinstance(res, WrittenShard):  # the child wrote it; the pool checked it
+                produced.append(res)
+                continue
             if res.status != "ok" or res.light is not None:
                 produced.append(res)
                 continue

@@ -104,15 +104,20 @@ def walk_members(data: bytes | memoryview | mmap.mmap) -> list[tuple[str, int, i
         pos += BLOCK + size + (-size % BLOCK)
     if pos + 2 * BLOCK != end or bytes(data[pos:end]) != bytes(2 * BLOCK):
         raise ValueError("the archive does not end with its two end-of-archive blocks")
-    _check_headers(np.frombuffer(data, np.uint8), np.asarray(starts, np.int64))
+    if starts:
+        # the headers copied out (fancy indexing copies), so no view of ``data`` outlives this
+        # line: an mmap with a live view cannot be closed, not even while an error unwinds
+        raw = np.frombuffer(data, np.uint8)
+        index = np.asarray(starts, np.int64)
+        heads = raw[: len(raw) // BLOCK * BLOCK].reshape(-1, BLOCK)[index // BLOCK]
+        del raw
+        _check_headers(heads, index)
     return found
 
 
-def _check_headers(raw: np.ndarray, starts: np.ndarray) -> None:
-    """Checksum, type (regular file) and magic of the headers at ``starts``, all at once."""
-    if not len(starts):
-        return
-    heads = raw[: len(raw) // BLOCK * BLOCK].reshape(-1, BLOCK)[starts // BLOCK]
+def _check_headers(heads: np.ndarray, starts: np.ndarray) -> None:
+    """Checksum, type (regular file) and magic of the headers (rows of ``heads``, found at
+    ``starts``), all at once."""
     field = heads[:, 148:156]
     digits = field[:, :6].astype(np.int64) - ord("0")
     if (digits < 0).any() or (digits > 7).any():
