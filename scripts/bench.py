@@ -11,6 +11,7 @@ min-max range over the median); ``x peer`` is how many times faster ours is (> 1
     .venv/bin/python scripts/bench.py --only resize fps  # some of them (merged into the report)
     .venv/bin/python scripts/bench.py --readme           # README's performance section from
                                                          # results.json (--check: compare only)
+    .venv/bin/python scripts/bench.py --render           # RESULTS.md and the plot, again
 """
 
 from __future__ import annotations
@@ -160,13 +161,23 @@ def flatten(runs: list[dict[str, Any]], host: str, date: str) -> list[dict[str, 
     return out
 
 
+def history(meta: dict[str, Any]) -> str:
+    """The invocations that wrote the report's rows, oldest first."""
+    parts = []
+    for run in meta.get("history", []):
+        what = "all benchmarks" if not run["only"] else "`--only " + " ".join(run["only"]) + "`"
+        failed = f", failed: {', '.join(run['failed'])}" if run.get("failed") else ""
+        parts.append(f"{run['date']} {what} ({run['seconds']:.0f} s{failed})")
+    return "; ".join(parts)
+
+
 def markdown(entries: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     mark = {True: "met", False: "**missed**", None: ""}
     lines = [
         "# Benchmark results",
         "",
         f"Written by `scripts/bench.py{' --quick' if meta['quick'] else ''}` on {meta['date']} "
-        f"({meta['machine']}; Python {meta['python']}); {meta['seconds']:.0f} s in all. "
+        f"({meta['machine']}; Python {meta['python']}). Runs: {history(meta)}. "
         "Each figure is the median of n repeats ± half their interquartile range (half their "
         "range under 4 repeats), relative to the median; `x peer` is how many times faster ours "
         "is than the peer (> 1: faster): the median of the per-round ratios where the methods "
@@ -197,16 +208,19 @@ def plot(entries: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{e['task']} vs {e['peer']}" for e in entries]
+    def short(text: str, n: int = 85) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    labels = [short(f"{e['task']} vs {e['peer']}") for e in entries]
     values = [e["x_peer"] for e in entries]
     colours = {True: "tab:green", False: "tab:red", None: "tab:blue"}
-    fig, ax = plt.subplots(figsize=(10, 0.28 * len(entries) + 1.2))
+    fig, ax = plt.subplots(figsize=(13, 0.22 * len(entries) + 1.0))
     y = range(len(entries))
     ax.barh(list(y), values, color=[colours[e["met"]] for e in entries])
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(list(y), labels, fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(entries) - 0.5, -0.5)  # first row on top, no empty margin
     ax.set_xlabel("x peer (how many times faster ours is; log scale)")
     ax.set_title("green: target met, red: missed, blue: no target")
     fig.tight_layout()
@@ -279,9 +293,15 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES], default=None)
     ap.add_argument("--readme", action="store_true", help="rewrite README's section and stop")
     ap.add_argument("--check", action="store_true", help="with --readme: compare only")
+    ap.add_argument("--render", action="store_true", help="rewrite RESULTS.md and the plot")
     args = ap.parse_args()
     if args.readme:
         return update_readme(args.check)
+    if args.render:  # from results.json, after a change to how the report is drawn
+        data = json.loads((RESULTS / "results.json").read_text())
+        (RESULTS / "RESULTS.md").write_text(markdown(data["rows"], data["meta"]))
+        plot(data["rows"], RESULTS / "results.png")
+        return 0
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / "logs"
@@ -298,8 +318,11 @@ def main() -> int:
         runs.append(run)
     entries = flatten(runs, host, date)
     json_path = RESULTS / "results.json"
+    past: list[dict[str, Any]] = []
     if args.only and json_path.exists():
-        entries = merge(json.loads(json_path.read_text())["rows"], runs) + entries
+        previous = json.loads(json_path.read_text())
+        past = previous["meta"].get("history", [])
+        entries = merge(previous["rows"], runs) + entries
         order = [b.name for b in BENCHES]
         entries.sort(key=lambda e: order.index(e["bench"]) if e["bench"] in order else len(order))
     meta = {
@@ -310,6 +333,9 @@ def main() -> int:
         "seconds": time.perf_counter() - t0,
         "benches": [{k: v for k, v in r.items() if k != "rows"} for r in runs],
     }
+    failed = [r["name"] for r in runs if r["returncode"] != 0]
+    now = {"date": date, "only": args.only, "seconds": meta["seconds"], "failed": failed}
+    meta["history"] = [*past, now]
     json_path.write_text(json.dumps({"meta": meta, "rows": entries}, indent=1) + "\n")
     (RESULTS / "RESULTS.md").write_text(markdown(entries, meta))
     if entries:
