@@ -181,7 +181,10 @@ def test_a_child_that_lies_about_its_shard_is_caught(tmp_path: Path, attack: str
         Files(root=str(tmp_path / "in"), kinds=["image"]),
         Hostile(shard_dir=str(out / "shards")),
     )
-    report = run_local(p, out, workers=1, timeout_s=20, memory_mb=512)
+    hooks = _Seen(out / "shards")
+    report = run_local(p, out, workers=1, timeout_s=20, memory_mb=512, hooks=hooks)
+    # progress hears of each item once, the liar too (answered first, an error row at last)
+    assert sorted(hooks.items) == sorted(f"x/{n}" for n in [*good, f"{attack}_1"])
     rows = {r.key: r for r in Manifest(out / "manifest.sqlite").iter_rows()}
     assert rows[f"x/{attack}_1"].error_class == "crash"
     assert rows[f"x/{attack}_1"].error_type == "WorkerProtocolError"

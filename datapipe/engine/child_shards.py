@@ -22,6 +22,7 @@ from pathlib import Path
 
 from datapipe.engine.runner import ItemResult
 from datapipe.engine.wire import WireError, encode_shard, encode_shard_failed
+from datapipe.graph import Pipeline
 from datapipe.keys import item_key_of
 from datapipe.store.codec import split_member
 from datapipe.store.files import TMP_MARK
@@ -39,6 +40,12 @@ class ShardTarget:
     prefix: str
     max_samples: int
     max_bytes: int
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, directory: str, prefix: str) -> ShardTarget:
+        """Shards of ``pipeline``'s output size, in ``directory``, named ``prefix-...``."""
+        out = pipeline.output
+        return cls(directory, prefix, out.shard_size, out.shard_bytes)
 
     def child_prefix(self, pool: int, child: int) -> str:
         return f"{self.prefix}-x{pool:02d}-w{child:03d}"

@@ -272,7 +272,7 @@ class RunDriver:
                         row.shard = res.name
                     self.m.commit(rows, (res.name, self.run_id, res.n_samples, res.n_bytes))
                     continue
-                row = self._account(res)
+                row = self._account(res, notify=res.key not in announced)
                 if res.status != "ok":
                     loose.append(row)
                     if len(loose) >= _ROW_BATCH:

@@ -92,9 +92,8 @@ def _pool_for(spec: PartitionSpec) -> InlinePool | ProcessPool:
 
 def _child_shards(spec: PartitionSpec) -> ShardTarget:
     """Shards of this worker's child: names unique across workers and machines."""
-    out = spec.pipeline.output
     prefix = f"shard-{spec.run_id:05d}-c{uuid.uuid4().hex[:8]}"
-    return ShardTarget(spec.shard_dir, prefix, out.shard_size, out.shard_bytes)
+    return ShardTarget.of(spec.pipeline, spec.shard_dir, prefix)
 
 
 def run_partition(

@@ -36,13 +36,10 @@ def run_local(
         driver = RunDriver(
             pipeline,
             store,
-            lambda p, fitted, run_id: make_pool(cfg, p, fitted, _shards(store, p, run_id)),
+            lambda p, fitted, run_id: make_pool(
+                cfg, p, fitted, ShardTarget.of(p, str(store.shard_dir), f"shard-{run_id:05d}")
+            ),
             hooks,
             RunOptions(retry_errors=retry_errors, epoch=cfg.epoch),
         )
         return driver.run()
-
-
-def _shards(store: OutputStore, pipeline: Pipeline, run_id: int) -> ShardTarget:
-    out = pipeline.output
-    return ShardTarget(str(store.shard_dir), f"shard-{run_id:05d}", out.shard_size, out.shard_bytes)
