@@ -11,12 +11,15 @@ import pytest
 import datapipe
 import datapipe.stages
 
-#: every module of the package and of the stage families (mapped in from stages/)
+#: every module of the package and of the stage families (stages/, linked in as
+#: datapipe/stages; a set, as the walk of datapipe reaches them too)
 MODULES = sorted(
-    info.name
-    for package in (datapipe, datapipe.stages)
-    for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
-    if info.name != "datapipe.cli.__main__"
+    {
+        info.name
+        for package in (datapipe, datapipe.stages)
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+        if info.name != "datapipe.cli.__main__"
+    }
 )
 
 

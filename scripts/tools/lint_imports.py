@@ -2,11 +2,11 @@
 
     python scripts/tools/lint_imports.py    # exit 0 when every contract is kept, else 1
 
-``stages/`` installs as ``datapipe.stages`` (setuptools ``package-dir``), which a plain
-``lint-imports`` in this checkout cannot see: it walks the ``datapipe/`` folder. So this
-script lays the package out in a temporary folder as it installs (links to the ``.py`` files
-of every package pyproject.toml lists) and runs ``lint-imports`` there. Run from anywhere;
-tests/test_layering.py runs it too.
+``stages/`` installs as ``datapipe.stages`` (setuptools ``package-dir``); in the checkout
+``datapipe/stages`` links to it, so a plain ``lint-imports`` sees it too. This script lays the
+package out in a temporary folder as it installs (links to the ``.py`` files of every package
+pyproject.toml lists) and runs ``lint-imports`` there, where tests/test_layering.py can plant
+bad imports without touching the checkout. Run from anywhere.
 """
 
 from __future__ import annotations
