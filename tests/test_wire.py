@@ -244,6 +244,8 @@ MALFORMED = {
     "attempt_str": result({"attempt": "1"}),
     "attempt_bool": result({"attempt": True}),
     "elapsed_str": result({"elapsed_s": "0"}),
+    "hash_int": result({"hash": 5}),  # ``str | None`` fields take None or a str only
+    "message_list": result({"message": ["x"]}),
     "notes_value_str": result({"notes": {"d": [["x_damage", "1"]]}}),
     "samples_not_pairs": result({"samples": [["k", []]]}),
     "sample_member_not_bytes": result({"samples": [{"t": ["k", [{"t": ["a.bin", "text"]}]]}]}),

@@ -128,6 +128,9 @@ def _checker(tp: Any) -> Check:
         return lambda v: type(v) is tp
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (Union, types.UnionType):
+        if len(args) == 2 and type(None) in args:  # ``X | None``, the common case: no loop
+            inner = _checker(next(a for a in args if a is not type(None)))
+            return lambda v: v is None or inner(v)
         alts = [_checker(a) for a in args]
         return lambda v: any(c(v) for c in alts)
     if origin is list:
