@@ -46,7 +46,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,42 @@ class SharedFlags:
             self._shared = multiprocessing.RawArray("B", state["bytes"])
 
 
+class SharedSubset:
+    """The active subset of the units (None: all), in shared memory like :class:`SharedFlags`
+    but rewritable: a mask byte per unit and a flag saying whether the mask applies. The main
+    process changes it between epochs (:meth:`StreamDataset.select`); DataLoader workers,
+    persistent or not, read it when an epoch starts."""
+
+    def __init__(self, n: int) -> None:
+        self._mask = multiprocessing.RawArray("B", n)
+        self._on = multiprocessing.RawValue("B", 0)
+
+    def get(self) -> np.ndarray | None:
+        """The active unit indices, ascending, or None when every unit is active."""
+        if not self._on.value:
+            return None
+        return np.flatnonzero(np.frombuffer(self._mask, dtype=np.uint8)).astype(np.int64)
+
+    def set(self, units: np.ndarray | None) -> None:
+        mask = np.frombuffer(self._mask, dtype=np.uint8)
+        mask[:] = 0
+        if units is not None:
+            mask[units] = 1
+        self._on.value = units is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:
+            return {"mask": self._mask, "on": self._on}
+        return {"bytes": bytes(self._mask), "value": self._on.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "mask" in state:
+            self._mask, self._on = state["mask"], state["on"]
+        else:
+            self._mask = multiprocessing.RawArray("B", state["bytes"])
+            self._on = multiprocessing.RawValue("B", state["value"])
+
+
 def replacement_order(length: int, seed: int, epoch: int, rank: int) -> np.ndarray:
     """The permutation of a rank's ``length`` positions that replacements are drawn from.
 
@@ -218,6 +254,8 @@ class StreamDataset(IterableDataset):
         self.transform = transform
         self._epoch = SharedEpoch(0)
         self._bad = SharedFlags(len(keys))
+        self._subset = SharedSubset(len(keys))
+        self._key_index: dict[str, int] | None = None
         #: (key, reason) of every unit found bad by iterations run in this process
         self.skipped: list[tuple[str, str]] = []
         #: key -> reason for units left out when the dataset was built (never iterated)
@@ -235,13 +273,57 @@ class StreamDataset(IterableDataset):
         """
         self._epoch.value = check_epoch(epoch)
 
+    def select(self, keys: Iterable[str] | None) -> int:
+        """Read only the units of ``keys`` from the next epoch on (None: every unit again);
+        returns how many are active. Each epoch then permutes the active units alone (seeded
+        by the seed and epoch, as before), so every one of them comes exactly once per epoch
+        and a skipped one is replaced by another active one. A key the dataset does not hold
+        is a ValueError; an empty selection too.
+
+        Call it in the main process between epochs (it reaches DataLoader workers, persistent
+        or not, as ``set_epoch`` does), on every rank with the same keys: ranks split the
+        active units as they split all of them."""
+        if keys is None:
+            self._subset.set(None)
+            return len(self.keys)
+        index = self._index()
+        wanted = list(dict.fromkeys(keys))
+        unknown = [k for k in wanted if k not in index]
+        if unknown:
+            raise ValueError(
+                f"{self._where}.select: {len(unknown)} key(s) the dataset does not hold, "
+                f"e.g. {unknown[:3]}"
+            )
+        if not wanted:
+            raise ValueError(f"{self._where}.select: an empty selection (give None for all)")
+        self._subset.set(np.sort(np.fromiter((index[k] for k in wanted), np.int64, len(wanted))))
+        return len(wanted)
+
+    @property
+    def selected(self) -> list[str] | None:
+        """The keys :meth:`select` made active, in key order (None: all are)."""
+        units = self._subset.get()
+        return None if units is None else [self.keys[i] for i in units]
+
+    def _index(self) -> dict[str, int]:
+        if self._key_index is None:
+            self._key_index = {k: i for i, k in enumerate(self.keys)}
+        return self._key_index
+
     def __len__(self) -> int:
-        return rank_length(len(self.keys), self.world_size, self.even, self.rank)
+        units = self._subset.get()
+        n = len(self.keys) if units is None else len(units)
+        return rank_length(n, self.world_size, self.even, self.rank)
 
     def rank_units(self, epoch: int | None = None) -> np.ndarray:
-        """Indices into ``self.keys`` this rank reads in ``epoch`` (default: the current one)."""
+        """Indices into ``self.keys`` this rank reads in ``epoch`` (default: the current one):
+        its share of a permutation of the active units (all units, unless :meth:`select`)."""
         e = self.epoch if epoch is None else epoch
-        order = epoch_order(len(self.keys), self.seed, e, self.shuffle)
+        active = self._subset.get()
+        n = len(self.keys) if active is None else len(active)
+        order = epoch_order(n, self.seed, e, self.shuffle)
+        if active is not None:
+            order = active[order]
         return rank_positions(order, self.rank, self.world_size, self.even)
 
     @property

@@ -31,6 +31,7 @@ from datapipe.train.distributed import (
 )
 from datapipe.train.inputs import Inputs, PixelInputs
 from datapipe.train.report import cpu_latency_ms
+from datapipe.train.reselect import Prepare, Reselection
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,46 @@ def evaluate(
     }
 
 
+class _Subset:
+    """What :func:`fit` does with a :class:`Reselection` (nothing without one): the first
+    subset selected before the schedule's length is taken, one per epoch after."""
+
+    def __init__(self, reselect: Reselection | None, loader: Any, saved: dict | None) -> None:
+        self.reselect = reselect
+        self.dataset = getattr(loader, "dataset", loader)
+        if reselect is None:
+            return
+        if not hasattr(self.dataset, "select"):
+            raise TypeError(
+                "fit(reselect=...) needs a training dataset with select(keys), such as "
+                f"datapipe.stream's; got {type(self.dataset).__name__}"
+            )
+        if saved is not None:
+            if saved.get("reselect") is None:
+                raise ResumeMismatch("the checkpoint was written without reselect")
+            try:
+                reselect.load_state(saved["reselect"])
+            except ValueError as exc:
+                raise ResumeMismatch(str(exc)) from None
+        self.dataset.select([reselect.keys[i] for i in reselect.current])
+
+    def begin(self, epoch: int, model: nn.Module, prepare: Prepare) -> dict[str, Any]:
+        if self.reselect is None:
+            return {}
+        t0 = time.perf_counter()
+        keys = self.reselect.begin_epoch(epoch, model, prepare)
+        self.dataset.select(keys)
+        entry = self.reselect.log[-1]
+        return {
+            "active_samples": len(keys),
+            "rescored": entry["rescored"],
+            "rescore_s": time.perf_counter() - t0,
+        }
+
+    def state(self) -> dict[str, Any] | None:
+        return self.reselect.state() if self.reselect is not None else None
+
+
 def _check_resume(saved: dict[str, Any], config: TrainConfig, steps_per_epoch: int) -> None:
     old = saved["config"]
     diffs = [f"{k}: {old.get(k)!r} -> {getattr(config, k)!r}" for k in RESUME_KEYS
@@ -229,6 +270,7 @@ def fit(
     resume: bool = True,
     inputs: Inputs | None = None,
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+    reselect: Reselection | None = None,
 ) -> TrainResult:
     """Train ``model`` on CPU, deterministically; returns a :class:`TrainResult`.
 
@@ -245,6 +287,12 @@ def fit(
     ``resume``), training goes on from it and ends with the same weights, bit for bit, as an
     uninterrupted run; one written with other settings is a :class:`ResumeMismatch`.
     ``len(train_loader)`` sets the length of the cosine schedule.
+
+    ``reselect`` (a :class:`~datapipe.train.reselect.Reselection`) re-chooses the training
+    subset before each epoch: the loader's dataset must have ``select(keys)`` (the streams of
+    :mod:`datapipe.stream` do); each epoch's record gains ``active_samples``, ``rescored``
+    and ``rescore_s``, the checkpoint carries the policy's state, and ``reselect.log`` lists
+    every epoch's keys (a resumed run chooses the same ones).
 
     Distributed (under ``torchrun``, once ``torch.distributed.init_process_group`` ran with
     more than one process), pass the plain model (or one already in
@@ -265,7 +313,16 @@ def fit(
     try:
         inputs = inputs or PixelInputs(config.field, config.label)
         return _fit(
-            model, train_loader, val_loader, config, inputs, checkpoint_dir, log, resume, loss
+            model,
+            train_loader,
+            val_loader,
+            config,
+            inputs,
+            checkpoint_dir,
+            log,
+            resume,
+            loss,
+            reselect,
         )
     finally:
         torch.set_num_threads(threads)
@@ -282,16 +339,18 @@ def _fit(
     log: Callable[[dict[str, Any]], None] | None,
     resume: bool,
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+    reselect: Reselection | None = None,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
     model = unwrap(model)  # the module itself: saved, loaded, measured and evaluated
+    saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
+    subset = _Subset(reselect, train_loader, saved)  # before len(): the epochs' subset size
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total_steps = config.epochs * steps_per_epoch
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    saved = load_checkpoint(checkpoint_dir) if checkpoint_dir is not None and resume else None
     start, history, skipped = 0, [], Counter()
     if saved is not None:
         _check_resume(saved, config, steps_per_epoch)
@@ -320,6 +379,7 @@ def _fit(
         _set_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        record.update(subset.begin(epoch, model, lambda b: batches(b, train=False)))
         batches.skipped = Counter()
         record.update(
             train_one_epoch(net, train_loader, batches, optimizer, scheduler, total_steps, loss)
@@ -339,7 +399,7 @@ def _fit(
                 "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                 "history": history, "config": config.to_dict(), "skipped": dict(skipped),
                 "steps_per_epoch": steps_per_epoch, "inputs": inputs.state(),
-                "spec": dict(getattr(model, "spec", {})),
+                "spec": dict(getattr(model, "spec", {})), "reselect": subset.state(),
             })  # fmt: skip
         barrier()  # a resume on any rank finds the complete checkpoint
         logger.info("epoch %d: %s", epoch, {k: record[k] for k in ("train_loss", "val_accuracy")})

@@ -13,7 +13,7 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -29,6 +29,7 @@ from datapipe.stages.train.compress import (
 )
 from datapipe.stages.train.compress_params import CompressParams
 from datapipe.stages.train.distill import find_teacher
+from datapipe.stages.train.reselect import ReselectParams, make_reselection, write_selection_log
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,6 +62,11 @@ class TrainParams(Params):
         None,
         description="Also make a compressed model (prune, distill, quantize); "
         "OUT/train/NODE/compressed/.",
+    )
+    reselect: ReselectParams | None = PField(
+        None,
+        description="Train each epoch on a subset re-chosen every few epochs from the "
+        "model's scores; OUT/train/NODE/selection.jsonl.",
     )
 
 
@@ -180,7 +186,14 @@ class Trainer(Sink):
             shapes=self._probe(val),
             class_names=[names.get(i, str(i)) for i in range(num_classes)],
             train_samples=len(train_keys),
+            train_labels={k: labelled[k] for k in train_keys},
         )
+
+    def workers(self) -> int:
+        """DataLoader workers: an epoch-dependent upstream decodes media every epoch, in
+        worker processes, never in this one (and only inputs the isolated run already read
+        without error)."""
+        return max(self.params.workers, 1) if self.epoch_dependent else self.params.workers
 
     def loaders(self, data: TrainingData, samples: bool = False) -> tuple[Any, Any]:
         """The training and validation DataLoaders of ``data``; with ``samples``, training
@@ -188,10 +201,7 @@ class Trainer(Sink):
         from torch.utils.data import DataLoader
 
         p = self.params
-        # an epoch-dependent upstream decodes media every epoch: in worker processes, never
-        # in this one (and only inputs the isolated run already read without error)
-        workers = max(p.workers, 1) if self.epoch_dependent else p.workers
-        opts = {"num_workers": workers, "persistent_workers": False}
+        opts = {"num_workers": self.workers(), "persistent_workers": False}
         train, val = data.train, data.val
         return (
             DataLoader(
@@ -225,11 +235,26 @@ class Trainer(Sink):
         torch.manual_seed(p.seed)
         model = self.make_model(len(data.class_names), data.shapes)
         train, val = self.loaders(data)
+        reselect = None
+        if p.reselect is not None:
+            score_data = self._stream(ctx, set(data.train_labels), shuffle=False)
+            reselect = make_reselection(
+                p.reselect, data.train_labels, score_data, p.seed, self.workers()
+            )
         result = fit(
-            model, train, val, config, checkpoint_dir=checkpoint_dir, inputs=self.make_inputs()
+            model,
+            train,
+            val,
+            config,
+            checkpoint_dir=checkpoint_dir,
+            inputs=self.make_inputs(),
+            reselect=reselect,
         )
         self.write_model(out, model, result, data)
-        return self.make_report(out, result, data)
+        report = self.make_report(out, result, data)
+        if reselect is not None:
+            report["reselect"] = write_selection_log(out, reselect)
+        return report
 
     def _streams(self, ctx: Context, train_keys: set[str], val_keys: set[str]) -> tuple[Any, Any]:
         """The training and validation streams: the committed shards, or, when a stage
@@ -241,14 +266,34 @@ class Trainer(Sink):
 
         p = self.params
         fields = [*self.read_fields(), p.label]
+        if p.reselect is not None:  # a stream whose subset changes by epoch (select)
+            train = self._stream(ctx, train_keys, shuffle=True)
+        elif not ctx.epoch_dependent:
+            train = KeyFilter(from_shards(ctx.run_dir, seed=p.seed, fields=fields), train_keys)
+        else:
+            train = from_pipeline(ctx.pipeline, seed=p.seed, fields=fields, keys=train_keys)
+            train = KeyFilter(train, train_keys)
         if not ctx.epoch_dependent:
-            train = from_shards(ctx.run_dir, seed=p.seed, fields=fields)
             val = from_shards(ctx.run_dir, shuffle=False, fields=fields)
-            return KeyFilter(train, train_keys), KeyFilter(val, val_keys)
-        train = from_pipeline(ctx.pipeline, seed=p.seed, fields=fields, keys=train_keys)
+            return train, KeyFilter(val, val_keys)
         val = from_pipeline(ctx.pipeline, shuffle=False, fields=fields, keys=val_keys)
-        last = p.epochs - 1
-        return KeyFilter(train, train_keys), FixedEpoch(KeyFilter(val, val_keys), last)
+        return train, FixedEpoch(KeyFilter(val, val_keys), p.epochs - 1)
+
+    def _stream(self, ctx: Context, keys: set[str], shuffle: bool) -> Any:
+        """The samples of ``keys`` as a stream with ``select`` (the committed shards, or the
+        pipeline recomputed every epoch)."""
+        from datapipe.stream import from_pipeline, from_shards
+
+        p = self.params
+        fields = [*self.read_fields(), p.label]
+        if ctx.epoch_dependent:
+            stream = from_pipeline(
+                ctx.pipeline, seed=p.seed, shuffle=shuffle, fields=fields, keys=keys
+            )
+        else:
+            stream = from_shards(ctx.run_dir, seed=p.seed, shuffle=shuffle, fields=fields)
+        stream.select(keys)
+        return stream
 
     def _probe(self, val: Any) -> list[list[int]]:
         """The per-input sample shapes, from the first validation samples that make a batch."""
@@ -351,6 +396,8 @@ class TrainingData:
     shapes: list[list[int]]
     class_names: list[str]
     train_samples: int
+    #: class index of every training key
+    train_labels: dict[str, int] = field(default_factory=dict)
 
 
 def reused_report(folder: Path, fingerprint: str) -> dict[str, Any] | None:
