@@ -67,6 +67,7 @@ def compressed_line(node: str, c: dict[str, Any], indent: str = "  ") -> str:
 #: the figures of a trainer's summary line and how each is written
 TRAINER_FIGURES: tuple[tuple[str, Callable[[Any], str]], ...] = (
     ("epochs_run", lambda v: f"{v} epochs"),
+    ("subset", lambda v: f"on {v}"),
     ("params", lambda v: f"{v:,} params"),
     ("model_bytes", lambda v: f"{v / 1e6:.2f} MB"),
 )

@@ -15,8 +15,10 @@ import pytest
 from datapipe.demo.training_data import make_image_dataset
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
+from datapipe.graph import Pipeline
 from datapipe.schemas import load_schema
 from datapipe.stream import from_shards
+from datapipe.summary import summary_text
 from datapipe.train import split_by_key
 from runs import image_trainer
 
@@ -65,6 +67,9 @@ def test_reselect_settings_are_part_of_the_model_and_rerun_reuses(
 ) -> None:
     again = run_local(image_trainer(images, epochs=3, reselect=RESELECT), trained, workers=0)
     assert again.sinks["classifier"]["reused"] is True
+    subset = "50% re-selected by loss every 1 epochs"
+    assert again.sinks["classifier"]["subset"] == subset
+    assert f"3 epochs, on {subset}" in summary_text(again)
     other = {**RESELECT, "score": "el2n"}
     changed = run_local(image_trainer(images, epochs=3, reselect=other), trained, workers=0)
     assert changed.sinks["classifier"]["reused"] is False
@@ -91,3 +96,37 @@ def test_a_budget_that_drops_a_class_is_a_clear_error_row(images: Path, tmp_path
     failed = report.sinks["classifier"]
     assert failed["error"] == "reselect_budget" and "drop a whole class" in failed["message"]
     assert report.counts["ok"] == 48  # the items are committed all the same
+
+
+def test_reselect_under_a_resize_schedule_scores_at_each_epochs_size(
+    images: Path, tmp_path: Path
+) -> None:
+    schedule = {"start_size": 16, "end_size": 24, "start_epoch": 0, "end_epoch": 1, "multiple": 8}
+    spec = {
+        "nodes": {
+            "photos": {"stage": "files", "params": {"root": str(images), "kinds": ["image"]}},
+            "resize": {
+                "stage": "represent.resize",
+                "inputs": "photos",
+                "params": {"schedule": schedule},
+            },
+            "classifier": {
+                "stage": "train.image",
+                "inputs": "resize",
+                "params": {
+                    "epochs": 2,
+                    "width": 4,
+                    "batch_size": 16,
+                    "lr": 0.05,
+                    "reselect": RESELECT,
+                },
+            },
+        }
+    }
+    out = tmp_path / "out"
+    run_local(Pipeline.from_dict(spec), out, workers=0)
+    report = json.loads((out / "train" / "classifier" / "report.json").read_text())
+    assert [r["input_shapes"][0][1] for r in report["history"]] == [16, 24]
+    budget = report["reselect"]["budget"]
+    assert [r["samples"] for r in report["history"]] == [budget] * 2
+    assert report["reselect"]["rescorings"] == 1 and report["skipped"] == {}

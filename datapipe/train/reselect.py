@@ -214,7 +214,7 @@ class Reselection:
         rng = np.random.default_rng((self.seed, epoch, 29))
         probe = self.config.probe
         cand = np.arange(n) if probe is None or probe >= n else np.sort(rng.choice(n, probe, False))
-        got, logits, labels, feats = self._outputs(model, cand, prepare)
+        got, logits, labels, feats = self._outputs(model, cand, prepare, epoch)
         if not len(got):
             logger.warning("reselect: no usable sample to score in epoch %d; subset kept", epoch)
             return 0
@@ -243,14 +243,16 @@ class Reselection:
         return nonfinite
 
     def _outputs(
-        self, model: nn.Module, cand: np.ndarray, prepare: Prepare
+        self, model: nn.Module, cand: np.ndarray, prepare: Prepare, epoch: int
     ) -> tuple[np.ndarray, Tensor, Tensor, Tensor]:
         """(indices scored, logits, labels, last-layer inputs) of the candidates that the
-        inputs accept, the model in eval mode."""
+        inputs accept, the model in eval mode, the inputs of ``epoch`` (a resize schedule)."""
         from torch.utils.data import DataLoader
 
         index = {k: i for i, k in enumerate(self.keys)}
         self.score_data.select([self.keys[i] for i in cand])
+        if hasattr(self.score_data, "set_epoch"):
+            self.score_data.set_epoch(epoch)
         loader = DataLoader(
             self.score_data,
             batch_size=self.batch_size,

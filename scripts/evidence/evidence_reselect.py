@@ -7,9 +7,11 @@ sample, and beat a fixed random subset of the same size, for less wall time? Pro
 - data: ``make_image_dataset`` (``--classes`` x ``--per-class`` shape-over-texture JPEGs),
   ``files -> image.resize(--size) -> train.image`` (ResNet, ``--width``), the trainer's own
   key-hash validation split (the same held-out images for every arm);
-- arms: all training samples every epoch; a fixed class-balanced random ``--fraction``
-  (``reselect`` with ``every`` past the last epoch: never rescored); the four scores, rescoring
-  all training samples every ``--every`` epochs; the same epochs, batch size and learning rate;
+- arms: all training samples every epoch; the same for ``fraction * epochs`` epochs (as
+  many steps as a subset arm: the equal-compute reference); a fixed class-balanced random
+  ``--fraction`` (``reselect`` with ``every`` past the last epoch: never rescored); the four
+  scores, rescoring all training samples every ``--every`` epochs; the same batch size and
+  learning rate, and (but for the equal-compute arm) the same epochs;
 - seeds: ``--seeds`` (the trainer's seed: split, order, weights and draws);
 - reported: validation accuracy mean ± sample sd over seeds, training samples seen, and the
   trainer's wall time (training + validation + rescoring, from its report).
@@ -35,17 +37,25 @@ from datapipe.graph import Pipeline
 SCORES = ("loss", "el2n", "forgetting", "grad_kcenter")
 
 
-def arms(args: argparse.Namespace) -> dict[str, dict[str, Any] | None]:
-    """Arm name -> the trainer's reselect block (None: every sample)."""
+def arms(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any] | None, int]]:
+    """Arm name -> (the trainer's reselect block (None: every sample), epochs)."""
     fixed = {"every": 10_000, "fraction": args.fraction}
-    out: dict[str, dict[str, Any] | None] = {"all samples": None, "fixed random": fixed}
+    short = max(1, round(args.fraction * args.epochs))
+    out: dict[str, tuple[dict[str, Any] | None, int]] = {
+        "all samples": (None, args.epochs),
+        f"all samples, {short} epochs": (None, short),
+        "fixed random": (fixed, args.epochs),
+    }
     for score in args.scores:
-        out[f"reselect {score}"] = {"every": args.every, "fraction": args.fraction, "score": score}
+        block = {"every": args.every, "fraction": args.fraction, "score": score}
+        out[f"reselect {score}"] = (block, args.epochs)
     return out
 
 
-def pipeline(data: Path, reselect: dict[str, Any] | None, seed: int, args: argparse.Namespace):
-    train = {"epochs": args.epochs, "width": args.width, "batch_size": args.batch, "lr": args.lr,
+def pipeline(
+    data: Path, reselect: dict[str, Any] | None, epochs: int, seed: int, args: argparse.Namespace
+) -> Pipeline:
+    train = {"epochs": epochs, "width": args.width, "batch_size": args.batch, "lr": args.lr,
              "seed": seed, "threads": args.threads, "reselect": reselect}  # fmt: skip
     return Pipeline.from_dict(
         {
@@ -62,8 +72,11 @@ def pipeline(data: Path, reselect: dict[str, Any] | None, seed: int, args: argpa
     )
 
 
-def one(data: Path, out: Path, reselect: dict[str, Any] | None, seed: int, args) -> dict:
-    run_local(pipeline(data, reselect, seed, args), out, workers=0)
+def one(
+    data: Path, out: Path, arm: tuple[dict[str, Any] | None, int], seed: int, args: Any
+) -> dict:
+    """One training: its validation accuracy, samples seen and seconds."""
+    run_local(pipeline(data, *arm, seed, args), out, workers=0)
     report = json.loads((out / "train" / "model" / "report.json").read_text())
     return {
         "val_accuracy": report["val_accuracy"],
@@ -97,9 +110,9 @@ def main() -> None:
                            size=(40, 64), seed=0)  # fmt: skip
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
-        for name, block in arms(args).items():
-            out = work / f"out-{name.replace(' ', '_')}-{seed}"
-            results.setdefault(name, []).append(one(data, out, block, seed, args))
+        for name, arm in arms(args).items():
+            out = work / f"out-{name.replace(' ', '_').replace(',', '')}-{seed}"
+            results.setdefault(name, []).append(one(data, out, arm, seed, args))
             print(f"seed {seed} {name}: {results[name][-1]}", flush=True)
     base = statistics.mean(r["val_accuracy"] for r in results["all samples"])
     fixed = statistics.mean(r["val_accuracy"] for r in results["fixed random"])

@@ -424,5 +424,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The part of a trainer's report the run report and the manifest carry."""
-    return {k: report.get(k) for k in SUMMARY_KEYS}
+    """The part of a trainer's report the run report and the manifest carry (with a
+    ``reselect`` block, also ``subset``: ``50% re-selected by el2n every 2 epochs``)."""
+    out = {k: report.get(k) for k in SUMMARY_KEYS}
+    r = report.get("reselect")
+    if r:
+        out["subset"] = (
+            f"{r['fraction']:.0%} re-selected by {r['score']} every {r['every']} epochs"
+        )
+    return out
