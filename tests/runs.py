@@ -58,3 +58,25 @@ def image_trainer(root: Path, **train: Any) -> Pipeline:
             }
         }
     )
+
+
+def scheduled_trainer(root: Path, end_size: int, end_epoch: int = 2, **train: Any) -> Pipeline:
+    """files -> represent.resize (16 px at epoch 0 up to ``end_size`` at ``end_epoch``,
+    multiples of 8) -> train.image ``classifier`` (3 epochs, width 4 unless ``train`` says
+    otherwise)."""
+    schedule = {"start_size": 16, "end_size": end_size, "start_epoch": 0,
+                "end_epoch": end_epoch, "multiple": 8}  # fmt: skip
+    params = {"epochs": 3, "width": 4, "batch_size": 16, "lr": 0.05, **train}
+    return Pipeline.from_dict(
+        {
+            "nodes": {
+                "photos": {"stage": "files", "params": {"root": str(root), "kinds": ["image"]}},
+                "resize": {
+                    "stage": "represent.resize",
+                    "inputs": "photos",
+                    "params": {"schedule": schedule},
+                },
+                "classifier": {"stage": "train.image", "inputs": "resize", "params": params},
+            }
+        }
+    )

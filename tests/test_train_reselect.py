@@ -15,12 +15,11 @@ import pytest
 from datapipe.demo.training_data import make_image_dataset
 from datapipe.errors import ConfigError
 from datapipe.executors.local import run_local
-from datapipe.graph import Pipeline
 from datapipe.schemas import load_schema
 from datapipe.stream import from_shards
 from datapipe.summary import summary_text
 from datapipe.train import split_by_key
-from runs import image_trainer
+from runs import image_trainer, scheduled_trainer
 
 RESELECT = {"every": 1, "fraction": 0.5, "score": "loss"}
 
@@ -101,30 +100,9 @@ def test_a_budget_that_drops_a_class_is_a_clear_error_row(images: Path, tmp_path
 def test_reselect_under_a_resize_schedule_scores_at_each_epochs_size(
     images: Path, tmp_path: Path
 ) -> None:
-    schedule = {"start_size": 16, "end_size": 24, "start_epoch": 0, "end_epoch": 1, "multiple": 8}
-    spec = {
-        "nodes": {
-            "photos": {"stage": "files", "params": {"root": str(images), "kinds": ["image"]}},
-            "resize": {
-                "stage": "represent.resize",
-                "inputs": "photos",
-                "params": {"schedule": schedule},
-            },
-            "classifier": {
-                "stage": "train.image",
-                "inputs": "resize",
-                "params": {
-                    "epochs": 2,
-                    "width": 4,
-                    "batch_size": 16,
-                    "lr": 0.05,
-                    "reselect": RESELECT,
-                },
-            },
-        }
-    }
     out = tmp_path / "out"
-    run_local(Pipeline.from_dict(spec), out, workers=0)
+    pipeline = scheduled_trainer(images, 24, end_epoch=1, epochs=2, reselect=RESELECT)
+    run_local(pipeline, out, workers=0)
     report = json.loads((out / "train" / "classifier" / "report.json").read_text())
     assert [r["input_shapes"][0][1] for r in report["history"]] == [16, 24]
     budget = report["reselect"]["budget"]

@@ -23,7 +23,7 @@ from datapipe.graph import Pipeline
 from datapipe.models import build_model
 from datapipe.schemas import load_schema
 from datapipe.stream import from_shards
-from runs import cli, datapipe_cmd, image_trainer
+from runs import cli, datapipe_cmd, image_trainer, scheduled_trainer
 
 CLASSES = 4
 
@@ -97,31 +97,9 @@ def test_the_trainer_learns_above_chance(images: Path, tmp_path: Path) -> None:
     assert report.sinks["classifier"]["val_accuracy"] > 1.5 / CLASSES
 
 
-def _scheduled(images: Path, end_size: int) -> Pipeline:
-    schedule = {"start_size": 16, "end_size": end_size, "start_epoch": 0, "end_epoch": 2,
-                "multiple": 8}  # fmt: skip
-    return Pipeline.from_dict(
-        {
-            "nodes": {
-                "photos": {"stage": "files", "params": {"root": str(images), "kinds": ["image"]}},
-                "resize": {
-                    "stage": "represent.resize",
-                    "inputs": "photos",
-                    "params": {"schedule": schedule},
-                },
-                "classifier": {
-                    "stage": "train.image",
-                    "inputs": "resize",
-                    "params": {"epochs": 3, "width": 4, "batch_size": 16, "lr": 0.05},
-                },
-            }
-        }
-    )
-
-
 def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = run_local(_scheduled(images, 32), out, workers=0)
+    report = run_local(scheduled_trainer(images, 32), out, workers=0)
     assert report.sinks["classifier"]["epochs_run"] == 3
     folder = out / "train" / "classifier"
     full = json.loads((folder / "report.json").read_text())
@@ -139,7 +117,7 @@ def test_a_resize_schedule_is_honoured_epoch_by_epoch(images: Path, tmp_path: Pa
     assert tuple(sample["image"].shape) == (16, 16, 3)
     # a later size of the schedule is not in the committed (epoch 0) samples, yet it changes
     # the model: a new end size trains anew
-    again = run_local(_scheduled(images, 40), out, workers=0)
+    again = run_local(scheduled_trainer(images, 40), out, workers=0)
     assert again.sinks["classifier"]["reused"] is False
     history = json.loads((folder / "report.json").read_text())["history"]
     assert [r["input_shapes"][0][1] for r in history] == [16, 32, 40]
