@@ -353,6 +353,27 @@ def test_motion_peaks_at_the_frames_of_fastest_motion(
     assert keyframes_motion(path, k=3, threshold=mid, too_few="clamp").indices.tolist() == [10, 28]
 
 
+def test_motion_without_a_peak_and_clamp_keeps_its_most_moving_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Energy that only rises (a steady zoom) has no local maximum. ``error`` says so;
+    ``clamp`` keeps one frame, the last (highest energy), not an empty selection."""
+    from datapipe.stages.keyframes import methods
+
+    path = tmp_path / "pan.mp4"
+    panning_clip(path, motion=PAN, bframes=2)
+    _, field = motion_signal(path)
+    rising = np.linspace(0.0, 1.0, len(field.pts))
+    monkeypatch.setattr(methods, "motion_signal", lambda *a, **kw: (rising, field))
+    with pytest.raises(ItemError) as info:
+        keyframes_motion(path, k=2)
+    assert info.value.error_class == "empty"
+    sel = keyframes_motion(path, k=2, too_few="clamp", decode=True)
+    assert sel.indices.tolist() == [len(rising) - 1]
+    full, _ = full_decode(path)
+    np.testing.assert_array_equal(sel.frames, full[-1:])
+
+
 def test_motion_needs_a_codec_with_vectors(clip: Callable[[str], Path]) -> None:
     with pytest.raises(ItemError) as info:
         keyframes_motion(clip("hevc"), k=2)

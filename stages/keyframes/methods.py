@@ -264,8 +264,9 @@ def keyframes_motion(
     compressed domain, optionally smoothed over ``smooth`` frames; its local maxima
     (:func:`~datapipe.stages.keyframes.index.motion_peaks`) at or above
     ``threshold`` are kept, the ``k`` highest when ``k`` is given. Fewer than ``k`` peaks
-    is an error (or all of them with ``too_few="clamp"``); with ``threshold`` alone, no peak
-    gives an empty selection.
+    is an error (or all of them with ``too_few="clamp"``; with no peak at all, steady motion,
+    clamp keeps the frame of highest energy); with ``threshold`` alone, no peak gives an
+    empty selection.
 
     Returns
     -------
@@ -292,6 +293,10 @@ def keyframes_motion(
     energy, field = motion_signal(path, block=block, strict=strict, max_pixels=max_pixels)
     energy = smooth_signal(energy, smooth)
     peaks = kix.motion_peaks(energy, threshold=threshold, min_gap=min_gap)
+    if k is not None and not len(peaks) and too_few == "clamp" and len(energy):
+        # steady motion (a zoom whose energy only rises) has no interior peak: its most
+        # moving frame stands in, so clamp still gives one frame
+        peaks = np.array([int(np.argmax(energy))], dtype=np.int64)
     if k is not None:
         kk = kix.budget(k, len(peaks), too_few, what="motion peaks")
         best = np.argsort(-energy[peaks], kind="stable")[:kk]
