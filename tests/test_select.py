@@ -258,7 +258,8 @@ def test_kcenter_and_uncertainty_stratify_keep_class_shares() -> None:
     keys = [f"k{i:02d}" for i in range(80)]
     view = {"embedding": x.tolist(), "label": labels}
     want = stratum_budgets(Counter(labels), 16)
-    for stage in (KCenter(count=16, stratify=True), Uncertainty(count=16, stratify=True)):
+    # uncertainty is stratified by default (unstratified it starves classes: see its docs)
+    for stage in (KCenter(count=16, stratify=True), Uncertainty(count=16)):
         sel = stage.select(keys, view, ctx())
         assert Counter(labels[keys.index(k)] for k in sel.keep) == Counter(want)
     with pytest.raises(ParamError, match="needs at least 2 classes"):
@@ -340,7 +341,8 @@ def test_uncertainty_scores_unlabelled_rows_and_needs_two_classes() -> None:
     keys = [f"u{i:02d}" for i in range(41)]
     with pytest.raises(ParamError, match="needs at least 2 classes"):
         Uncertainty(count=3).select(keys, {"embedding": x.tolist(), "label": ["a"] * 41}, ctx())
-    sel = Uncertainty(count=5).select(keys, {"embedding": x.tolist(), "label": labels}, ctx())
+    view = {"embedding": x.tolist(), "label": labels}
+    sel = Uncertainty(count=5, stratify=False).select(keys, view, ctx())
     assert "u20" in sel.keep and "outside the 5 most uncertain of 41" in sel.reasons["u00"]
 
 

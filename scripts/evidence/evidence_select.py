@@ -42,9 +42,11 @@ METHODS: dict[str, Callable[[int], Select]] = {
     "kcenter": lambda b: KCenter(count=b),
     "kcenter + stratify": lambda b: KCenter(count=b, stratify=True),
     "dedup (threshold tuned to budget)": lambda b: Dedup(count=b),
-    "uncertainty (entropy, 5-fold cross-fit)": lambda b: Uncertainty(count=b),
+    "uncertainty (entropy, 5-fold cross-fit)": lambda b: Uncertainty(count=b, stratify=False),
     "uncertainty + stratify": lambda b: Uncertainty(count=b, stratify=True),
-    "uncertainty, margin, ensemble 5": lambda b: Uncertainty(count=b, metric="margin", ensemble=5),
+    "uncertainty, margin, ensemble 5": lambda b: Uncertainty(
+        count=b, metric="margin", ensemble=5, stratify=False
+    ),
 }
 
 

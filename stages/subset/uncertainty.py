@@ -223,7 +223,11 @@ class UncertaintyParams(BudgetParams):
     ensemble: int = PField(1, ge=1, le=32, description="Bootstrap proxies per fold.")
     C: float = PField(1.0, gt=0, description="Inverse regularisation of the proxy.")
     max_iter: int = PField(100, ge=1, description="Proxy training iterations (brief).")
-    stratify: bool = PField(False, description="Budgets per class, in proportion.")
+    stratify: bool = PField(
+        True,
+        description="Budgets per class, in proportion (the default: unstratified, the proxy's "
+        "doubt piles on a few classes and starves others).",
+    )
     plot: str | None = PField(None, description="Write a PNG of kept vs removed here.")
 
 
@@ -231,8 +235,12 @@ class Uncertainty(Select):
     """Keep the samples a cross-fitted logistic-regression proxy is least sure about.
 
     Score: the uncertainty (entropy, margin or least confidence, in [0, 1], higher = less
-    sure). Removed keys' reasons give their score and the cut. With ``stratify: true`` the
-    most uncertain are taken per class, budgets in proportion (largest remainder).
+    sure). Removed keys' reasons give their score and the cut. With ``stratify: true`` (the
+    default) the most uncertain are taken per class, budgets in proportion (largest
+    remainder): trained on the subsets, unstratified uncertainty lost to random at 30, 50 and
+    70 % (it piled up to 45 of 60 images on the classes the proxy doubted and starved
+    others); stratified it trains 0.09 better at every budget, level with random
+    (``scripts/evidence/evidence_select_train.py``).
     """
 
     name = "select.uncertainty"
