@@ -429,7 +429,5 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     out = {k: report.get(k) for k in SUMMARY_KEYS}
     r = report.get("reselect")
     if r:
-        out["subset"] = (
-            f"{r['fraction']:.0%} re-selected by {r['score']} every {r['every']} epochs"
-        )
+        out["subset"] = f"{r['fraction']:.0%} re-selected by {r['score']} every {r['every']} epochs"
     return out
