@@ -108,3 +108,16 @@ def test_reselect_under_a_resize_schedule_scores_at_each_epochs_size(
     budget = report["reselect"]["budget"]
     assert [r["samples"] for r in report["history"]] == [budget] * 2
     assert report["reselect"]["rescorings"] == 1 and report["skipped"] == {}
+
+
+def test_compression_fine_tunes_on_every_training_sample(images: Path, tmp_path: Path) -> None:
+    prune = {"prune": {"amount": 0.5, "finetune_epochs": 1}}
+    pipeline = image_trainer(images, epochs=2, reselect=RESELECT, compress=prune)
+    run_local(pipeline, tmp_path / "out", workers=0)
+    folder = tmp_path / "out" / "train" / "classifier"
+    report = json.loads((folder / "report.json").read_text())
+    budget = report["reselect"]["budget"]
+    assert [r["samples"] for r in report["history"]] == [budget] * 2
+    tuned = json.loads((folder / "compressed" / "report.json").read_text())
+    assert [r["samples"] for r in tuned["history"]] == [report["train_samples"]]
+    assert budget < report["train_samples"]
