@@ -40,6 +40,10 @@ def test_class_quotas_by_hand() -> None:
     assert class_quotas(labels, 10) == {0: 6, 1: 3, 2: 1}
     with pytest.raises(ValueError, match="drop a whole class"):
         class_quotas(labels, 2)
+    # 4 of 100, one class of 97: the floors (3, 1, 1, 1) overshoot; the big class gives back
+    skewed = np.array([0] * 97 + [1, 2, 3])
+    assert class_quotas(skewed, 4) == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert class_quotas(skewed, 10) == {0: 7, 1: 1, 2: 1, 3: 1}
 
 
 def test_scores_match_their_formulas() -> None:

@@ -90,8 +90,9 @@ def class_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
         )
     share = counts * (budget / len(labels))
     quota = np.maximum(np.floor(share).astype(np.int64), 1)
-    while quota.sum() > budget:  # the at-least-one floors overshot: take from the largest
-        quota[np.argmax(quota - share)] -= 1
+    while quota.sum() > budget:  # the at-least-one floors overshot: take from a class that
+        # keeps one, the most over its share
+        quota[np.argmax(np.where(quota > 1, quota - share, -np.inf))] -= 1
     order = np.argsort(-(share - quota), kind="stable")
     for i in order[: budget - int(quota.sum())]:
         quota[i] += 1
