@@ -25,6 +25,33 @@ def write_json(path: Path | None, args: Namespace, results: Any) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def add_training_args(
+    parser: ArgumentParser,
+    *,
+    classes: int,
+    per_class: int,
+    size: int,
+    epochs: int,
+    width: int = 16,
+    batch: int = 32,
+    lr: float = 0.05,
+    threads: int = 1,
+) -> None:
+    """The image set, training, seed and output options the image evidence scripts share,
+    with each script's defaults."""
+    parser.add_argument("--classes", type=int, default=classes)
+    parser.add_argument("--per-class", type=int, default=per_class)
+    parser.add_argument("--size", type=int, default=size, help="image side in pixels")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--width", type=int, default=width)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
+    parser.add_argument("--json", type=Path, default=None)
+
+
 def add_video_data_args(parser: ArgumentParser) -> None:
     """The clip set's options, shared by the video evidence scripts."""
     parser.add_argument("--classes", type=int, default=6)

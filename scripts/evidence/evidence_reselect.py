@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from evidence_common import mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, write_json
 
 from datapipe.demo.training_data import make_image_dataset
 from datapipe.executors.local import run_local
@@ -88,20 +88,10 @@ def one(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--classes", type=int, default=8)
-    ap.add_argument("--per-class", type=int, default=60)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.05)
+    add_training_args(ap, classes=8, per_class=60, size=32, epochs=12)
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--every", type=int, default=2)
     ap.add_argument("--scores", nargs="+", default=list(SCORES), choices=SCORES)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
-    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="evidence_reselect_"))
     data = work / "data"

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evidence_common import mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -362,17 +362,9 @@ def print_table(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=60, help="training pool per class")
+    add_training_args(parser, classes=10, per_class=60, size=48, epochs=12)
     parser.add_argument("--test-per-class", type=int, default=30)
-    parser.add_argument("--size", type=int, default=48, help="JPEG side in pixels (x 8)")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
@@ -380,8 +372,6 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="1 seed, random + kcenter at 50%%, 2 epochs"
     )
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.methods, args.budgets, args.epochs = [0], ["random", "kcenter"], [0.5], 2

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evidence_common import mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -145,19 +145,9 @@ def throughput(side: str, keep: int, paths: list[Path], args: argparse.Namespace
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--size", type=int, default=96, help="JPEG side in pixels (x 8)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_training_args(parser, classes=10, per_class=100, size=96, epochs=15, threads=2)
     parser.add_argument("--keeps", type=int, nargs="+", default=[64, 24, 16, 8])
     parser.add_argument("--speed-samples", type=int, default=512)
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="evidence_dct_"))
     data = work / "data"

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evidence_common import mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -80,18 +80,8 @@ def pipeline(data: Path, progressive: bool, seed: int, args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=16)
+    add_training_args(parser, classes=10, per_class=100, size=64, epochs=16, threads=2)
     parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = args.out or Path(tempfile.mkdtemp(prefix="evidence_progressive_"))
     data = work / "data"
