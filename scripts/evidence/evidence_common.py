@@ -52,6 +52,13 @@ def add_training_args(
     parser.add_argument("--json", type=Path, default=None)
 
 
+def train_params(args: Namespace, seed: int, **extra: Any) -> dict[str, Any]:
+    """A ``train.*`` stage's params from :func:`add_training_args`' options (flips on), plus
+    ``extra``."""
+    return {"width": args.width, "epochs": args.epochs, "seed": seed, "batch_size": args.batch,
+            "lr": args.lr, "flip": True, "threads": args.threads, **extra}  # fmt: skip
+
+
 def add_video_data_args(parser: ArgumentParser) -> None:
     """The clip set's options, shared by the video evidence scripts."""
     parser.add_argument("--classes", type=int, default=6)

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evidence_common import add_training_args, mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, train_params, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -142,16 +142,7 @@ def pipeline(
         "inputs": last,
         "params": {"layout": "channels", "keep": DCT_KEEP, "dequantize": True},
     }
-    shared = {
-        "width": args.width,
-        "epochs": args.epochs,
-        "seed": seed,
-        "batch_size": args.batch,
-        "lr": args.lr,
-        "flip": True,
-        "threads": args.threads,
-        "val_fraction": args.val_fraction,
-    }
+    shared = train_params(args, seed, val_fraction=args.val_fraction)
     for arch in args.archs:
         stage, params, kind = ARCHS[arch]
         nodes[arch] = {

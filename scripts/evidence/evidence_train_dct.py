@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from evidence_common import add_training_args, mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, train_params, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -49,16 +49,7 @@ from datapipe.train.inputs import DctInputs, PixelInputs
 
 
 def pipeline(data: Path, side: str, keep: int, seed: int, args: argparse.Namespace) -> Pipeline:
-    train = {
-        "depth": 10,
-        "width": args.width,
-        "epochs": args.epochs,
-        "seed": seed,
-        "batch_size": args.batch,
-        "lr": args.lr,
-        "flip": True,
-        "threads": args.threads,
-    }
+    train = train_params(args, seed, depth=10)
     if side == "pixels":
         read = {"stage": "image.resize", "params": {"size": args.size, "mode": "crop"}}
         trainer = {"stage": "train.image", "params": {**train, "stages": 4}}

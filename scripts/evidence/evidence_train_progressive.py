@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evidence_common import add_training_args, mean_sd, write_json
+from evidence_common import add_training_args, mean_sd, train_params, write_json
 
 import datapipe
 from datapipe.demo.training_data import make_image_dataset
@@ -54,17 +54,7 @@ def pipeline(data: Path, progressive: bool, seed: int, args: argparse.Namespace)
     resize: dict[str, Any] = (
         {"schedule": schedule(args.size, args.epochs)} if progressive else {"size": args.size}
     )
-    train = {
-        "depth": args.depth,
-        "width": args.width,
-        "epochs": args.epochs,
-        "seed": seed,
-        "batch_size": args.batch,
-        "lr": args.lr,
-        "flip": True,
-        "threads": args.threads,
-        "workers": 1,
-    }
+    train = train_params(args, seed, depth=args.depth, workers=1)
     return Pipeline.from_dict(
         {
             "name": "progressive" if progressive else "fixed",
