@@ -28,6 +28,10 @@ Without bad units every unit appears exactly once per epoch (as :mod:`datapipe.s
 says); with them every good unit still appears at least once, and one good unit once more per
 bad position.
 
+Subsets. :meth:`StreamDataset.select` restricts the units read from the next epoch on: the
+epoch's permutation, the rank split, the worker split and the replacements then run over the
+active units only (kept in shared memory like the bad flags), so each comes exactly once.
+
 Batches. Every rank has the same ``len()`` and, with the same ``num_workers`` and
 ``batch_size``, the same number of batches (the worker split is deterministic and skips do not
 shorten it). As for any ``IterableDataset``, each DataLoader worker batches its own share, so
