@@ -118,7 +118,8 @@ def summary_text(report: Any, earlier_failed: int = 0) -> str:
         )
     lines += skipped_lines(getattr(report, "skipped", None))
     for node, s in report.selections.items():
-        lines.append(f"  {node}: kept {s['kept']} of {s['seen']}")
+        took = s.get("light_s", 0.0) + s.get("select_s", 0.0)
+        lines.append(f"  {node}: kept {s['kept']} of {s['seen']} ({took:.1f} s)")
     if report.errors_by_class:
         by = ", ".join(f"{k} {v}" for k, v in sorted(report.errors_by_class.items()))
         lines.append(f"  errors by class: {by} (datapipe manifest {report.output} lists them)")

@@ -9,6 +9,7 @@ those).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,7 +43,9 @@ class BarrierOutcome:
     #: key -> score given by a Select
     scores: dict[str, float] = field(default_factory=dict)
     #: Select node -> {"seen": n, "kept": k}
-    selections: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per Select node: keys seen and kept, the seconds of its light pass (0 when cached)
+    #: and of its select call
+    selections: dict[str, dict[str, float]] = field(default_factory=dict)
     #: key -> the error or filter result that stopped it before a barrier
     stopped: dict[str, ItemResult] = field(default_factory=dict)
     #: Fit node -> digest of the state it learned (part of the fingerprint downstream)
@@ -97,6 +100,7 @@ def evaluate_barriers(
         ]
         need = [k for k in keys if k not in cached or (recompute is not None and k in recompute)]
         fresh: dict[str, Any] = {}
+        t0 = time.perf_counter()
         if need:
             tasks = (
                 ItemTask(
@@ -122,6 +126,7 @@ def evaluate_barriers(
                 hooks.on_phase_end(node.id)
             if cache:
                 cache.put_light(node.id, sub_fp, fresh)
+        light_s = time.perf_counter() - t0 if need else 0.0
         light = {**cached, **fresh}
         for k in keys:
             if k in light and STOPPED in light[k]:
@@ -134,10 +139,17 @@ def evaluate_barriers(
             out.fitted[node.id] = node.stage.fit(view_keys, view, ctx)
             out.digests[node.id] = state_digest(out.fitted[node.id])
             continue
+        t0 = time.perf_counter()
         sel = node.stage.select(view_keys, view, ctx)
+        select_s = time.perf_counter() - t0
         for k in view_keys:
             if k not in sel.keep:
                 out.filtered_by.setdefault(k, {})[node.id] = sel.reasons.get(k, "not selected")
-        out.selections[node.id] = {"seen": len(view_keys), "kept": len(sel.keep & set(view_keys))}
+        out.selections[node.id] = {
+            "seen": len(view_keys),
+            "kept": len(sel.keep & set(view_keys)),
+            "light_s": round(light_s, 6),
+            "select_s": round(select_s, 6),
+        }
         out.scores.update(sel.scores)
     return out

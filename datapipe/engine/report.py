@@ -45,7 +45,9 @@ class RunReport:
     counts: dict[str, int] = field(default_factory=dict)
     errors_by_class: dict[str, int] = field(default_factory=dict)
     failed: list[dict[str, Any]] = field(default_factory=list)
-    selections: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per Select node: ``seen``, ``kept``, and the seconds of its light pass (``light_s``, 0
+    #: when the light values were cached) and of its select call (``select_s``)
+    selections: dict[str, dict[str, float]] = field(default_factory=dict)
     sinks: dict[str, Any] = field(default_factory=dict)
     shards: int = 0
     samples: int = 0
