@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -270,6 +271,11 @@ def test_stages_lists_builtins_with_descriptions(tmp_path: Path):
     for name in ("files", "image.resize", "select.random"):
         description = registry.get(name).description
         assert description and description in lines[name]
+    # python -m datapipe is the same command
+    module = subprocess.run(
+        [sys.executable, "-m", "datapipe", "stages"], capture_output=True, text=True, timeout=120
+    )
+    assert module.returncode == 0 and module.stdout == proc.stdout
 
 
 # -- demo ------------------------------------------------------------------------------------------

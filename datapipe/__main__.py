@@ -1,0 +1,8 @@
+"""``python -m datapipe``: the same command line as ``datapipe`` (and ``python -m datapipe.cli``)."""
+
+import sys
+
+from datapipe.cli import main
+
+if __name__ == "__main__":  # guarded: Dask's LocalCluster re-imports the main module
+    sys.exit(main())
