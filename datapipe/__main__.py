@@ -1,4 +1,4 @@
-"""``python -m datapipe``: the same command line as ``datapipe`` (and ``python -m datapipe.cli``)."""
+"""``python -m datapipe``: the ``datapipe`` command line (as ``python -m datapipe.cli``)."""
 
 import sys
 

@@ -54,9 +54,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("ddp")
+def torchrun(root: Path, *extra: str) -> dict[str, Any]:
+    """The script under ``torchrun`` on 2 ranks over fresh shards in ``root``; what each rank
+    recorded."""
     rng = np.random.default_rng(0)
     train_out = write_shards(root, "train", 16, rng)  # 64 samples: 32 per rank, 4 batches
     val_out = write_shards(root, "val", 5, rng)  # 20 samples
@@ -64,7 +64,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           str(SCRIPT), str(train_out), str(val_out), str(ckpt), str(results)]  # fmt: skip
+           str(SCRIPT), str(train_out), str(val_out), str(ckpt), str(results), *extra]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -75,6 +75,11 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "initial": [torch.load(results / f"initial{r}.pt", weights_only=True) for r in (0, 1)],
         "ckpt": ckpt,
     }
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return torchrun(tmp_path_factory.mktemp("ddp"))
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -122,3 +127,17 @@ def test_readme_example_is_what_the_test_runs() -> None:
     script = iter(line.strip() for line in SCRIPT.read_text().splitlines())
     missing = [line for line in wanted if line not in script]  # in order: a subsequence
     assert not missing, f"README lines not in {SCRIPT.name} (in order): {missing}"
+
+
+def test_reselection_under_ddp_splits_one_subset_across_ranks(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    run = torchrun(tmp_path_factory.mktemp("ddp_reselect"), "reselect")
+    r0, r1 = run["reports"]
+    assert r0["subsets"] == r1["subsets"]  # every rank chose the same keys
+    assert len(r0["subsets"]) == EPOCHS and r0["subsets"][1] != r0["subsets"][0]
+    for epoch, subset in enumerate(r0["subsets"]):
+        seen0, seen1 = r0["seen"][str(epoch)], r1["seen"][str(epoch)]
+        assert len(subset) == 32 and len(seen0) == len(seen1) == 16
+        assert sorted(seen0 + seen1) == sorted(subset)  # the subset, each once, split
+    assert same(*run["weights"]) and r0["history"] == r1["history"]
