@@ -315,6 +315,12 @@ def test_iframes_are_the_frames_pyav_flags_as_key(
     assert info.value.error_class == "invalid" and "key frames" in info.value.message
     clamped = keyframes_iframes(path, k=len(sel.indices) + 1, too_few="clamp")
     assert np.array_equal(clamped.indices, sel.indices)
+    # repeat: exactly k, each key frame held for a run (k - 1 steps over the key frames)
+    n, k = len(sel.indices), 2 * len(sel.indices) + 1
+    runs = [(i * (n - 1) * 2 + (k - 1)) // (2 * (k - 1)) for i in range(k)]  # round half up
+    repeated = keyframes_iframes(path, k=k, too_few="repeat", decode=True)
+    assert repeated.indices.tolist() == [int(sel.indices[j]) for j in runs]
+    np.testing.assert_array_equal(repeated.frames, np.stack([full[i] for i in repeated.indices]))
 
 
 @pytest.mark.parametrize("name", ["cuts_b", "cuts_c", "hevc"])

@@ -172,14 +172,16 @@ def keyframes_iframes(
     path: str | os.PathLike[str],
     *,
     k: int | None = None,
-    too_few: Literal["error", "clamp"] = "error",
+    too_few: kix.TooFew = "error",
     decode: bool = False,
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> KeyFrameSelection:
     """The codec's key frames (I-frames), read from the packets' key flags without decoding;
-    with ``k``, ``k`` of them spread evenly. ``decode`` sends the decoder the key packets
-    only (key-frame-only decoding).
+    with ``k``, ``k`` of them spread evenly (fewer exist: ``too_few`` as in
+    :func:`keyframes_uniform`; ``repeat`` gives exactly ``k``, key frames repeating, for a
+    model that wants ``k`` segments). ``decode`` sends the decoder the key packets only
+    (key-frame-only decoding).
 
     Returns
     -------
@@ -205,7 +207,7 @@ def keyframes_iframes(
     keys = np.flatnonzero(table.key).astype(np.int64)
     if k is not None:
         kk = kix.budget(k, len(keys), too_few, what="key frames")
-        keys = keys[kix.uniform_indices(len(keys), kk)]
+        keys = keys[kix.uniform_indices(len(keys), kk, too_few=too_few)]
     return _from_table(path, table, keys, decode, strict, max_pixels)
 
 

@@ -150,7 +150,9 @@ class TSNKeyFrames(KeyFrameStage):
 
 class IFramesParams(KeyFrameParams):
     k: int | None = PField(None, ge=1, description="Keep k key frames spread evenly (None: all).")
-    too_few: Literal["error", "clamp"] = PField("error", description=f"{_TOO_FEW}.")
+    too_few: Literal["error", "clamp", "repeat"] = PField(
+        "error", description=f"{_TOO_FEW}, 'repeat' (exactly k, key frames repeat)."
+    )
 
 
 class IFrameKeyFrames(KeyFrameStage):
