@@ -61,7 +61,7 @@ _FAMILIES: dict[str, dict[str, str]] = {
         "select_random_subset": "datapipe.stages.subset.random_subset:random_subset",
         "draw_key_uniform": "datapipe.stages.subset.random_subset:key_uniform",
         "select_stratified_subset": "datapipe.stages.subset.stratified:stratified_subset",
-        "allocate_stratum_budgets": "datapipe.stages.subset.stratified:stratum_budgets",
+        "allocate_stratum_budgets": "datapipe.strata:stratum_budgets",
         "resolve_budget": "datapipe.stages.subset.budget:resolve_budget",
         "select_kcenter": "datapipe.stages.subset.kcenter:kcenter_cover",
         "select_semdedup": "datapipe.stages.subset.dedup:semdedup",

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datapipe.strata import stratum_budgets
+
 logger = logging.getLogger(__name__)
 
 SCORES = ("loss", "el2n", "forgetting", "grad_kcenter")
@@ -80,23 +82,16 @@ class ReselectConfig:
 
 
 def class_quotas(labels: np.ndarray, budget: int) -> dict[int, int]:
-    """``budget`` split over the classes of ``labels`` in proportion to their counts, by
-    largest remainder, at least one each (ValueError when the budget cannot keep a class)."""
+    """``budget`` split over the classes of ``labels`` in proportion to their counts
+    (:func:`~datapipe.strata.stratum_budgets`, at least one each); ValueError when the budget
+    cannot keep every class."""
     classes, counts = np.unique(labels, return_counts=True)
     if budget < len(classes):
         raise ValueError(
             f"reselect: a budget of {budget} of {len(labels)} samples would drop a whole class "
             f"({len(classes)} classes); raise 'fraction'"
         )
-    share = counts * (budget / len(labels))
-    quota = np.maximum(np.floor(share).astype(np.int64), 1)
-    while quota.sum() > budget:  # the at-least-one floors overshot: take from a class that
-        # keeps one, the most over its share
-        quota[np.argmax(np.where(quota > 1, quota - share, -np.inf))] -= 1
-    order = np.argsort(-(share - quota), kind="stable")
-    for i in order[: budget - int(quota.sum())]:
-        quota[i] += 1
-    return {int(c): int(q) for c, q in zip(classes, np.minimum(quota, counts), strict=True)}
+    return stratum_budgets(dict(zip(classes.tolist(), counts.tolist(), strict=True)), budget)
 
 
 def sample_scores(logits: Tensor, labels: Tensor, score: str) -> np.ndarray:

@@ -35,7 +35,7 @@ from datapipe.stages.subset.budget import (
     split_budget,
 )
 from datapipe.stages.subset.plot import plot_selection
-from datapipe.stages.subset.stratified import stratum_budgets
+from datapipe.strata import stratum_budgets
 
 #: prune only while fewer than this share of the points are candidates; above it the
 #: gather of candidate rows costs more than one dense pass

@@ -34,7 +34,7 @@ from datapipe.stages.subset.budget import (
     read_view,
 )
 from datapipe.stages.subset.plot import plot_selection
-from datapipe.stages.subset.stratified import stratum_budgets
+from datapipe.strata import stratum_budgets
 
 Metric = Literal["entropy", "margin", "least_confidence"]
 
