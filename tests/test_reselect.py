@@ -246,7 +246,8 @@ def reselected(tiny_out: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     net = model()
     ckpt = tmp_path_factory.mktemp("ckpt")
     result = fit(net, rec, val, CONFIG, checkpoint_dir=ckpt, reselect=sel)
-    return {"net": net, "result": result, "sel": sel, "seen": rec.seen, "ckpt": ckpt}
+    return {"net": net, "result": result, "sel": sel, "seen": rec.seen, "ckpt": ckpt,
+            "stream": rec.dataset, "train_keys": sel.keys}  # fmt: skip
 
 
 def test_each_epoch_trains_on_exactly_its_logged_subset(reselected: dict[str, Any]) -> None:
@@ -259,6 +260,8 @@ def test_each_epoch_trains_on_exactly_its_logged_subset(reselected: dict[str, An
     assert [r["rescored"] for r in result.history] == [False, False, True, False]
     assert sel.log[2]["keys"] != sel.log[1]["keys"]
     assert result.final["val_samples"] == 24
+    # fit gives the stream back as it found it: every training key selected
+    assert reselected["stream"].selected == reselected["train_keys"]
 
 
 def test_resumed_reselection_chooses_the_same_subsets(

@@ -207,11 +207,13 @@ def evaluate(
 
 class _Subset:
     """What :func:`fit` does with a :class:`Reselection` (nothing without one): the first
-    subset selected before the schedule's length is taken, one per epoch after."""
+    subset selected before the schedule's length is taken, one per epoch after, and the
+    dataset's own selection given back at the end."""
 
     def __init__(self, reselect: Reselection | None, loader: Any, saved: dict | None) -> None:
         self.reselect = reselect
         self.dataset = getattr(loader, "dataset", loader)
+        self.before: list[str] | None = None
         if reselect is None:
             return
         if not hasattr(self.dataset, "select"):
@@ -226,6 +228,7 @@ class _Subset:
                 reselect.load_state(saved["reselect"])
             except ValueError as exc:
                 raise ResumeMismatch(str(exc)) from None
+        self.before = getattr(self.dataset, "selected", None)  # None: all (or cannot say)
         self.dataset.select([reselect.keys[i] for i in reselect.current])
 
     def begin(self, epoch: int, model: nn.Module, prepare: Prepare) -> dict[str, Any]:
@@ -243,6 +246,11 @@ class _Subset:
 
     def state(self) -> dict[str, Any] | None:
         return self.reselect.state() if self.reselect is not None else None
+
+    def restore(self) -> None:
+        """The dataset's selection as fit found it (what reads it next sees every sample)."""
+        if self.reselect is not None:
+            self.dataset.select(self.before)
 
 
 def _check_resume(saved: dict[str, Any], config: TrainConfig, steps_per_epoch: int) -> None:
@@ -292,7 +300,8 @@ def fit(
     subset before each epoch: the loader's dataset must have ``select(keys)`` (the streams of
     :mod:`datapipe.stream` do); each epoch's record gains ``active_samples``, ``rescored``
     and ``rescore_s``, the checkpoint carries the policy's state, and ``reselect.log`` lists
-    every epoch's keys (a resumed run chooses the same ones).
+    every epoch's keys (a resumed run chooses the same ones); at the end the dataset's own
+    selection is back.
 
     Distributed (under ``torchrun``, once ``torch.distributed.init_process_group`` ran with
     more than one process), pass the plain model (or one already in
@@ -405,6 +414,7 @@ def _fit(
         logger.info("epoch %d: %s", epoch, {k: record[k] for k in ("train_loss", "val_accuracy")})
         if log is not None:
             log(record)
+    subset.restore()
     final = evaluate(model, val_loader, config, inputs=inputs)
     shapes = inputs.describe()["shapes"]
     input_shape: list[Any] = shapes[0] if len(shapes) == 1 else shapes

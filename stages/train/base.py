@@ -254,7 +254,6 @@ class Trainer(Sink):
         report = self.make_report(out, result, data)
         if reselect is not None:
             report["reselect"] = write_selection_log(out, reselect)
-            data.train.select(set(data.train_labels))  # compress: fine-tunes on every sample
         return report
 
     def _streams(self, ctx: Context, train_keys: set[str], val_keys: set[str]) -> tuple[Any, Any]:
